@@ -1,0 +1,4 @@
+from fdlcli.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""The ``fdl`` command line.
+
+Every command turns user mistakes into one line on stderr and a non-zero exit (2 for bad usage or
+config); ``--debug`` (or FDL_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from fdlcli import __version__
+from fdlcli.errors import FdlError
+
+console = Console()
+err_console = Console(stderr=True)
+
+TRAIN_HELP = """Train EXPERIMENT with Hydra overrides (key=value, group=option, +key=value, ~key).
+
+\b
+  fdl train mlp-mnist optim.lr=3e-3 trainer.epochs=50
+  fdl train mlp-mnist -m optim=sgd,momentum,adam hydra/launcher=joblib
+  fdl train --resume runs/mlp-mnist/2026-11-28_21-30-05_a1b2c3 [trainer.epochs=400]
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fdl")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """fdl: the experiments of Fundamentals of Deep Learning, in PyTorch, on real data."""
+    ctx.ensure_object(dict)
+    if debug:
+        os.environ["FDL_DEBUG"] = "1"
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """List the experiments with their chapter, dataset and the book's reported result."""
+    from fdlcli import registry
+
+    table = Table(title="fdl experiments")
+    for column in ("experiment", "chapter", "dataset", "book reports", "what"):
+        table.add_column(column)
+    for spec in registry.specs():
+        table.add_row(spec.name, str(spec.chapter), spec.dataset, spec.book_result, spec.description)
+    console.print(table)
+
+
+@cli.command("config", context_settings={"ignore_unknown_options": True})
+@click.argument("experiment")
+@click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
+def config_cmd(experiment: str, overrides: tuple[str, ...]) -> None:
+    """Print the fully resolved config of EXPERIMENT with OVERRIDES applied."""
+    from omegaconf import OmegaConf
+    from rich.syntax import Syntax
+
+    from fdlcli import config
+
+    _reject_options(overrides)
+    run_config = config.validate(config.compose(experiment, list(overrides)))
+    text = OmegaConf.to_yaml(OmegaConf.create(run_config.to_dict()))
+    if sys.stdout.isatty():
+        console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command("train", help=TRAIN_HELP, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-m", "--multirun", is_flag=True, help="Sweep: one job per combination of comma-separated values.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Continue an interrupted run from its last checkpoint.",
+)
+def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None) -> None:
+    from fdlcli import launch
+
+    _reject_options(args)
+    if resume_dir is not None:
+        if multirun:
+            raise click.UsageError("--resume continues one run; it does not combine with -m")
+        launch.resume(resume_dir, list(args))
+        return
+    if not args:
+        from fdlcli import registry
+
+        raise click.UsageError(f"name an experiment: {', '.join(registry.names())}")
+    experiment, *overrides = args
+    results = launch.launch(experiment, overrides, multirun)
+    if multirun:
+        _print_sweep_table(results)
+        failed = [r for r in results if r.status != "completed"]
+        if failed:
+            raise FdlError(f"{len(failed)} of {len(results)} sweep jobs failed (see the table above)")
+
+
+def _print_sweep_table(results: list[Any]) -> None:
+    table = Table(title=f"sweep: {len(results)} jobs")
+    for column in ("#", "overrides", "status", "epochs", "best val", "test acc (final)", "test acc (best)", "time s"):
+        table.add_column(column, justify="right" if column not in ("overrides", "status") else "left")
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+    for result in results:
+        summary = result.summary or {}
+        final, best = summary.get("final", {}), summary.get("best", {})
+        user_overrides = [o for o in result.overrides if not o.startswith(("experiment=", "hydra"))]
+        table.add_row(
+            str(result.number),
+            " ".join(user_overrides) or "(defaults)",
+            result.status if not result.error else f"failed: {result.error}",
+            fmt(summary.get("epochs")),
+            fmt(best.get("value")),
+            fmt(final.get("test/accuracy")),
+            fmt(best.get("test/accuracy")),
+            fmt(summary.get("train_seconds")),
+        )
+    console.print(table)
+    if results:
+        console.print(f"sweep directory: {Path(results[0].run_dir).parent}")
+
+
+@cli.command("eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, init or step-N.")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_cmd(run_dir: Path, checkpoint: str, split: str, as_json: bool) -> None:
+    """Evaluate a finished (or interrupted) run's checkpoint and record the metrics in the run."""
+    from fdlcli import launch
+
+    metrics = launch.evaluate(run_dir, checkpoint, split)
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    table = Table(title=f"{run_dir} ({checkpoint} checkpoint)")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console.print(table)
+
+
+def _reject_options(args: tuple[str, ...]) -> None:
+    """Unknown --options reach us through ignore_unknown_options; they are mistakes, not overrides."""
+    for arg in args:
+        if arg.startswith("-"):
+            raise click.UsageError(f"no such option: {arg}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = os.environ.get("FDL_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="fdl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except FdlError as exc:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        err_console.print("[red]interrupted[/red]")
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        err_console.print(
+            f"[red]error:[/red] {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
+        sys.exit(1)

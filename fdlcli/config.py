@@ -1,0 +1,332 @@
+"""Configuration: Hydra composition of the YAML groups in ``conf/`` and typed validation.
+
+Config flows one way. Hydra composes ``conf/config.yaml`` with an ``experiment=NAME`` overlay and the
+user's overrides; :func:`validate` turns the result into a :class:`RunConfig` of dataclasses at the CLI
+boundary (unknown keys, wrong types and bad choices become one-line :class:`ConfigError`s). Library
+code only ever sees the typed objects.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import itertools
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fdlcli import registry
+from fdlcli.errors import ConfigError
+
+VERSION_BASE = "1.3"
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed schemas. Every field here is a key a user can override on the command line.
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    device: str = "auto"  # auto | cpu | cuda | mps   (auto: CUDA, then MPS, then CPU)
+    compile: bool = False  # torch.compile the model (the first compile on a CPU takes ~20 s)
+    precision: str = "32"  # 32 | bf16  (bf16 autocast)
+    threads: int = 0  # CPU intra-op threads; 0 = auto (see engine/devices.py)
+    log_every: int = 50  # minibatches between training-cost records in metrics.jsonl
+    print_every_s: float = 10.0  # seconds between plain progress lines when stdout is not a terminal
+    checkpoint_every: int = 0  # minibatches between mid-epoch checkpoints; 0 = at epoch ends only
+    keep_checkpoints: int = 1  # step checkpoints kept besides the best one
+    histograms: bool = True  # parameter histograms in TensorBoard every epoch
+    monitor: str = "val/accuracy"  # metric that picks the best checkpoint
+    monitor_mode: str = "max"  # max | min
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adagrad | rmsprop | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    alpha: float = 0.99  # RMSProp decay rate
+    initial_accumulator_value: float = 0.0  # AdaGrad
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # folder of the local mirror: <dir>/<name>/<split>.parquet
+    hub_id: str = "ylecun/mnist"  # Hugging Face Hub id used when no mirror is configured
+    dir: str | None = None  # local mirror root; default: $FDL_DATA_DIR; neither: the Hub
+    batch_size: int = 100
+    val_size: int = 5000  # carved deterministically from the head of train when there is no validation split
+    train_limit: int = 0  # use only the first N training examples (quick runs, tests); 0 = all
+    eval_limit: int = 0  # use only the first N validation and test examples; 0 = all
+
+
+@dataclass
+class RunConfig:
+    """A validated experiment configuration. ``model`` is the experiment's own model dataclass."""
+
+    name: str
+    model: Any
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return OmegaConf.to_container(OmegaConf.structured(self), resolve=True)  # type: ignore[return-value]
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "trainer.device": ("auto", "cpu", "cuda", "mps"),
+    "trainer.precision": ("32", "bf16"),
+    "trainer.monitor_mode": ("max", "min"),
+    "optim.name": ("sgd", "adagrad", "rmsprop", "adam", "adamw"),
+}
+_POSITIVE = ("trainer.epochs", "data.batch_size", "trainer.eval_batch_size", "trainer.log_every")
+_NON_NEGATIVE = (
+    "trainer.threads",
+    "trainer.checkpoint_every",
+    "data.val_size",
+    "data.train_limit",
+    "data.eval_limit",
+    "optim.lr",
+    "trainer.grad_clip",
+    "seed",
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the YAML lives.
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` directory: $FDL_CONF_DIR, else the one shipped in the package (editable or wheel)."""
+    candidates = []
+    if os.environ.get("FDL_CONF_DIR"):
+        candidates.append(Path(os.environ["FDL_CONF_DIR"]))
+    try:
+        candidates.append(Path(str(importlib.resources.files("fdlcli.conf"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    candidates.append(Path(__file__).resolve().parent.parent / "conf")  # a plain source checkout
+    for candidate in candidates:
+        if (candidate / "config.yaml").is_file():
+            return candidate.resolve()
+    raise ConfigError(f"cannot find fdl's conf/ directory (looked in {', '.join(map(str, candidates))})")
+
+
+def group_options(group: str) -> list[str]:
+    directory = conf_dir() / group
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+# --------------------------------------------------------------------------------------------------
+# Composition (no run directory; Hydra's run/multirun machinery lives in launch.py).
+
+
+@contextmanager
+def hydra_context(job_name: str = "fdl") -> Iterator[None]:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE, job_name=job_name):
+        yield
+
+
+def compose(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose the config of ``experiment`` with user overrides (single values, no sweeps)."""
+    from hydra import compose as hydra_compose
+
+    registry.get(experiment)  # unknown names fail here, with suggestions
+    with hydra_context():
+        try:
+            return hydra_compose(config_name="config", overrides=[f"experiment={experiment}", *overrides])
+        except Exception as exc:
+            raise ConfigError(describe_composition_error(exc, experiment)) from exc
+
+
+def describe_composition_error(exc: BaseException, experiment: str) -> str:
+    """Turn Hydra's multi-line composition errors into one line that names the valid choices."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, option = exc.missing_cfg_file.rpartition("/")
+        valid = exc.options or group_options(group)
+        return f"unknown {group or 'config'} {option!r}; choose from: {', '.join(valid)}"
+    if isinstance(exc, OverrideParseException):
+        return f"cannot parse override: {_first_line(str(exc))}"
+    message = str(exc)
+    match = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", message)
+    if match:
+        key = match.group(1)
+        parent, _, leaf = key.rpartition(".")
+        valid = _keys_under(experiment, parent)
+        where = f" in {parent!r}" if parent else ""
+        hint = f"; valid keys{where}: {', '.join(valid)}" if valid else ""
+        if "+" + key in message or "not in struct" in message or "Key '" in message:
+            return f"unknown config key {key!r}{hint}"
+        return f"cannot apply override to {key!r}: {_first_line(str(exc.__cause__ or exc))}"
+    match = re.search(r"In '([^']+)': Could not load '([^']+)'", message)
+    if match:
+        group, _, option = match.group(2).rpartition("/")
+        return f"unknown {group} {option!r}; choose from: {', '.join(group_options(group))}"
+    return _first_line(message)
+
+
+def _keys_under(experiment: str, parent: str) -> list[str]:
+    from hydra import compose as hydra_compose
+
+    try:
+        with hydra_context():
+            cfg = hydra_compose(config_name="config", overrides=[f"experiment={experiment}"])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return sorted(str(k) for k in node) if isinstance(node, DictConfig) else []
+    except Exception:
+        return []
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]] | None:
+    """The single-value override lists a basic sweep would run, or None if a value is not enumerable."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        raise ConfigError(f"cannot parse override: {_first_line(str(exc))}") from exc
+    axes: list[list[str]] = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if override.is_discrete_sweep():
+                axes.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+            else:
+                return None  # interval() and friends are for optimizing sweepers: nothing to enumerate
+        else:
+            axes.append([override.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation into typed objects.
+
+
+def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Validate a composed (or reloaded) config into a :class:`RunConfig`, or raise ConfigError."""
+    container = (
+        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    )
+    container.pop("hydra", None)
+    name = container.get("name")
+    if not isinstance(name, str):
+        raise ConfigError("the config names no experiment (key 'name')")
+    spec = registry.get(name)
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(container) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(sorted(known))}")
+
+    sections = {
+        "model": spec.model_config,
+        "data": DataConfig,
+        "optim": OptimConfig,
+        "trainer": TrainerConfig,
+    }
+    typed: dict[str, Any] = {"name": name}
+    for section, schema in sections.items():
+        typed[section] = _typed_section(section, schema, container.get(section) or {})
+    seed = container.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"invalid value for 'seed': {seed!r} is not an integer")
+    run_config = RunConfig(seed=seed, **typed)
+    _check_values(run_config)
+    return run_config
+
+
+def _typed_section(section: str, schema: type, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"'{section}' must be a group of keys, got {values!r}")
+    valid = [f.name for f in fields(schema)]
+    for key in values:
+        if key not in valid:
+            raise ConfigError(f"unknown config key '{section}.{key}'; valid keys in '{section}': {', '.join(valid)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        reason = _first_line(str(exc).split("\n    full_key")[0])
+        raise ConfigError(f"invalid value for '{section}.{key}': {reason}") from None
+
+
+def _check_values(run_config: RunConfig) -> None:
+    def lookup(dotted: str) -> Any:
+        node: Any = run_config
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    for key, choices in _CHOICES.items():
+        value = lookup(key)
+        if value not in choices:
+            raise ConfigError(f"invalid value for '{key}': {value!r}; choose from: {', '.join(choices)}")
+    for key in _POSITIVE:
+        if lookup(key) <= 0:
+            raise ConfigError(f"invalid value for '{key}': {lookup(key)!r}; it must be positive")
+    for key in _NON_NEGATIVE:
+        if lookup(key) < 0:
+            raise ConfigError(f"invalid value for '{key}': {lookup(key)!r}; it must not be negative")
+    check = getattr(run_config.model, "check", None)
+    if callable(check):
+        problem = check()
+        if problem:
+            raise ConfigError(f"invalid model config: {problem}")
+
+
+def load_saved(path: Path) -> RunConfig:
+    """Reload and validate the resolved config a run saved (``config.yaml`` in its directory)."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"cannot read {path}: {_first_line(str(exc))}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} does not hold an fdl config")
+    return validate(cfg)
+
+
+def apply_overrides(run_config: RunConfig, overrides: Sequence[str]) -> RunConfig:
+    """Apply plain ``key=value`` overrides to a saved config (used by ``--resume``), then re-validate."""
+    base = OmegaConf.create(run_config.to_dict())
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key or key.startswith(("+", "~", "hydra")):
+            raise ConfigError(f"on resume only plain key=value overrides are allowed, got {override!r}")
+        if OmegaConf.select(base, key, default=_MISSING) is _MISSING:
+            raise ConfigError(f"unknown config key {key!r}")
+        OmegaConf.update(base, key, yaml.safe_load(value) if value else value, merge=False)
+    try:
+        return validate(OmegaConf.create(OmegaConf.to_container(base)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_first_line(str(exc))) from None
+
+
+_MISSING = object()

@@ -1,0 +1,1 @@
+"""The shared plumbing every experiment reuses: devices, seeding, checkpoints, tracking, the loop."""

@@ -1,0 +1,189 @@
+"""Checkpoints: safetensors weights plus a ``weights_only`` trainer state, written atomically.
+
+Each save builds ``step-NNNNNNNN/`` under a temporary name and renames the whole directory into place, so
+weights and trainer state always belong together and a crash leaves either the old checkpoint or the new
+one, never half of one. ``latest.json`` and ``best.json`` (also replaced atomically) name the current
+directories; ``init/`` holds the step-0 weights that ``fdl interpolate`` needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from fdlcli.errors import CheckpointError
+from fdlcli.runs import atomic_write_json, fsync_dir, read_json
+
+WEIGHTS = "model.safetensors"
+STATE = "trainer.pt"
+INIT = "init"
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    name: str  # directory name under checkpoints/
+    step: int
+    path: Path
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose state dict we store (``torch.compile`` wrappers prefix keys with ``_orig_mod.``)."""
+    return getattr(model, "_orig_mod", model)
+
+
+class CheckpointManager:
+    def __init__(self, directory: Path, experiment: str, keep: int = 1) -> None:
+        self.directory = directory
+        self.experiment = experiment
+        self.keep = max(1, keep)
+
+    # ---- writing ---------------------------------------------------------------------------------
+
+    def _write_dir(self, name: str, model: torch.nn.Module, state: dict[str, Any] | None, step: int) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.directory / name
+        tmp = self.directory / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        metadata = {"fdl_experiment": self.experiment, "step": str(step)}
+        save_model(unwrap(model), str(tmp / WEIGHTS), metadata=metadata)
+        if state is not None:
+            torch.save({**state, "fdl_experiment": self.experiment, "step": step}, tmp / STATE)
+        for file in tmp.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        if final.exists():  # same step saved again (e.g. interrupt right after an epoch-end save)
+            old = self.directory / f".old-{name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(self.directory)
+        return final
+
+    def save_initial(self, model: torch.nn.Module) -> None:
+        if not (self.directory / INIT / WEIGHTS).exists():
+            self._write_dir(INIT, model, None, 0)
+
+    def save(self, model: torch.nn.Module, state: dict[str, Any], step: int) -> CheckpointRef:
+        name = f"step-{step:09d}"
+        path = self._write_dir(name, model, state, step)
+        atomic_write_json(self.directory / "latest.json", {"name": name, "step": step})
+        self._prune()
+        return CheckpointRef(name, step, path)
+
+    def mark_best(self, ref: CheckpointRef, metric: str, value: float, epoch: int) -> None:
+        atomic_write_json(
+            self.directory / "best.json",
+            {"name": ref.name, "step": ref.step, "epoch": epoch, "metric": metric, "value": value},
+        )
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep`` step checkpoints and the best one; remove the rest."""
+        protected = {ref.name for ref in (self._pointer("latest"), self._pointer("best")) if ref}
+        steps = sorted(p for p in self.directory.glob("step-*") if p.is_dir())
+        for path in steps[: -self.keep]:
+            if path.name not in protected:
+                shutil.rmtree(path, ignore_errors=True)
+        for leftover in self.directory.glob(".tmp-*"):  # from a process killed mid-save
+            with contextlib.suppress(ValueError):
+                pid = int(leftover.name.rsplit("-", 1)[1])
+                if not _pid_alive(pid):
+                    shutil.rmtree(leftover, ignore_errors=True)
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def _pointer(self, which: str) -> CheckpointRef | None:
+        path = self.directory / f"{which}.json"
+        if not path.exists():
+            return None
+        try:
+            pointer = read_json(path)
+            name, step = str(pointer["name"]), int(pointer["step"])
+        except (ValueError, KeyError, TypeError, OSError):
+            raise CheckpointError(f"corrupt checkpoint pointer {path}") from None
+        if "/" in name or name.startswith("."):
+            raise CheckpointError(f"corrupt checkpoint pointer {path}")
+        return CheckpointRef(name, step, self.directory / name)
+
+    def latest(self) -> CheckpointRef | None:
+        return self._pointer("latest")
+
+    def best_info(self) -> dict[str, Any] | None:
+        path = self.directory / "best.json"
+        return read_json(path) if path.exists() else None
+
+    def resolve(self, which: str) -> CheckpointRef:
+        """``best`` (falls back to latest), ``last``/``latest``, ``init``, or a ``step-N`` directory name."""
+        if which == INIT:
+            ref = CheckpointRef(INIT, 0, self.directory / INIT)
+        elif which == "best":
+            ref = self._pointer("best") or self._pointer("latest")
+        elif which in ("last", "latest"):
+            ref = self._pointer("latest")
+        else:
+            ref = CheckpointRef(which, -1, self.directory / which) if which.startswith("step-") else None
+            if ref is None:
+                raise CheckpointError(f"unknown checkpoint {which!r}; use best, last, init or step-N")
+        if ref is None or not (ref.path / WEIGHTS).is_file():
+            raise CheckpointError(f"no {which} checkpoint in {self.directory.parent}")
+        return ref
+
+    def load_weights(self, model: torch.nn.Module, ref: CheckpointRef, device: torch.device | str = "cpu") -> None:
+        path = ref.path / WEIGHTS
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"corrupt or unreadable weights {path}: {exc}") from None
+        owner = metadata.get("fdl_experiment")
+        if owner != self.experiment:
+            raise CheckpointError(
+                f"{path} holds weights of {owner or 'something that is not an fdl run'}, "
+                f"not of experiment {self.experiment!r}"
+            )
+        try:
+            missing, unexpected = load_model(unwrap(model), str(path), strict=False, device=str(device))
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise CheckpointError(f"weights {path} do not fit the model: {str(exc).splitlines()[0]}") from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights {path} do not fit the model (missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]}); was the model config changed?"
+            )
+
+    def load_state(self, ref: CheckpointRef) -> dict[str, Any]:
+        path = ref.path / STATE
+        try:
+            # weights_only: the trainer state is tensors, numbers, strings and optimizer state dicts;
+            # nothing in it needs (or may trigger) arbitrary unpickling.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {ref.path} has no trainer state") from None
+        except Exception as exc:
+            raise CheckpointError(f"corrupt or foreign trainer state {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(state, dict) or state.get("fdl_experiment") != self.experiment:
+            raise CheckpointError(f"{path} is not a trainer state of experiment {self.experiment!r}")
+        return state
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,116 @@
+"""Where metrics go: metrics.jsonl, TensorBoard, the plain log, and the console.
+
+On a terminal the console shows a rich progress bar; otherwise (CI, SLURM logs, sweep workers) it prints
+a plain line every ``print_every_s`` seconds and one per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fdlcli.runs import LOG_FILE, METRICS_FILE
+
+log = logging.getLogger("fdl")
+
+
+def setup_run_logging(run_dir: Path) -> logging.Handler:
+    """Send fdl's log records to the run's plain log file (appending, so resumes keep the history)."""
+    handler = logging.FileHandler(run_dir / LOG_FILE)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+class MetricsWriter:
+    """Appends one JSON record per value to metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, purge_step: int | None = None, tensorboard: bool = True) -> None:
+        self.path = run_dir / METRICS_FILE
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        self.lines = sum(1 for _ in open(self.path)) if self.path.stat().st_size else 0
+        self.tb = None
+        if tensorboard:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    from torch.utils.tensorboard import SummaryWriter
+                # purge_step drops events logged after the checkpoint we resumed from
+                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
+            except ImportError:
+                log.warning("tensorboard is not installed: no event files are written")
+
+    def log(self, metrics: dict[str, float], step: int, epoch: int) -> None:
+        wall = time.time()
+        for name, value in metrics.items():
+            record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": round(wall, 3)}
+            self._file.write(json.dumps(record, allow_nan=True) + "\n")
+            self.lines += 1
+            if self.tb is not None and math.isfinite(value):
+                self.tb.add_scalar(name, value, step)
+        self._file.flush()
+
+    def histograms(self, named_parameters: Any, step: int) -> None:
+        if self.tb is not None:
+            for name, param in named_parameters:
+                self.tb.add_histogram(f"params/{name}", param.detach().float().cpu(), step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class ConsoleProgress:
+    """Progress on the console: a rich bar on a terminal, plain periodic lines elsewhere."""
+
+    def __init__(self, total_steps: int, start_step: int, print_every_s: float, console: Console | None = None):
+        self.console = console or Console(stderr=False)
+        self.interactive = sys.stdout.isatty() and self.console.is_terminal
+        self.total = total_steps
+        self.print_every_s = print_every_s
+        self._last_print = time.monotonic()
+        self._progress: Progress | None = None
+        if self.interactive:
+            self._progress = Progress(
+                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("cost {task.fields[cost]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, epoch="-", cost="-")
+            self._progress.start()
+
+    def update(self, step: int, epoch: int, epochs: int, cost: float | None) -> None:
+        cost_text = f"{cost:.4f}" if cost is not None else "-"
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, epoch=f"{epoch + 1}/{epochs}", cost=cost_text)
+        elif time.monotonic() - self._last_print >= self.print_every_s:
+            self._last_print = time.monotonic()
+            print(f"epoch {epoch + 1}/{epochs} step {step}/{self.total} cost {cost_text}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False)
+        else:
+            print(text, flush=True)
+        log.info(text)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()

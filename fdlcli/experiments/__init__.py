@@ -1,0 +1,1 @@
+"""Experiment families, one readable module each. Each module registers its experiments on import."""

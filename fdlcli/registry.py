@@ -1,0 +1,87 @@
+"""One registry of experiments, by name (torchvision/timm style).
+
+An experiment module registers itself with :func:`register`; the CLI looks experiments up with
+:func:`get` (which suggests close names on a typo) and lists them with :func:`specs`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fdlcli.errors import UnknownExperimentError
+
+if TYPE_CHECKING:
+    from fdlcli.config import RunConfig
+    from fdlcli.runs import Run
+
+# Experiment families, imported on first use so that `fdl --help` does not pay for torch.
+_FAMILY_MODULES = ("fdlcli.experiments.mlp",)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What the runner knows about one experiment.
+
+    ``train(run)`` trains (or resumes) the run and returns its summary; ``evaluate(run, checkpoint, split)``
+    reloads a finished run and returns metrics. ``model_config`` is the dataclass that validates the
+    ``model`` config group of this experiment.
+    """
+
+    name: str
+    chapter: int
+    dataset: str
+    book_result: str
+    description: str
+    model_config: type
+    train: Callable[[Run], dict[str, Any]]
+    evaluate: Callable[[Run, str, str], dict[str, float]]
+
+
+_REGISTRY: dict[str, ExperimentSpec] = {}
+_loaded = False
+
+
+def register(spec: ExperimentSpec) -> ExperimentSpec:
+    """Add an experiment; a second registration under the same name is a programming error."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"experiment {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _FAMILY_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def names() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def specs() -> list[ExperimentSpec]:
+    _load_families()
+    return sorted(_REGISTRY.values(), key=lambda s: (s.chapter, s.name))
+
+
+def get(name: str) -> ExperimentSpec:
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownExperimentError(
+            f"unknown experiment {name!r}; {hint}choose from: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def spec_for(config: RunConfig) -> ExperimentSpec:
+    return get(config.name)
