@@ -19,7 +19,8 @@ from rich.table import Table
 from fdlcli import __version__
 from fdlcli.errors import FdlError
 
-console = Console()
+# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 err_console = Console(stderr=True)
 
 TRAIN_HELP = """Train EXPERIMENT with Hydra overrides (key=value, group=option, +key=value, ~key).
@@ -110,8 +111,8 @@ def _print_sweep_table(results: list[Any]) -> None:
     for column in ("#", "overrides", "status", "epochs", "best val", "test acc (final)", "test acc (best)", "time s"):
         table.add_column(column, justify="right" if column not in ("overrides", "status") else "left")
 
-    def fmt(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+    def fmt(value: Any, digits: int = 4) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else "-" if value is None else str(value)
 
     for result in results:
         summary = result.summary or {}
@@ -125,7 +126,7 @@ def _print_sweep_table(results: list[Any]) -> None:
             fmt(best.get("value")),
             fmt(final.get("test/accuracy")),
             fmt(best.get("test/accuracy")),
-            fmt(summary.get("train_seconds")),
+            fmt(summary.get("train_seconds"), 1),
         )
     console.print(table)
     if results:

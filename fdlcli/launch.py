@@ -96,7 +96,7 @@ def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[Jo
             JobResult(
                 number=number,
                 overrides=list(job.overrides or []),
-                run_dir=str(job.working_dir or target),
+                run_dir=str(OmegaConf.select(job.hydra_cfg, "hydra.runtime.output_dir", default=None) or target),
                 status="failed" if value is None or value.get("error") else "completed",
                 summary=(value or {}).get("summary", {}),
                 error=(value or {}).get("error"),

@@ -1,0 +1,77 @@
+"""Shared fixtures: real data from the mirror in ../shared/data, runs in a temporary folder, Hub off."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MIRROR = Path(os.environ.get("FDL_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not (MIRROR / "mnist" / "train.parquet").is_file():
+        pytest.fail(f"the data mirror is missing: {MIRROR} (set FDL_DATA_DIR)")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # one tensor cache for the whole session: MNIST is decoded once, then every test reuses it
+    return tmp_path_factory.mktemp("fdl-cache")
+
+
+@pytest.fixture()
+def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    runs = tmp_path / "runs"
+    values = {
+        "FDL_DATA_DIR": str(mirror),
+        "FDL_RUNS_DIR": str(runs),
+        "FDL_CACHE_DIR": str(cache_dir),
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("FDL_DEBUG", raising=False)
+    return {**os.environ, **values}
+
+
+def fdl(*args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "fdlcli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_dirs(env: dict[str, str], experiment: str) -> list[Path]:
+    root = Path(env["FDL_RUNS_DIR"]) / experiment
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name != "sweeps") if root.exists() else []
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def metric_records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock times, for exact comparisons between runs."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]

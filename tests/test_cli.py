@@ -1,0 +1,105 @@
+"""The command line end to end (subprocess), and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import fdl, read_summary, run_dirs
+
+QUICK = ["trainer.epochs=1", "data.train_limit=2000", "data.eval_limit=1000"]
+
+
+def test_help_lists_commands(env):
+    result = fdl("--help", env=env)
+    assert result.returncode == 0
+    for command in ("train", "eval", "list", "config"):
+        assert command in result.stdout
+
+
+def test_list_shows_experiments_with_book_results(env):
+    result = fdl("list", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "mlp-mnist" in result.stdout and "logreg-mnist" in result.stdout
+    assert "98.2%" in result.stdout and "91.9%" in result.stdout
+
+
+def test_config_prints_resolved_config_with_overrides(env):
+    result = fdl("config", "mlp-mnist", "optim=momentum", "trainer.epochs=7", "seed=3", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "epochs: 7" in result.stdout
+    assert "momentum: 0.9" in result.stdout
+    assert "seed: 3" in result.stdout
+    assert "${" not in result.stdout  # resolved
+
+
+BAD_INPUTS = [
+    (["train", "mlp-mnst"], "did you mean mlp-mnist"),
+    (["train", "no-such-thing"], "choose from"),
+    (["train", "mlp-mnist", "trainer.epohcs=3"], "valid keys in 'trainer'"),
+    (["train", "mlp-mnist", "+trainer.foo=1"], "unknown config key 'trainer.foo'"),
+    (["train", "mlp-mnist", "optim=sgdd"], "choose from: adagrad"),
+    (["train", "mlp-mnist", "model=nope"], "choose from"),
+    (["train", "mlp-mnist", "trainer.device=gpu"], "choose from: auto, cpu, cuda, mps"),
+    (["train", "mlp-mnist", "trainer.precision=fp8"], "choose from: 32, bf16"),
+    (["train", "mlp-mnist", "trainer.epochs=abc"], "trainer.epochs"),
+    (["train", "mlp-mnist", "trainer.epochs=-1"], "must be positive"),
+    (["train", "mlp-mnist", "data.batch_size=0"], "must be positive"),
+    (["train", "mlp-mnist", "optim.lr=fast"], "optim.lr"),
+    (["train", "mlp-mnist", "seed=x"], "seed"),
+    (["train", "mlp-mnist", "model.hidden=[0]"], "positive"),
+    (["train", "mlp-mnist", "model.activation=swish"], "choose from"),
+    (["train", "mlp-mnist", "x=["], "cannot parse override"),
+    (["train", "mlp-mnist", "optim=sgd,adam"], "add -m"),
+    (["train", "mlp-mnist", "--bogus"], "no such option"),
+    (["train"], "name an experiment"),
+    (["config", "mlp-mnist", "trainer.nope=1"], "unknown config key"),
+    (["eval", "/no/such/run"], "no such run directory"),
+    (["train", "--resume", "/no/such/run"], "no such run directory"),
+    (["train", "-m", "mlp-mnist", "optim=sgd,nope"], "unknown optim 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_gives_one_line_error(env, args, expected):
+    result = fdl(*args, env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert not run_dirs(env, "mlp-mnist"), "a failed start must not leave a run directory"
+
+
+def test_usage_errors_exit_2(env):
+    assert fdl("train", "mlp-mnist", "trainer.foo=1", env=env).returncode == 2
+    assert fdl("train", "nope", env=env).returncode == 2
+
+
+def test_debug_flag_shows_traceback(env):
+    result = fdl("--debug", "eval", "/no/such/run", env=env)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_train_then_eval_end_to_end(env):
+    result = fdl("train", "mlp-mnist", "optim=momentum", *QUICK, env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "mlp-mnist")
+    for name in ("config.yaml", "overrides.yaml", "meta.json", "metrics.jsonl", "summary.json", "train.log"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "init" / "model.safetensors").is_file()
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["seed"] == 0 and meta["device"] == "cpu"
+    assert {"torch", "python", "hydra-core"} <= set(meta["versions"])
+    assert "commit" in meta["git"] and meta["end_time"]
+    summary = read_summary(run)
+    assert summary["status"] == "completed"
+    assert 0.5 < summary["final"]["test/accuracy"] <= 1.0
+
+    evaluated = fdl("eval", str(run), "--json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["test/accuracy"] == pytest.approx(summary["best"]["test/accuracy"], abs=1e-9)
+    assert (run / "eval-best-test.json").is_file()

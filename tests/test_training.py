@@ -1,0 +1,179 @@
+"""Training on real MNIST: accuracy, exact resume after SIGTERM and SIGKILL, sweeps, concurrency."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import fdl, metric_records, read_summary, run_dirs
+
+# Small enough for CI, large enough that the resume points fall mid-epoch and mid-logging-window.
+RESUMABLE = [
+    "trainer.epochs=3",
+    "data.train_limit=6000",
+    "data.eval_limit=2000",
+    "trainer.checkpoint_every=7",
+    "trainer.log_every=4",
+    "model.dropout=0.3",  # dropout makes the torch RNG state matter
+    "optim=momentum",
+    "seed=5",
+]
+
+
+def test_short_real_training_passes_90_percent(env):
+    result = fdl("train", "mlp-mnist", "optim=momentum", "trainer.epochs=2", env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "mlp-mnist")
+    summary = read_summary(run)
+    assert summary["final"]["test/accuracy"] >= 0.90, summary["final"]
+
+
+def _start(env, *overrides: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fdlcli", "train", "mlp-mnist", *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_step(
+    run_root: Path, min_step: int, process: subprocess.Popen, exclude: Path, timeout: float = 120
+) -> Path:
+    """The new run's directory, once its latest checkpoint has reached ``min_step``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for latest in run_root.glob("*/checkpoints/latest.json"):
+            if latest.parent.parent == exclude:
+                continue
+            try:
+                if json.loads(latest.read_text())["step"] >= min_step:
+                    return latest.parent.parent
+            except (ValueError, KeyError, OSError):
+                pass
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        time.sleep(0.02)
+    raise AssertionError("training never reached the expected step")
+
+
+@pytest.fixture()
+def reference_run(env):
+    result = fdl("train", "mlp-mnist", *RESUMABLE, env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "mlp-mnist")
+    return run
+
+
+@pytest.mark.parametrize("kill_at_step", [15, 70, 121])
+def test_resume_after_sigkill_matches_uninterrupted_run(env, reference_run, kill_at_step):
+    process = _start(env, *RESUMABLE)
+    run = _wait_for_step(Path(env["FDL_RUNS_DIR"]) / "mlp-mnist", kill_at_step, process, reference_run)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads((run / "meta.json").read_text())["status"] == "running"  # killed mid-run
+
+    resumed = fdl("train", "--resume", str(run), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run)["final"] == read_summary(reference_run)["final"]
+    assert read_summary(run)["history"] == read_summary(reference_run)["history"]
+    assert metric_records(run) == metric_records(reference_run)
+
+
+def test_sigterm_checkpoints_and_resume_is_exact(env, reference_run):
+    process = _start(env, *RESUMABLE)
+    root = Path(env["FDL_RUNS_DIR"]) / "mlp-mnist"
+    _wait_for_step(root, 1, process, reference_run)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "resume with: fdl train --resume" in stderr
+    assert "Traceback" not in stderr
+    run = next(r for r in run_dirs(env, "mlp-mnist") if r != reference_run)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["status"] == "interrupted"
+    resumed = fdl("train", "--resume", str(run), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_summary(run)["final"] == read_summary(reference_run)["final"]
+    assert metric_records(run) == metric_records(reference_run)
+
+
+def test_resume_can_extend_training(env):
+    quick = ["trainer.epochs=1", "data.train_limit=1000", "data.eval_limit=500"]
+    assert fdl("train", "logreg-mnist", *quick, env=env).returncode == 0
+    (run,) = run_dirs(env, "logreg-mnist")
+    result = fdl("train", "--resume", str(run), "trainer.epochs=2", env=env)
+    assert result.returncode == 0, result.stderr
+    assert read_summary(run)["epochs"] == 2
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_two_job_sweep(env, launcher):
+    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    result = fdl(
+        "train", "mlp-mnist", "-m", "optim=sgd,momentum",
+        "trainer.epochs=1", "data.train_limit=1000", "data.eval_limit=500", *extra,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sweep: 2 jobs" in result.stdout
+    assert "optim=sgd" in result.stdout and "optim=momentum" in result.stdout
+    (sweep,) = (Path(env["FDL_RUNS_DIR"]) / "mlp-mnist" / "sweeps").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0", "1"]
+    optimizers = set()
+    for job in jobs:
+        assert read_summary(job)["status"] == "completed"
+        optimizers.add(json.loads((job / "meta.json").read_text())["overrides"][1])
+    assert optimizers == {"optim=sgd", "optim=momentum"}
+    table = json.loads((sweep / "sweep_summary.json").read_text())
+    assert len(table) == 2 and all(job["status"] == "completed" for job in table)
+
+
+def test_concurrent_starts_get_distinct_run_directories(env):
+    quick = ["trainer.epochs=1", "data.train_limit=200", "data.eval_limit=200", "trainer.histograms=false"]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fdlcli", "train", "logreg-mnist", *quick, "trainer.threads=1"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for _ in range(8)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr
+    runs = run_dirs(env, "logreg-mnist")
+    assert len(runs) == 8
+    assert all(read_summary(run)["status"] == "completed" for run in runs)
+
+
+def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env):
+    quick = ["trainer.epochs=1", "data.train_limit=500", "data.eval_limit=500"]
+    assert fdl("train", "logreg-mnist", *quick, env=env).returncode == 0
+    (run,) = run_dirs(env, "logreg-mnist")
+    latest = json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
+    weights = run / "checkpoints" / latest / "model.safetensors"
+
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    result = fdl("eval", str(run), "--checkpoint", "last", env=env)
+    assert result.returncode == 1 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+
+    assert fdl("train", "mlp-mnist", *quick, env=env).returncode == 0
+    (other,) = run_dirs(env, "mlp-mnist")
+    foreign = other / "checkpoints" / "init" / "model.safetensors"
+    weights.write_bytes(foreign.read_bytes())  # weights of another experiment
+    result = fdl("eval", str(run), "--checkpoint", "last", env=env)
+    assert result.returncode == 1 and "not of experiment 'logreg-mnist'" in result.stderr
+
+    state = run / "checkpoints" / latest / "trainer.pt"
+    state.write_bytes(b"not a checkpoint")
+    before = sorted(p.name for p in run.iterdir())
+    result = fdl("train", "--resume", str(run), "trainer.epochs=2", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == before
