@@ -77,7 +77,9 @@ def config_cmd(experiment: str, overrides: tuple[str, ...]) -> None:
 
 @cli.command("train", help=TRAIN_HELP, context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-@click.option("-m", "--multirun", is_flag=True, help="Sweep: one job per combination of comma-separated values.")
+@click.option(
+    "-m", "--multirun", is_flag=True, help="Sweep: one job per combination of comma-separated values."
+)
 @click.option(
     "--resume",
     "resume_dir",
@@ -108,7 +110,16 @@ def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None) ->
 
 def _print_sweep_table(results: list[Any]) -> None:
     table = Table(title=f"sweep: {len(results)} jobs")
-    for column in ("#", "overrides", "status", "epochs", "best val", "test acc (final)", "test acc (best)", "time s"):
+    for column in (
+        "#",
+        "overrides",
+        "status",
+        "epochs",
+        "best val",
+        "test acc (final)",
+        "test acc (best)",
+        "time s",
+    ):
         table.add_column(column, justify="right" if column not in ("overrides", "status") else "left")
 
     def fmt(value: Any, digits: int = 4) -> str:
@@ -159,6 +170,24 @@ def _reject_options(args: tuple[str, ...]) -> None:
     for arg in args:
         if arg.startswith("-"):
             raise click.UsageError(f"no such option: {arg}")
+
+
+def _add_command_modules() -> None:
+    """Commands of other modules (analysis, play, translate, ...): every module in fdlcli/commands that
+    defines ``COMMANDS``, a list of Click commands. Such modules import heavy libraries inside the
+    command functions so that `fdl --help` stays fast."""
+    import importlib
+    import pkgutil
+
+    import fdlcli.commands as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for command in getattr(module, "COMMANDS", []):
+            cli.add_command(command)
+
+
+_add_command_modules()
 
 
 def main(argv: list[str] | None = None) -> None:

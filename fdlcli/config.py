@@ -13,7 +13,7 @@ import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -118,10 +118,8 @@ def conf_dir() -> Path:
     candidates = []
     if os.environ.get("FDL_CONF_DIR"):
         candidates.append(Path(os.environ["FDL_CONF_DIR"]))
-    try:
+    with suppress(ModuleNotFoundError, TypeError):
         candidates.append(Path(str(importlib.resources.files("fdlcli.conf"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
     candidates.append(Path(__file__).resolve().parent.parent / "conf")  # a plain source checkout
     for candidate in candidates:
         if (candidate / "config.yaml").is_file():
@@ -174,7 +172,7 @@ def describe_composition_error(exc: BaseException, experiment: str) -> str:
     match = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", message)
     if match:
         key = match.group(1)
-        parent, _, leaf = key.rpartition(".")
+        parent, _, _leaf = key.rpartition(".")
         valid = _keys_under(experiment, parent)
         where = f" in {parent!r}" if parent else ""
         hint = f"; valid keys{where}: {', '.join(valid)}" if valid else ""
@@ -232,9 +230,7 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]] | None:
 
 def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     """Validate a composed (or reloaded) config into a :class:`RunConfig`, or raise ConfigError."""
-    container = (
-        OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    )
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     container.pop("hydra", None)
     name = container.get("name")
     if not isinstance(name, str):
@@ -243,7 +239,9 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     known = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(container) - known)
     if unknown:
-        raise ConfigError(f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}; valid top-level keys: {', '.join(sorted(known))}"
+        )
 
     sections = {
         "model": spec.model_config,
@@ -268,7 +266,9 @@ def _typed_section(section: str, schema: type, values: Any) -> Any:
     valid = [f.name for f in fields(schema)]
     for key in values:
         if key not in valid:
-            raise ConfigError(f"unknown config key '{section}.{key}'; valid keys in '{section}': {', '.join(valid)}")
+            raise ConfigError(
+                f"unknown config key '{section}.{key}'; valid keys in '{section}': {', '.join(valid)}"
+            )
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), values)
         return OmegaConf.to_object(merged)

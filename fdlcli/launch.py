@@ -51,7 +51,9 @@ def prevalidate(experiment: str, overrides: Sequence[str], multirun: bool) -> in
     if not multirun:
         config_module.expand_sweep(user)  # parse errors surface here too
         if any(_is_sweep(o) for o in user):
-            raise ConfigError(f"{next(o for o in user if _is_sweep(o))!r} is a sweep; add -m to run one job per value")
+            raise ConfigError(
+                f"{next(o for o in user if _is_sweep(o))!r} is a sweep; add -m to run one job per value"
+            )
     for combo in combos[:MAX_PREVALIDATED_JOBS]:
         config_module.validate(config_module.compose(experiment, combo))
     return len(combos)
@@ -96,7 +98,9 @@ def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[Jo
             JobResult(
                 number=number,
                 overrides=list(job.overrides or []),
-                run_dir=str(OmegaConf.select(job.hydra_cfg, "hydra.runtime.output_dir", default=None) or target),
+                run_dir=str(
+                    OmegaConf.select(job.hydra_cfg, "hydra.runtime.output_dir", default=None) or target
+                ),
                 status="failed" if value is None or value.get("error") else "completed",
                 summary=(value or {}).get("summary", {}),
                 error=(value or {}).get("error"),
@@ -133,7 +137,9 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def save_config(run_dir: Path, run_config: Any, overrides: list[str]) -> None:
-    runs.atomic_write_text(run_dir / runs.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(run_config.to_dict())))
+    runs.atomic_write_text(
+        run_dir / runs.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(run_config.to_dict()))
+    )
     runs.atomic_write_text(run_dir / runs.OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
@@ -172,4 +178,3 @@ def evaluate(run_dir: Path, checkpoint: str, split: str) -> dict[str, float]:
     run_config = config_module.load_saved(run_dir / runs.CONFIG_FILE)
     run = runs.Run(path=run_dir, config=run_config)
     return registry.get(run_config.name).evaluate(run, checkpoint, split)
-

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,9 +18,6 @@ from fdlcli.errors import UnknownExperimentError
 if TYPE_CHECKING:
     from fdlcli.config import RunConfig
     from fdlcli.runs import Run
-
-# Experiment families, imported on first use so that `fdl --help` does not pay for torch.
-_FAMILY_MODULES = ("fdlcli.experiments.mlp",)
 
 
 @dataclass(frozen=True)
@@ -54,10 +52,15 @@ def register(spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def _load_families() -> None:
+    """Import every module of fdlcli.experiments (each registers its experiments), on first use only,
+    so that `fdl --help` does not pay for importing torch."""
     global _loaded
     if not _loaded:
-        for module in _FAMILY_MODULES:
-            importlib.import_module(module)
+        import fdlcli.experiments as package
+
+        for module in sorted(m.name for m in pkgutil.iter_modules(package.__path__)):
+            if not module.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{module}")
         _loaded = True
 
 

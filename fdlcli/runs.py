@@ -157,10 +157,8 @@ def package_versions() -> dict[str, str]:
 
     versions = {"python": platform.python_version()}
     for name in ("fdlcli", "torch", "numpy", "hydra-core", "omegaconf", "datasets", "safetensors"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return versions
 
 
@@ -263,7 +261,9 @@ def start_meta(run: Run, device: str) -> None:
     meta_path = run.path / META_FILE
     meta = read_json(meta_path) if meta_path.exists() else {}
     if run.resume:
-        meta.setdefault("resumes", []).append({"command": sys.argv, "time": now_iso(), "overrides": overrides})
+        meta.setdefault("resumes", []).append(
+            {"command": sys.argv, "time": now_iso(), "overrides": overrides}
+        )
         meta.update(status="running", device=device, end_time=None, pid=os.getpid())
     else:
         meta.update(

@@ -49,7 +49,9 @@ def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.Monke
     return {**os.environ, **values}
 
 
-def fdl(*args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def fdl(
+    *args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run the real command line in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "fdlcli", *args],

@@ -117,8 +117,14 @@ def test_resume_can_extend_training(env):
 def test_two_job_sweep(env, launcher):
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     result = fdl(
-        "train", "mlp-mnist", "-m", "optim=sgd,momentum",
-        "trainer.epochs=1", "data.train_limit=1000", "data.eval_limit=500", *extra,
+        "train",
+        "mlp-mnist",
+        "-m",
+        "optim=sgd,momentum",
+        "trainer.epochs=1",
+        "data.train_limit=1000",
+        "data.eval_limit=500",
+        *extra,
         env=env,
     )
     assert result.returncode == 0, result.stderr
@@ -141,7 +147,10 @@ def test_concurrent_starts_get_distinct_run_directories(env):
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "fdlcli", "train", "logreg-mnist", *quick, "trainer.threads=1"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(8)
     ]

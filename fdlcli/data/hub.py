@@ -39,7 +39,8 @@ def load_split(name: str, hub_id: str, split: str, configured_dir: str | None = 
         if not path.is_file():
             if not (root / name).is_dir():
                 raise DataUnavailableError(
-                    f"the data mirror {root} has no {name}/ folder (set data.dir or FDL_DATA_DIR to a mirror that does)"
+                    f"the data mirror {root} has no {name}/ folder "
+                    "(set data.dir or FDL_DATA_DIR to a mirror that does)"
                 )
             raise DataUnavailableError(
                 f"the data mirror has no split {split!r} for {name} ({path} is missing; "

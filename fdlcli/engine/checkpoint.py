@@ -139,7 +139,9 @@ class CheckpointManager:
             raise CheckpointError(f"no {which} checkpoint in {self.directory.parent}")
         return ref
 
-    def load_weights(self, model: torch.nn.Module, ref: CheckpointRef, device: torch.device | str = "cpu") -> None:
+    def load_weights(
+        self, model: torch.nn.Module, ref: CheckpointRef, device: torch.device | str = "cpu"
+    ) -> None:
         path = ref.path / WEIGHTS
         try:
             from safetensors import safe_open
@@ -157,7 +159,9 @@ class CheckpointManager:
         try:
             missing, unexpected = load_model(unwrap(model), str(path), strict=False, device=str(device))
         except (SafetensorError, RuntimeError, OSError) as exc:
-            raise CheckpointError(f"weights {path} do not fit the model: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"weights {path} do not fit the model: {str(exc).splitlines()[0]}"
+            ) from None
         if missing or unexpected:
             raise CheckpointError(
                 f"weights {path} do not fit the model (missing {sorted(missing)[:3]}, "
@@ -173,7 +177,9 @@ class CheckpointManager:
         except FileNotFoundError:
             raise CheckpointError(f"checkpoint {ref.path} has no trainer state") from None
         except Exception as exc:
-            raise CheckpointError(f"corrupt or foreign trainer state {path}: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"corrupt or foreign trainer state {path}: {str(exc).splitlines()[0]}"
+            ) from None
         if not isinstance(state, dict) or state.get("fdl_experiment") != self.experiment:
             raise CheckpointError(f"{path} is not a trainer state of experiment {self.experiment!r}")
         return state

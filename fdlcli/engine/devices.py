@@ -17,7 +17,9 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if requested == "cuda" and not cuda:
-        raise ConfigError("trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu")
+        raise ConfigError(
+            "trainer.device=cuda but no CUDA device is available; use trainer.device=auto or cpu"
+        )
     if requested == "mps" and not mps:
         raise ConfigError("trainer.device=mps but MPS is not available; use trainer.device=auto or cpu")
     return torch.device(requested)

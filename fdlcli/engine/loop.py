@@ -13,7 +13,6 @@ replays the same minibatches with the same random numbers and logs the same valu
 from __future__ import annotations
 
 import math
-import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,11 +27,10 @@ from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
 from fdlcli.engine.devices import autocast, configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
 from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
-from fdlcli.engine.signals import graceful_stop
-from fdlcli.engine.tracking import ConsoleProgress, MetricsWriter, log, setup_run_logging
+from fdlcli.engine.session import run_session
+from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.errors import FdlError, TrainingDiverged, TrainingInterrupted
-from fdlcli.runs import Run, atomic_write_json, now_iso, start_meta, truncate_metrics
+from fdlcli.runs import Run, atomic_write_json, now_iso
 
 
 class SupervisedTask(ABC):
@@ -109,174 +107,136 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 
 def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
     """Train (or resume) ``run`` to its configured number of epochs; return its summary."""
-    cfg = run.config
-    trainer = cfg.trainer
-    device = resolve_device(trainer.device)
-    threads = configure_threads(trainer.threads, run.parallel_jobs)
-    log_handler = setup_run_logging(run.path)
-    start_meta(run, str(device))
-    run.update_meta(threads=threads)
-    log.info("%s %s on %s (%d threads)", "resuming" if run.resume else "starting", cfg.name, device, threads)
+    cfg, trainer = run.config, run.config.trainer
+    with run_session(run) as session:
+        device, checkpoints, writer = session.device, session.checkpoints, session.writer
+        seed_everything(cfg.seed)
+        model = task.build_model()  # initialization draws from the freshly seeded global RNG
+        data = task.load_data().to(device)
+        model.to(device)
+        optimizer = build_optimizer(cfg.optim, model.parameters())
 
-    seed_everything(cfg.seed)
-    model = task.build_model()  # initialization draws from the freshly seeded global RNG
-    data = task.load_data().to(device)
-    model.to(device)
-    optimizer = build_optimizer(cfg.optim, model.parameters())
-    checkpoints = CheckpointManager(run.checkpoint_dir, cfg.name, trainer.keep_checkpoints)
+        state = TrainState()
+        if run.resume:
+            latest = checkpoints.latest()
+            if latest is not None:
+                checkpoints.load_weights(model, latest, device)
+                saved = checkpoints.load_state(latest)
+                optimizer.load_state_dict(saved["optimizer"])
+                set_rng_state(saved["rng"])
+                state = TrainState.from_checkpoint(saved)
+            else:  # killed before the first checkpoint: start over from the saved step-0 weights
+                checkpoints.load_weights(model, checkpoints.resolve("init"), device)
+            writer.rewind(state.metrics_lines, state.step)
+        else:
+            checkpoints.save_initial(model)
+        session.seconds_before = state.train_seconds
+        if trainer.compile:
+            model.compile()  # in place: state-dict keys stay the same
 
-    state = TrainState()
-    if run.resume:
-        latest = checkpoints.latest()
-        if latest is not None:
-            checkpoints.load_weights(model, latest, device)
-            saved = checkpoints.load_state(latest)
-            optimizer.load_state_dict(saved["optimizer"])
-            set_rng_state(saved["rng"])
-            state = TrainState.from_checkpoint(saved)
-        else:  # killed before the first checkpoint: start over from the saved step-0 weights
-            checkpoints.load_weights(model, checkpoints.resolve("init"), device)
-        truncate_metrics(run.path, state.metrics_lines)
-    else:
-        checkpoints.save_initial(model)
-    if trainer.compile:
-        model.compile()  # in place: state-dict keys stay the same
+        n_train = len(data.train[0])
+        batch_size = cfg.data.batch_size
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        progress = session.start_progress(steps_per_epoch * trainer.epochs, state.step)
+        window_sum = torch.tensor(state.window_cost_sum, dtype=torch.float64, device=device)
 
-    n_train = len(data.train[0])
-    batch_size = cfg.data.batch_size
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    writer = MetricsWriter(run.path, purge_step=state.step if run.resume else None)
-    progress = ConsoleProgress(steps_per_epoch * trainer.epochs, state.step, trainer.print_every_s)
+        def save(reason: str) -> CheckpointRef:
+            state.metrics_lines = writer.lines
+            state.window_cost_sum = window_sum.item()  # a partial logging window resumes where it was
+            state.train_seconds = session.train_seconds
+            payload = {
+                **asdict(state),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "reason": reason,
+            }
+            return checkpoints.save(model, payload, state.step)
 
-    def save(reason: str) -> CheckpointRef:
-        state.metrics_lines = writer.lines
-        state.window_cost_sum = window_sum.item()  # the partial window resumes exactly where it was
-        payload = {
-            **asdict(state),
-            "optimizer": optimizer.state_dict(),
-            "rng": rng_state(),
-            "reason": reason,
-        }
-        return checkpoints.save(model, payload, state.step)
-
-    status, error = "failed", None
-    window_sum = torch.tensor(state.window_cost_sum, dtype=torch.float64, device=device)
-    started = time.monotonic()
-    seconds_before = state.train_seconds
-    try:
         if state.epoch >= trainer.epochs:
-            progress.message(f"run already complete ({state.epoch}/{trainer.epochs} epochs); nothing to train")
-        with graceful_stop() as stop:
-            for epoch in range(state.epoch, trainer.epochs):
-                order = torch.randperm(n_train, generator=epoch_generator(cfg.seed, epoch)).to(device)
-                model.train()
-                for batch_index in range(state.batch_in_epoch, steps_per_epoch):
-                    indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-                    batch = tuple(array[indices] for array in data.train)
-                    with autocast(device, trainer.precision):
-                        loss = task.loss(model, batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if trainer.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-                    optimizer.step()
-                    state.step += 1
-                    state.batch_in_epoch = batch_index + 1
-                    window_sum += loss.detach().double()  # stays on the device: no sync per step
-                    state.window_batches += 1
-                    last_in_epoch = batch_index + 1 == steps_per_epoch
-                    if state.step % trainer.log_every == 0 or last_in_epoch:
-                        window_total = window_sum.item()
-                        if not math.isfinite(window_total):
-                            raise TrainingDiverged(
-                                f"the training cost became {window_total} near step {state.step}; "
-                                f"the last good checkpoint is kept ({checkpoints.latest() or 'init'})"
-                            )
-                        window_cost = window_total / state.window_batches
-                        writer.log({"train/cost": window_cost}, state.step, epoch)
-                        state.epoch_cost_sum += window_total
-                        state.epoch_batches += state.window_batches
-                        window_sum.zero_()
-                        state.window_batches = 0
-                        progress.update(state.step, epoch, trainer.epochs, window_cost)
-                    if stop.requested:
-                        state.train_seconds = seconds_before + time.monotonic() - started
-                        ref = save(f"stopped by {stop.requested}")
-                        status = "interrupted"
-                        raise TrainingInterrupted(
-                            f"stopped by {stop.requested} at step {state.step}; checkpoint {ref.name} saved; "
-                            f"resume with: fdl train --resume {run.path}"
-                        )
-                    if trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0 and not last_in_epoch:
-                        state.train_seconds = seconds_before + time.monotonic() - started
-                        save("periodic")
+            session.message(f"run already complete ({state.epoch}/{trainer.epochs} epochs); nothing to train")
+        for epoch in range(state.epoch, trainer.epochs):
+            order = torch.randperm(n_train, generator=epoch_generator(cfg.seed, epoch)).to(device)
+            model.train()
+            for batch_index in range(state.batch_in_epoch, steps_per_epoch):
+                indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                batch = tuple(array[indices] for array in data.train)
+                with autocast(device, trainer.precision):
+                    loss = task.loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if trainer.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+                optimizer.step()
+                state.step += 1
+                state.batch_in_epoch = batch_index + 1
+                window_sum += loss.detach().double()  # stays on the device: no host sync per step
+                state.window_batches += 1
+                last_in_epoch = batch_index + 1 == steps_per_epoch
+                if state.step % trainer.log_every == 0 or last_in_epoch:
+                    window_total = window_sum.item()
+                    session.check_finite(window_total, state.step)
+                    window_cost = window_total / state.window_batches
+                    writer.log({"train/cost": window_cost}, state.step, epoch)
+                    state.epoch_cost_sum += window_total
+                    state.epoch_batches += state.window_batches
+                    window_sum.zero_()
+                    state.window_batches = 0
+                    progress.update(state.step, epoch, trainer.epochs, window_cost)
+                session.stop_if_requested(save)
+                if (
+                    trainer.checkpoint_every
+                    and state.step % trainer.checkpoint_every == 0
+                    and not last_in_epoch
+                ):
+                    save("periodic")
 
-                # ---- end of epoch: validate, log, checkpoint, track the best model ----
-                epoch_cost = state.epoch_cost_sum / max(1, state.epoch_batches)
-                state.epoch, state.batch_in_epoch = epoch + 1, 0
-                state.epoch_cost_sum, state.epoch_batches = 0.0, 0
-                val = task.evaluate(model, data.val, trainer.eval_batch_size)
-                metrics = {"train/epoch_cost": epoch_cost, **{f"val/{k}": v for k, v in val.items()}}
-                writer.log(metrics, state.step, state.epoch)
-                if trainer.histograms:
-                    writer.histograms(model.named_parameters(), state.step)
-                state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
-                state.train_seconds = seconds_before + time.monotonic() - started
-                monitored = metrics.get(trainer.monitor)
-                if monitored is None:
-                    raise FdlError(
-                        f"trainer.monitor={trainer.monitor!r} is not a logged metric; "
-                        f"choose from: {', '.join(metrics)}"
-                    )
-                improved = _is_better(monitored, state.best_value, trainer.monitor_mode)
-                if improved:
-                    state.best_value = monitored
-                ref = save("epoch")
-                if improved:
-                    checkpoints.mark_best(ref, trainer.monitor, monitored, state.epoch)
-                run.write_summary(_summary(run, state, final=None, best_test=None, status="running"))
-                progress.message(
-                    f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
-                    + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
-                    + ("  *" if improved else "")
+            # ---- end of epoch: validate, log, checkpoint, track the best model ----
+            epoch_cost = state.epoch_cost_sum / max(1, state.epoch_batches)
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            state.epoch_cost_sum, state.epoch_batches = 0.0, 0
+            val = task.evaluate(model, data.val, trainer.eval_batch_size)
+            metrics = {"train/epoch_cost": epoch_cost, **{f"val/{k}": v for k, v in val.items()}}
+            writer.log(metrics, state.step, state.epoch)
+            if trainer.histograms:
+                writer.histograms(model.named_parameters(), state.step)
+            state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
+            monitored = metrics.get(trainer.monitor)
+            if monitored is None:
+                raise ConfigError(
+                    f"trainer.monitor={trainer.monitor!r} is not a logged metric; "
+                    f"choose from: {', '.join(metrics)}"
                 )
+            improved = _is_better(monitored, state.best_value, trainer.monitor_mode)
+            if improved:
+                state.best_value = monitored
+            ref = save("epoch")
+            if improved:
+                checkpoints.mark_best(ref, trainer.monitor, monitored, state.epoch)
+            run.write_summary(_summary(run, state, final=None, best_test=None, status="running"))
+            session.message(
+                f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
+                + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
+                + ("  *" if improved else "")
+            )
 
         # ---- end of training: test the final and the best model ----
         final = {**state.history[-1]} if state.history else {}
-        final.update({f"test/{k}": v for k, v in task.evaluate(model, data.test, trainer.eval_batch_size).items()})
+        test = task.evaluate(model, data.test, trainer.eval_batch_size)
+        final.update({f"test/{k}": v for k, v in test.items()})
         best_test = None
-        best_info = checkpoints.best_info()
-        if best_info is not None:
+        if checkpoints.best_info() is not None:
             checkpoints.load_weights(model, checkpoints.resolve("best"), device)
-            best_test = {f"test/{k}": v for k, v in task.evaluate(model, data.test, trainer.eval_batch_size).items()}
-        status = "completed"
-        summary = _summary(run, state, final=final, best_test=best_test, status=status)
+            best = task.evaluate(model, data.test, trainer.eval_batch_size)
+            best_test = {f"test/{k}": v for k, v in best.items()}
+        state.train_seconds = session.train_seconds
+        summary = _summary(run, state, final=final, best_test=best_test, status="completed")
         run.write_summary(summary)
-        progress.message(
+        session.message(
             f"done: test accuracy {final.get('test/accuracy', float('nan')):.4f} (final model)"
             + (f", {best_test['test/accuracy']:.4f} (best by {trainer.monitor})" if best_test else "")
             + f"; run dir {run.path}"
         )
         return summary
-    except TrainingDiverged as exc:
-        status, error = "diverged", str(exc)
-        raise
-    except TrainingInterrupted as exc:
-        status, error = "interrupted", str(exc)
-        raise
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted twice: stopped without a checkpoint"
-        raise
-    except BaseException as exc:
-        error = str(exc)
-        raise
-    finally:
-        progress.close()
-        writer.close()
-        run.update_meta(status=status, end_time=now_iso(), error=error, train_seconds=round(state.train_seconds, 2))
-        log.info("status %s%s", status, f": {error}" if error else "")
-        log.removeHandler(log_handler)
-        log_handler.close()
 
 
 def _summary(
@@ -285,9 +245,7 @@ def _summary(
     trainer = run.config.trainer
     best_epoch = None
     if state.best_value is not None:
-        best_epoch = next(
-            (h for h in state.history if h.get(trainer.monitor) == state.best_value), None
-        )
+        best_epoch = next((h for h in state.history if h.get(trainer.monitor) == state.best_value), None)
     summary: dict[str, Any] = {
         "experiment": run.config.name,
         "status": status,
@@ -295,7 +253,12 @@ def _summary(
         "steps": state.step,
         "train_seconds": round(state.train_seconds, 2),
         "final": final or (state.history[-1] if state.history else {}),
-        "best": {"metric": trainer.monitor, "value": state.best_value, **(best_epoch or {}), **(best_test or {})},
+        "best": {
+            "metric": trainer.monitor,
+            "value": state.best_value,
+            **(best_epoch or {}),
+            **(best_test or {}),
+        },
         "history": state.history,
     }
     return summary
@@ -323,7 +286,9 @@ def evaluate_checkpoint(task: SupervisedTask, run: Run, which: str, split: str) 
     checkpoints.load_weights(model, ref, device)
     data = task.load_data().to(device)
     arrays = {"train": data.train, "val": data.val, "test": data.test}[split]
-    metrics = {f"{split}/{k}": v for k, v in task.evaluate(model, arrays, cfg.trainer.eval_batch_size).items()}
+    metrics = {
+        f"{split}/{k}": v for k, v in task.evaluate(model, arrays, cfg.trainer.eval_batch_size).items()
+    }
     record = {"checkpoint": ref.name, "split": split, "time": now_iso(), "metrics": metrics}
     atomic_write_json(run.path / f"eval-{which}-{split}.json", record)
     return metrics

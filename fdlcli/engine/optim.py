@@ -24,10 +24,19 @@ def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> t
         )
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(
-            params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            alpha=cfg.alpha,
+            eps=cfg.eps,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(
+            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
+        )
     raise ValueError(f"unknown optimizer {cfg.name!r}")  # config validation lists the valid names

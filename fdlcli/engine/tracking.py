@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from fdlcli.runs import LOG_FILE, METRICS_FILE
+from fdlcli.runs import LOG_FILE, METRICS_FILE, truncate_metrics
 
 log = logging.getLogger("fdl")
 
@@ -34,28 +41,51 @@ def setup_run_logging(run_dir: Path) -> logging.Handler:
 
 
 class MetricsWriter:
-    """Appends one JSON record per value to metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON record per value to metrics.jsonl and mirrors scalars to TensorBoard.
 
-    def __init__(self, run_dir: Path, purge_step: int | None = None, tensorboard: bool = True) -> None:
+    Files open on the first record, so a resumed run can first :meth:`rewind` to its checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.run_dir = run_dir
         self.path = run_dir / METRICS_FILE
-        self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
-        self.lines = sum(1 for _ in open(self.path)) if self.path.stat().st_size else 0
-        self.tb = None
-        if tensorboard:
+        self.tensorboard = tensorboard
+        self.purge_step: int | None = None
+        self._file: Any = None
+        self._tb: Any = None
+        self._tb_tried = False
+        self.lines = 0
+        if self.path.exists():
+            with open(self.path, "rb") as existing:
+                self.lines = sum(1 for _ in existing)
+
+    def rewind(self, keep_lines: int, step: int) -> None:
+        """Forget what was logged after the checkpoint a run resumes from (it will be logged again)."""
+        assert self._file is None, "rewind before the first record"
+        truncate_metrics(self.run_dir, keep_lines)
+        self.lines = keep_lines
+        self.purge_step = step  # TensorBoard drops its events after this step
+
+    @property
+    def tb(self) -> Any:
+        if self.tensorboard and not self._tb_tried:
+            self._tb_tried = True
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     from torch.utils.tensorboard import SummaryWriter
-                # purge_step drops events logged after the checkpoint we resumed from
-                self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge_step)
+                self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.purge_step)
             except ImportError:
                 log.warning("tensorboard is not installed: no event files are written")
+        return self._tb
 
     def log(self, metrics: dict[str, float], step: int, epoch: int) -> None:
-        wall = time.time()
+        if self._file is None:
+            self._file = open(self.path, "a")  # noqa: SIM115 - closed in close()
+        wall = round(time.time(), 3)
         for name, value in metrics.items():
-            record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": round(wall, 3)}
-            self._file.write(json.dumps(record, allow_nan=True) + "\n")
+            record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": wall}
+            self._file.write(json.dumps(record) + "\n")
             self.lines += 1
             if self.tb is not None and math.isfinite(value):
                 self.tb.add_scalar(name, value, step)
@@ -67,15 +97,18 @@ class MetricsWriter:
                 self.tb.add_histogram(f"params/{name}", param.detach().float().cpu(), step)
 
     def close(self) -> None:
-        self._file.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
 
 
 class ConsoleProgress:
     """Progress on the console: a rich bar on a terminal, plain periodic lines elsewhere."""
 
-    def __init__(self, total_steps: int, start_step: int, print_every_s: float, console: Console | None = None):
+    def __init__(
+        self, total_steps: int, start_step: int, print_every_s: float, console: Console | None = None
+    ):
         self.console = console or Console(stderr=False)
         self.interactive = sys.stdout.isatty() and self.console.is_terminal
         self.total = total_steps
@@ -93,7 +126,9 @@ class ConsoleProgress:
                 console=self.console,
                 transient=False,
             )
-            self._task = self._progress.add_task("train", total=total_steps, completed=start_step, epoch="-", cost="-")
+            self._task = self._progress.add_task(
+                "train", total=total_steps, completed=start_step, epoch="-", cost="-"
+            )
             self._progress.start()
 
     def update(self, step: int, epoch: int, epochs: int, cost: float | None) -> None:

@@ -1,0 +1,1 @@
+"""Analyses of finished runs: plots, loss-surface interpolation, embeddings, attention maps."""

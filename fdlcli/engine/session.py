@@ -1,0 +1,112 @@
+"""A training session: everything around a training loop that every experiment needs.
+
+``with run_session(run) as session:`` resolves the device and threads, opens the run's log, writes
+``meta.json`` (and its final status: completed, interrupted, diverged or failed), gives the loop a
+metrics writer, a checkpoint manager, a console progress display and a stop flag set by Ctrl-C or
+SIGTERM. Custom loops (reinforcement learning, word2vec, ...) use it as :func:`fdlcli.engine.loop.fit`
+does, so every experiment behaves the same on interruption, divergence and resume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
+from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.signals import StopFlag, graceful_stop
+from fdlcli.engine.tracking import ConsoleProgress, MetricsWriter, log, setup_run_logging
+from fdlcli.errors import TrainingDiverged, TrainingInterrupted
+from fdlcli.runs import Run, now_iso, start_meta
+
+
+@dataclass
+class Session:
+    run: Run
+    device: torch.device
+    threads: int
+    writer: MetricsWriter
+    checkpoints: CheckpointManager
+    stop: StopFlag
+    progress: ConsoleProgress | None = None
+    seconds_before: float = 0.0  # training time of earlier processes (a resumed run)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def train_seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+    def start_progress(self, total_steps: int, done_steps: int) -> ConsoleProgress:
+        self.progress = ConsoleProgress(total_steps, done_steps, self.run.config.trainer.print_every_s)
+        return self.progress
+
+    def message(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.message(text)
+        else:
+            print(text, flush=True)
+            log.info(text)
+
+    def stop_if_requested(self, save: Callable[[str], CheckpointRef]) -> None:
+        """After a Ctrl-C or SIGTERM: checkpoint with ``save`` and stop with a resume hint."""
+        if self.stop.requested:
+            ref = save(f"stopped by {self.stop.requested}")
+            raise TrainingInterrupted(
+                f"stopped by {self.stop.requested} at step {ref.step}; checkpoint {ref.name} saved; "
+                f"resume with: fdl train --resume {self.run.path}"
+            )
+
+    def check_finite(self, value: float, step: int) -> None:
+        if value != value or value in (float("inf"), float("-inf")):
+            latest = self.checkpoints.latest()
+            raise TrainingDiverged(
+                f"the training cost became {value} near step {step}; training stopped and the last good "
+                f"checkpoint is kept ({latest.name if latest else 'the step-0 weights'})"
+            )
+
+
+@contextmanager
+def run_session(run: Run) -> Iterator[Session]:
+    trainer = run.config.trainer
+    device = resolve_device(trainer.device)
+    threads = configure_threads(trainer.threads, run.parallel_jobs)
+    handler = setup_run_logging(run.path)
+    start_meta(run, str(device))
+    run.update_meta(threads=threads)
+    log.info(
+        "%s %s on %s (%d threads)", "resuming" if run.resume else "starting", run.config.name, device, threads
+    )
+    writer = MetricsWriter(run.path)
+    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name, trainer.keep_checkpoints)
+    status, error = "failed", None
+    session: Session | None = None
+    try:
+        with graceful_stop() as stop:
+            session = Session(run, device, threads, writer, checkpoints, stop)
+            yield session
+        status = "completed"
+    except TrainingDiverged as exc:
+        status, error = "diverged", str(exc)
+        raise
+    except TrainingInterrupted as exc:
+        status, error = "interrupted", str(exc)
+        raise
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted twice: stopped without a new checkpoint"
+        raise
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if session is not None and session.progress is not None:
+            session.progress.close()
+        writer.close()
+        seconds = round(session.train_seconds, 2) if session is not None else 0.0
+        run.update_meta(status=status, end_time=now_iso(), error=error, train_seconds=seconds)
+        log.info("status %s%s", status, f": {error}" if error else "")
+        log.removeHandler(handler)
+        handler.close()
