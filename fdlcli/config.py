@@ -114,15 +114,19 @@ _NON_NEGATIVE = (
 
 
 def conf_dir() -> Path:
-    """The ``conf/`` directory: $FDL_CONF_DIR, else the one shipped in the package (editable or wheel)."""
+    """The ``conf/`` directory: $FDL_CONF_DIR, else the source checkout's, else the one in the wheel.
+
+    The checkout's own ``conf/`` wins over the package resource, so a second checkout (a git worktree)
+    uses its own YAML even when another checkout is the editable install.
+    """
     candidates = []
     if os.environ.get("FDL_CONF_DIR"):
         candidates.append(Path(os.environ["FDL_CONF_DIR"]))
+    candidates.append(Path(__file__).resolve().parent.parent / "conf")  # source checkout / editable
     with suppress(ModuleNotFoundError, TypeError):
-        candidates.append(Path(str(importlib.resources.files("fdlcli.conf"))))
-    candidates.append(Path(__file__).resolve().parent.parent / "conf")  # a plain source checkout
+        candidates.append(Path(str(importlib.resources.files("fdlcli.conf"))))  # installed wheel
     for candidate in candidates:
-        if (candidate / "config.yaml").is_file():
+        if (candidate / "config.yaml").is_file() and (candidate / "experiment").is_dir():
             return candidate.resolve()
     raise ConfigError(f"cannot find fdl's conf/ directory (looked in {', '.join(map(str, candidates))})")
 
