@@ -249,9 +249,9 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
 
     sections = {
         "model": spec.model_config,
-        "data": DataConfig,
+        "data": spec.data_config or DataConfig,
         "optim": OptimConfig,
-        "trainer": TrainerConfig,
+        "trainer": spec.trainer_config or TrainerConfig,
     }
     typed: dict[str, Any] = {"name": name}
     for section, schema in sections.items():

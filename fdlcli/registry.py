@@ -26,7 +26,9 @@ class ExperimentSpec:
 
     ``train(run)`` trains (or resumes) the run and returns its summary; ``evaluate(run, checkpoint, split)``
     reloads a finished run and returns metrics. ``model_config`` is the dataclass that validates the
-    ``model`` config group of this experiment.
+    ``model`` config group of this experiment; ``data_config`` and ``trainer_config`` may name subclasses
+    of :class:`fdlcli.config.DataConfig` / :class:`fdlcli.config.TrainerConfig` with extra keys (a text
+    dataset's vocabulary size, an RL run's environment steps), validated the same way.
     """
 
     name: str
@@ -37,6 +39,8 @@ class ExperimentSpec:
     model_config: type
     train: Callable[[Run], dict[str, Any]]
     evaluate: Callable[[Run, str, str], dict[str, float]]
+    data_config: type | None = None
+    trainer_config: type | None = None
 
 
 _REGISTRY: dict[str, ExperimentSpec] = {}
