@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.resources
 import itertools
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -314,6 +315,11 @@ def load_saved(path: Path) -> RunConfig:
         raise ConfigError(f"cannot read {path}: {_first_line(str(exc))}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path} does not hold an fdl config")
+    # A saved config is fully resolved: an interpolation in it was put there by hand. Refuse it rather
+    # than let a run directory from elsewhere make fdl read environment variables or other files.
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    if "${" in json.dumps(raw, default=str):
+        raise ConfigError(f"{path} holds an interpolation (${{...}}); saved configs must be plain values")
     return validate(cfg)
 
 

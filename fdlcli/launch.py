@@ -11,6 +11,7 @@ so a typo fails in a second with one line, and no run directory is created for i
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,10 @@ def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[Jo
                 returns = hydra.multirun(config_name="config", task_function=run_job, overrides=all_overrides)
                 flat = [job for batch in returns for job in batch]
             else:
+                _single_run_failures.clear()
                 flat = [hydra.run(config_name="config", task_function=run_job, overrides=all_overrides)]
+                if _single_run_failures:
+                    raise _single_run_failures.pop()
     except BaseException:
         runs.remove_if_empty(target)
         raise
@@ -111,29 +115,40 @@ def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[Jo
     return results
 
 
+# A single run's exception, handed from the task function back to launch() (same process). Raising it
+# through Hydra instead would make Hydra print its own "Error executing job" line before ours.
+_single_run_failures: list[BaseException] = []
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function: one job = one run directory. Module-level so launchers can pickle it."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    run_config = config_module.validate(cfg)
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.run.dir", "hydra.sweep."))]
-    parallel = _parallel_jobs(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else 1
-    save_config(run_dir, run_config, overrides)
-    run = runs.Run(path=run_dir, config=run_config, overrides=overrides, parallel_jobs=parallel)
+    run: runs.Run | None = None
     try:
+        run_config = config_module.validate(cfg)
+        overrides = [
+            o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.run.dir", "hydra.sweep."))
+        ]
+        save_config(run_dir, run_config, overrides)
+        parallel = _parallel_jobs(hydra_cfg) if sweeping else 1
+        run = runs.Run(path=run_dir, config=run_config, overrides=overrides, parallel_jobs=parallel)
         with runs.locked(run_dir):
-            summary = registry.get(run_config.name).train(run)
-    except TrainingInterrupted:
-        raise  # Ctrl-C stops the whole sweep
+            return {"summary": registry.get(run_config.name).train(run)}
+    except (TrainingInterrupted, KeyboardInterrupt):
+        if sweeping:
+            raise  # Ctrl-C stops the whole sweep
+        _single_run_failures.append(sys.exc_info()[1])  # type: ignore[arg-type]
     except Exception as exc:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
-            raise
+        if not sweeping:
+            _single_run_failures.append(exc)
         # keep going: the sweep's table reports the failure and the command exits non-zero
-        return {"summary": run.summary(), "error": runs.describe_error(exc)}
-    return {"summary": summary}
+        return {"summary": run.summary() if run else {}, "error": runs.describe_error(exc)}
+    return {"summary": {}, "error": "interrupted"}
 
 
 def save_config(run_dir: Path, run_config: Any, overrides: list[str]) -> None:

@@ -1,0 +1,110 @@
+"""Every experiment composes and validates; conf/ ships inside the package; saved configs are safe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from fdlcli import config, registry
+from fdlcli.errors import ConfigError, UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_experiment_composes_and_validates(name):
+    run_config = config.validate(config.compose(name))
+    assert run_config.name == name
+    assert isinstance(run_config.model, registry.get(name).model_config)
+
+
+def test_every_experiment_overlay_is_registered_and_vice_versa():
+    overlays = {p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")}
+    assert overlays == set(registry.names())
+
+
+def test_overrides_reach_typed_config():
+    run_config = config.validate(
+        config.compose("mlp-mnist", ["optim=nesterov", "trainer.epochs=4", "model.hidden=[32]", "seed=9"])
+    )
+    assert run_config.optim.nesterov and run_config.optim.momentum == 0.9
+    assert run_config.trainer.epochs == 4 and run_config.model.hidden == [32] and run_config.seed == 9
+
+
+def test_book_defaults():
+    mlp = config.validate(config.compose("mlp-mnist"))
+    assert (mlp.optim.name, mlp.optim.lr, mlp.data.batch_size, mlp.trainer.epochs) == ("sgd", 0.01, 100, 300)
+    assert mlp.model.hidden == [256, 256] and mlp.model.init == "he_normal"
+    logreg = config.validate(config.compose("logreg-mnist"))
+    assert logreg.model.hidden == [] and logreg.model.init == "zeros" and logreg.trainer.epochs == 100
+    assert logreg.data.val_size == 5000
+
+
+def test_saved_config_round_trips(tmp_path):
+    run_config = config.validate(config.compose("mlp-mnist", ["optim=adam"]))
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(run_config.to_dict())))
+    assert config.load_saved(path) == run_config
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        {"_target_": "os.system"},
+        {"model": {"_target_": "subprocess.call", "args": ["touch", "/tmp/pwned"]}},
+        {"trainer": {"epochs": "${oc.env:HOME}"}},
+        {"name": "os.system"},
+    ],
+)
+def test_a_saved_config_cannot_name_code_to_run(tmp_path, tamper):
+    """Configs are data: unknown keys (such as Hydra's _target_) are rejected, nothing is instantiated."""
+    run_config = config.validate(config.compose("mlp-mnist"))
+    raw = OmegaConf.merge(OmegaConf.create(run_config.to_dict()), OmegaConf.create(tamper))
+    path = tmp_path / "config.yaml"
+    path.write_text(OmegaConf.to_yaml(raw))
+    with pytest.raises(UsageError):  # ConfigError, or UnknownExperimentError for a bad name
+        config.load_saved(path)
+
+
+def test_resume_overrides_are_validated():
+    run_config = config.validate(config.compose("mlp-mnist"))
+    assert config.apply_overrides(run_config, ["trainer.epochs=5"]).trainer.epochs == 5
+    for bad in (
+        ["trainer.nope=1"],
+        ["trainer.epochs=x"],
+        ["+trainer.epochs=3"],
+        ["hydra.run.dir=/x"],
+        ["epochs"],
+    ):
+        with pytest.raises(ConfigError):
+            config.apply_overrides(run_config, bad)
+
+
+def test_conf_ships_inside_the_wheel(tmp_path):
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("fdlcli-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for yaml in (REPO / "conf").rglob("*.yaml"):
+        assert f"fdlcli/conf/{yaml.relative_to(REPO / 'conf').as_posix()}" in names
