@@ -105,6 +105,9 @@ _NON_NEGATIVE = (
     "data.train_limit",
     "data.eval_limit",
     "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "optim.eps",
     "trainer.grad_clip",
     "seed",
 )
@@ -141,14 +144,23 @@ def group_options(group: str) -> list[str]:
 # Composition (no run directory; Hydra's run/multirun machinery lives in launch.py).
 
 
+_initialized_for: Path | None = None
+
+
 @contextmanager
 def hydra_context(job_name: str = "fdl") -> Iterator[None]:
+    """Hydra initialized on conf/; done once per process (re-reading the search path on every compose
+    costs far more than composing)."""
+    global _initialized_for
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=VERSION_BASE, job_name=job_name):
-        yield
+    directory = conf_dir()
+    if _initialized_for != directory or not GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+        initialize_config_dir(config_dir=str(directory), version_base=VERSION_BASE, job_name=job_name)
+        _initialized_for = directory
+    yield
 
 
 def compose(experiment: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -256,7 +268,9 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     }
     typed: dict[str, Any] = {"name": name}
     for section, schema in sections.items():
-        typed[section] = _typed_section(section, schema, container.get(section) or {})
+        if section not in container:
+            raise ConfigError(f"the config has no '{section}' group (was it deleted with ~{section}?)")
+        typed[section] = _typed_section(section, schema, container[section] or {})
     seed = container.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"invalid value for 'seed': {seed!r} is not an integer")
@@ -269,6 +283,11 @@ def _typed_section(section: str, schema: type, values: Any) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"'{section}' must be a group of keys, got {values!r}")
     valid = [f.name for f in fields(schema)]
+    for f in fields(schema):
+        # OmegaConf would turn any integer into a bool (-5 -> True); a switch takes true or false only
+        if f.type in (bool, "bool") and f.name in values and not isinstance(values[f.name], bool):
+            value = values[f.name]
+            raise ConfigError(f"invalid value for '{section}.{f.name}': {value!r}; use true or false")
     for key in values:
         if key not in valid:
             raise ConfigError(

@@ -51,12 +51,18 @@ def _decode_image_column(column: list[dict]) -> np.ndarray:
     from PIL import Image
 
     images = []
-    for item in column:
+    for row, item in enumerate(column):
         data = item.get("bytes") if isinstance(item, dict) else None
         if data is None:
-            raise DataUnavailableError("an image row holds no bytes (image paths are not supported)")
-        images.append(np.asarray(Image.open(io.BytesIO(data))))
-    return np.stack(images)
+            raise DataUnavailableError(f"image row {row} holds no bytes (image paths are not supported)")
+        try:
+            images.append(np.asarray(Image.open(io.BytesIO(data))))
+        except Exception as exc:  # PIL raises several types for damaged files
+            raise DataUnavailableError(f"image row {row} cannot be decoded: {type(exc).__name__}") from None
+    try:
+        return np.stack(images)
+    except ValueError:
+        raise DataUnavailableError("the images of this split do not all have the same shape") from None
 
 
 def _classification_split(cfg: DataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -141,6 +141,8 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
         window_sum = torch.tensor(state.window_cost_sum, dtype=torch.float64, device=device)
 
         def save(reason: str) -> CheckpointRef:
+            session.check_finite(window_sum.item(), state.step)  # never checkpoint a diverged model
+            session.check_finite_model(model, state.step)
             state.metrics_lines = writer.lines
             state.window_cost_sum = window_sum.item()  # a partial logging window resumes where it was
             state.train_seconds = session.train_seconds

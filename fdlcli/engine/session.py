@@ -60,13 +60,20 @@ class Session:
                 f"resume with: fdl train --resume {self.run.path}"
             )
 
-    def check_finite(self, value: float, step: int) -> None:
+    def check_finite(self, value: float, step: int, what: str = "the training cost") -> None:
         if value != value or value in (float("inf"), float("-inf")):
             latest = self.checkpoints.latest()
             raise TrainingDiverged(
-                f"the training cost became {value} near step {step}; training stopped and the last good "
+                f"{what} became {value} near step {step}; training stopped and the last good "
                 f"checkpoint is kept ({latest.name if latest else 'the step-0 weights'})"
             )
+
+    def check_finite_model(self, model: torch.nn.Module, step: int) -> None:
+        """Call before saving: a checkpoint must never hold NaN or infinite weights."""
+        with torch.no_grad():
+            finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+        if not finite:
+            self.check_finite(float("nan"), step, what="a model weight")
 
 
 @contextmanager
