@@ -242,7 +242,7 @@ def flat_regions(
 def save_csv(path: Path, result: PathResult) -> None:
     names = list(result.metrics[0]) if result.metrics else []
     rows = ([alpha, *(m[n] for n in names)] for alpha, m in zip(result.alphas, result.metrics, strict=True))
-    write_csv(path, ["alpha", *names], rows)
+    write_csv(path, ["alpha", *names], rows, digits=17)  # exact round trip: a=0 and a=1 compare exactly
 
 
 def plot_path(path: Path, result: PathResult, title: str, end_labels: tuple[str, str]) -> None:
