@@ -150,7 +150,7 @@ def test_interpolation_ends_reproduce_init_and_trained_costs_exactly(sweep, env,
     )
     assert code == 0, stderr
     assert "batch norm: none in this model" in stdout
-    rows = read_csv(run / "artifacts" / "interpolation-init-last-test.csv")
+    rows = read_csv(run / "artifacts" / "interpolation-init-last-test500.csv")
     assert [r["alpha"] for r in rows] == [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25]
     at = {r["alpha"]: r for r in rows}
     for alpha, checkpoint in ((0.0, "init"), (1.0, "last")):
@@ -160,8 +160,8 @@ def test_interpolation_ends_reproduce_init_and_trained_costs_exactly(sweep, env,
         assert at[alpha]["cost"] == metrics["test/cost"]  # exactly, not approximately
         assert at[alpha]["accuracy"] == metrics["test/accuracy"]
     assert at[1.0]["cost"] < at[0.0]["cost"]
-    assert_png(run / "artifacts" / "interpolation-init-last-test.png")
-    summary = json.loads((run / "artifacts" / "interpolation-init-last-test.json").read_text())
+    assert_png(run / "artifacts" / "interpolation-init-last-test500.png")
+    summary = json.loads((run / "artifacts" / "interpolation-init-last-test500.json").read_text())
     assert summary["points"] == 8 and summary["batch_norm_reestimated"] is False
 
 
@@ -170,7 +170,7 @@ def test_interpolation_between_two_runs_reports_a_barrier_or_none(sweep, env, ca
     code, stdout, stderr = run_cli(capsys, "interpolate", run_a, run_b, "--step", "0.1", "--examples", "300")
     assert code == 0, stderr
     assert "barrier" in stdout
-    rows = read_csv(run_a / "artifacts" / "interpolation-last-to-1-test.csv")
+    rows = read_csv(run_a / "artifacts" / "interpolation-last-to-1-test300.csv")
     assert len(rows) == 40
 
 

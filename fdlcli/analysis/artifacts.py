@@ -22,10 +22,17 @@ def pyplot() -> Any:
 
 
 def save_png(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    """Save and close ``fig``. A 256-colour palette keeps line plots sharp at half the bytes or less,
+    small enough for docs/figures."""
+    from PIL import Image
+
+    rendered = io.BytesIO()
+    fig.savefig(rendered, format="png")
     pyplot().close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    rendered.seek(0)
+    palette = io.BytesIO()
+    Image.open(rendered).convert("RGB").quantize(colors=256).save(palette, format="png", optimize=True)
+    atomic_write_bytes(Path(path), palette.getvalue())
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[float]], digits: int = 8) -> None:

@@ -71,7 +71,7 @@ def save_csv(path: Path, walk: Walk) -> None:
 def plot(path: Path, walk: Walk) -> None:
     plt = pyplot()
     count = len(walk.momenta)
-    fig, axes = plt.subplots(count, 1, figsize=(7, 1.6 * count + 0.6), dpi=110, sharex=True, squeeze=False)
+    fig, axes = plt.subplots(count, 1, figsize=(7, 1.5 * count + 0.6), dpi=96, sharex=True, squeeze=False)
     t = range(1, len(walk.steps) + 1)
     for ax, m, row in zip(axes[:, 0], walk.momenta, walk.smoothed, strict=True):
         ax.plot(t, walk.steps.tolist(), color="lightgrey", lw=0.8, label="steps")

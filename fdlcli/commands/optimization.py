@@ -89,12 +89,12 @@ def interpolate_cmd(
         theta_0, name_0 = weights(run_dirs[0], "init")
         theta_1, name_1 = weights(run_dirs[0], checkpoint)
         labels = (f"init ({name_0})", f"trained ({name_1})")
-        stem = f"interpolation-init-{checkpoint}-{split}"
+        stem = f"interpolation-init-{checkpoint}"
     else:
         theta_0, name_0 = weights(run_dirs[0], checkpoint)
         theta_1, name_1 = weights(run_dirs[1], checkpoint)
         labels = (f"A: {run_dirs[0].name}", f"B: {run_dirs[1].name}")
-        stem = f"interpolation-{checkpoint}-to-{run_dirs[1].name}-{split}"
+        stem = f"interpolation-{checkpoint}-to-{run_dirs[1].name}"
 
     data = task.load_data().to(device)
     arrays = {"train": data.train, "val": data.val, "test": data.test}[split]
@@ -115,6 +115,7 @@ def interpolate_cmd(
     )
     seconds = time.perf_counter() - began
 
+    stem += f"-{split}{result.examples}"  # e.g. interpolation-init-last-test10000: runs differ by name
     artifacts = run_dirs[0] / "artifacts"
     artifacts.mkdir(exist_ok=True)
     csv_path, png_path, json_path = (artifacts / f"{stem}.{ext}" for ext in ("csv", "png", "json"))
