@@ -170,7 +170,7 @@ def test_interpolation_between_two_runs_reports_a_barrier_or_none(sweep, env, ca
     code, stdout, stderr = run_cli(capsys, "interpolate", run_a, run_b, "--step", "0.1", "--examples", "300")
     assert code == 0, stderr
     assert "barrier" in stdout
-    rows = read_csv(run_a / "artifacts" / "interpolation-last-to-1-test300.csv")
+    rows = read_csv(run_a / "artifacts" / f"interpolation-last-to-{sweep[0].name}-1-test300.csv")
     assert len(rows) == 40
 
 

@@ -88,13 +88,15 @@ def interpolate_cmd(
     if len(run_dirs) == 1:
         theta_0, name_0 = weights(run_dirs[0], "init")
         theta_1, name_1 = weights(run_dirs[0], checkpoint)
-        labels = (f"init ({name_0})", f"trained ({name_1})")
+        labels = ("init", f"trained ({name_1})")
         stem = f"interpolation-init-{checkpoint}"
     else:
         theta_0, name_0 = weights(run_dirs[0], checkpoint)
         theta_1, name_1 = weights(run_dirs[1], checkpoint)
-        labels = (f"A: {run_dirs[0].name}", f"B: {run_dirs[1].name}")
-        stem = f"interpolation-{checkpoint}-to-{run_dirs[1].name}"
+        # a sweep job is named by its number only: prefix the sweep's id to keep the name meaningful
+        names = [f"{r.parent.name}-{r.name}" if r.name.isdigit() else r.name for r in run_dirs]
+        labels = (f"A: {names[0]}", f"B: {names[1]}")
+        stem = f"interpolation-{checkpoint}-to-{names[1]}"
 
     data = task.load_data().to(device)
     arrays = {"train": data.train, "val": data.val, "test": data.test}[split]
