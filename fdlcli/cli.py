@@ -109,6 +109,8 @@ def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None) ->
 
 
 def _print_sweep_table(results: list[Any]) -> None:
+    from fdlcli.analysis.curves import minibatches_to_cost
+
     table = Table(title=f"sweep: {len(results)} jobs")
     for column in (
         "#",
@@ -118,6 +120,7 @@ def _print_sweep_table(results: list[Any]) -> None:
         "best val",
         "test acc (final)",
         "test acc (best)",
+        "minibatches to cost<=0.1",
         "time s",
     ):
         table.add_column(column, justify="right" if column not in ("overrides", "status") else "left")
@@ -137,6 +140,7 @@ def _print_sweep_table(results: list[Any]) -> None:
             fmt(best.get("value")),
             fmt(final.get("test/accuracy")),
             fmt(best.get("test/accuracy")),
+            fmt(minibatches_to_cost(Path(result.run_dir))),  # chapter 4's yardstick, from metrics.jsonl
             fmt(summary.get("train_seconds"), 1),
         )
     console.print(table)

@@ -41,6 +41,9 @@ class ExperimentSpec:
     evaluate: Callable[[Run, str, str], dict[str, float]]
     data_config: type | None = None
     trainer_config: type | None = None
+    # the SupervisedTask subclass of experiments trained by engine.loop.fit (None for custom loops):
+    # analyses that rebuild a run's model and data from its config (`fdl interpolate`) need it
+    task_class: type | None = None
 
 
 _REGISTRY: dict[str, ExperimentSpec] = {}

@@ -272,6 +272,7 @@ def register_supervised(task_class: type[SupervisedTask], **spec_fields: Any) ->
         ExperimentSpec(
             train=lambda run: fit(task_class(run.config), run),
             evaluate=lambda run, which, split: evaluate_checkpoint(task_class(run.config), run, which, split),
+            task_class=task_class,
             **spec_fields,
         )
     )
