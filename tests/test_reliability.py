@@ -68,6 +68,9 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
         else:  # otherwise at a random moment once the run got further than ever before
             deadline = time.monotonic() + 120
             while process.poll() is None and time.monotonic() < deadline:
+                if run is None:
+                    candidates = [r for r in run_dirs(env, experiment) if r != reference]
+                    run = candidates[0] if candidates else None
                 if run is not None and (run / "metrics.jsonl").exists():
                     with open(run / "metrics.jsonl", "rb") as handle:
                         if sum(1 for _ in handle) > furthest:
