@@ -220,35 +220,29 @@ class ImageClassification(ClassificationTask):
         return F.cross_entropy(model(images), labels)
 
 
-_BOOK_CIFAR = "CIFAR-10 (mirror JPEG-recompressed, q~75)"
-
-register_supervised(
-    ImageClassification,
-    name="cnn-mnist",
-    chapter=5,
-    dataset="MNIST",
-    book_result="99.4% test accuracy",
-    description="conv32-pool-conv64-pool-fc1024-10, dropout 0.5, Adam",
-    model_config=CNNConfig,
-    data_config=ImageDataConfig,
-)
-register_supervised(
-    ImageClassification,
-    name="cnn-cifar10",
-    chapter=5,
-    dataset=_BOOK_CIFAR,
-    book_result="92.3% test accuracy; >80,000 minibatches to 90%",
-    description="conv64-pool-conv64-pool-fc384-fc192-10, crops/flips/distortions, dropout 0.5, Adam 1e-3",
-    model_config=CNNConfig,
-    data_config=ImageDataConfig,
-)
-register_supervised(
-    ImageClassification,
-    name="cnn-cifar10-bn",
-    chapter=5,
-    dataset=_BOOK_CIFAR,
-    book_result="96.7% test accuracy; ~14,000 minibatches to 90%",
-    description="cnn-cifar10 with batch normalization on every layer, lr x10, no dropout",
-    model_config=CNNConfig,
-    data_config=ImageDataConfig,
-)
+_CIFAR = "CIFAR-10 (mirror JPEG-recompressed, q~75)"
+for name, dataset, book_result, description in (
+    ("cnn-mnist", "MNIST", "99.4% test accuracy", "conv32-pool-conv64-pool-fc1024-10, dropout 0.5, Adam"),
+    (
+        "cnn-cifar10",
+        _CIFAR,
+        "92.3% test accuracy; >80,000 minibatches to 90%",
+        "conv64-pool-conv64-pool-fc384-fc192-10, crops/flips/distortions, dropout 0.5, Adam 1e-3",
+    ),
+    (
+        "cnn-cifar10-bn",
+        _CIFAR,
+        "96.7% test accuracy; ~14,000 minibatches to 90%",
+        "cnn-cifar10 with batch normalization on every layer, lr x10, no dropout",
+    ),
+):
+    register_supervised(
+        ImageClassification,
+        name=name,
+        chapter=5,
+        dataset=dataset,
+        book_result=book_result,
+        description=description,
+        model_config=CNNConfig,
+        data_config=ImageDataConfig,
+    )
