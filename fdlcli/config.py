@@ -253,6 +253,10 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     if not isinstance(name, str):
         raise ConfigError("the config names no experiment (key 'name')")
     spec = registry.get(name)
+    for key in spec.model_shortcuts:  # top-level shortcuts (content=IMG) move into the model section
+        value = container.pop(key, None)
+        if value is not None:
+            container["model"] = {**(container.get("model") or {}), key: value}
     known = {f.name for f in fields(RunConfig)}
     unknown = sorted(set(container) - known)
     if unknown:

@@ -29,6 +29,8 @@ class ExperimentSpec:
     ``model`` config group of this experiment; ``data_config`` and ``trainer_config`` may name subclasses
     of :class:`fdlcli.config.DataConfig` / :class:`fdlcli.config.TrainerConfig` with extra keys (a text
     dataset's vocabulary size, an RL run's environment steps), validated the same way.
+    ``model_shortcuts`` names model keys a user may also give at the top level (``content=IMG`` for
+    ``model.content=IMG``); the experiment's overlay declares them (``content: null``).
     """
 
     name: str
@@ -44,6 +46,7 @@ class ExperimentSpec:
     # the SupervisedTask subclass of experiments trained by engine.loop.fit (None for custom loops):
     # analyses that rebuild a run's model and data from its config (`fdl interpolate`) need it
     task_class: type | None = None
+    model_shortcuts: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, ExperimentSpec] = {}

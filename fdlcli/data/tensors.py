@@ -116,11 +116,23 @@ def _classification_columns(dataset) -> tuple[str, str]:  # type: ignore[no-unty
     return images[0], labels[0]
 
 
-def image_classification_arrays(cfg: DataConfig) -> ArraySplits:
+def image_classification_arrays(cfg: DataConfig, shuffle_seed: int | None = None) -> ArraySplits:
     """Images and labels of train/validation/test. Without a validation split, the first
-    ``val_size`` training examples become the validation set (as TF's ``read_data_sets`` did for MNIST)."""
+    ``val_size`` training examples become the validation set (as TF's ``read_data_sets`` did for MNIST).
+
+    ``shuffle_seed``: permute the rows with this fixed seed first, for sources stored sorted by class (the
+    CIFAR-10 mirror), whose head would be a validation set of one class; the test rows too, so that
+    ``eval_limit`` slices hold every class. The permutations depend on the seed alone: the validation set
+    is the same in every run.
+    """
     train_x, train_y = _classification_split(cfg, "train")
     test_x, test_y = _classification_split(cfg, "test")
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+        order = torch.randperm(len(train_y), generator=generator)
+        train_x, train_y = train_x[order], train_y[order]
+        order = torch.randperm(len(test_y), generator=generator)
+        test_x, test_y = test_x[order], test_y[order]
     if cfg.val_size >= len(train_y):
         raise DataUnavailableError(f"data.val_size={cfg.val_size} leaves no training examples")
     val_x, val_y = train_x[: cfg.val_size], train_y[: cfg.val_size]
