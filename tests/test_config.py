@@ -16,9 +16,20 @@ from fdlcli.errors import ConfigError, UsageError
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _required_inputs(name: str, tmp_path: Path) -> list[str]:
+    """Experiments that need user-given files (neural style's images) get tiny real ones."""
+    if not registry.get(name).model_shortcuts:
+        return []
+    from PIL import Image
+
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8), (120, 60, 30)).save(image)
+    return [f"content={image}", f"style={image}", "weights=random"]
+
+
 @pytest.mark.parametrize("name", registry.names())
-def test_every_experiment_composes_and_validates(name):
-    run_config = config.validate(config.compose(name))
+def test_every_experiment_composes_and_validates(name, tmp_path):
+    run_config = config.validate(config.compose(name, _required_inputs(name, tmp_path)))
     assert run_config.name == name
     assert isinstance(run_config.model, registry.get(name).model_config)
 
