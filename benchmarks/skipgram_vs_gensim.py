@@ -1,0 +1,106 @@
+"""fdl's skipgram against gensim's Word2Vec (sg=1) on the same corpus, in one process.
+
+Both train skip-gram with 64 negative samples, 128 dimensions, a window of 5 and 5 epochs on the PTB
+mirror (10,000 words), with no subsampling of frequent words (the book has none). gensim runs with 2
+worker threads (it is C with one thread per worker) and fdl with 2 intra-op threads. Words/s is corpus
+words x epochs over the training time of each (fdl: its training loop, without the per-epoch evaluation;
+gensim: its train() call). Both embeddings are scored by the same code (fdl's analogy and WordSim-353
+evaluation on the same vocabulary). gensim is a benchmark dependency only: ``pip install "fdlcli[bench]"``.
+
+    FDL_DATA_DIR=../shared/data python benchmarks/skipgram_vs_gensim.py [fdl overrides...]
+
+The last line is ``ratio <fdl words/s / gensim words/s>``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fdlcli import config as fdl_config
+from fdlcli.data.text import load_corpus
+from fdlcli.experiments import word2vec
+from fdlcli.runs import Run
+
+# fdl's fast settings: the book's architecture and NCE-style shared negatives, in larger minibatches
+FDL_OVERRIDES = [
+    "data.batch_size=256",
+    "optim.lr=3.2",  # the mean-loss rate: 0.0125 per pair (the book: 0.1 / 32 = 0.003 per pair)
+    "model.loss=neg",
+    "model.sampler=unigram",
+    "model.init=small",
+    "model.lr_decay=true",
+    "trainer.threads=2",
+    "trainer.device=cpu",
+    "trainer.tsne=false",
+    "trainer.histograms=false",
+]
+
+
+def run_gensim(sentences: list[list[str]], words: list[str], index: dict[str, int], folder: Path) -> dict:
+    from gensim.models import Word2Vec
+
+    model = Word2Vec(
+        vector_size=128, window=5, negative=64, sg=1, hs=0, min_count=1, sample=0, workers=2, seed=0
+    )
+    model.build_vocab(sentences)
+    total = sum(len(s) for s in sentences)
+    started = time.perf_counter()
+    model.train(sentences, total_examples=len(sentences), epochs=5)
+    seconds = time.perf_counter() - started
+    vectors = torch.stack([torch.from_numpy(model.wv[w].copy()) for w in words])
+    return {
+        "words_per_s": 5 * total / seconds,
+        "seconds": seconds,
+        **word2vec.word_quality(vectors, index, folder),
+    }
+
+
+def run_fdl(overrides: list[str]) -> dict:
+    run_config = fdl_config.validate(fdl_config.compose("skipgram", [*FDL_OVERRIDES, *overrides]))
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        summary = word2vec.train(Run(path=Path(tmp), config=run_config))
+        seconds = time.perf_counter() - started
+    return {"words_per_s": summary["words_per_s"], "seconds": seconds, **summary["final"]}
+
+
+def main() -> None:
+    if not os.environ.get("FDL_DATA_DIR"):
+        os.environ["FDL_DATA_DIR"] = str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    folder = Path(os.environ["FDL_DATA_DIR"]) / word2vec.EVAL_FOLDER
+    run_config = fdl_config.validate(fdl_config.compose("skipgram", FDL_OVERRIDES))
+    corpus = load_corpus(run_config.data)
+    words, index = corpus.words, corpus.index
+    flat = [words[i] for i in corpus.ids.tolist()]
+    # gensim gets the same token stream, cut into the corpus's lines (PTB: one sentence a line)
+    from fdlcli.data.text import _lines
+
+    lengths = [len(line.split()) for line in _lines(run_config.data)]
+    sentences, start = [], 0
+    for length in lengths:
+        if length:
+            sentences.append(flat[start : start + length])
+            start += length
+    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, torch {torch.__version__}")
+    print(f"corpus: {len(corpus.ids):,} words, vocabulary {len(words):,}")
+    print(f"fdl overrides: {' '.join(FDL_OVERRIDES + sys.argv[1:])}")
+    gensim = run_gensim(sentences, words, index, folder)
+    fdl = run_fdl(sys.argv[1:])
+    for name, result in (("gensim", gensim), ("fdl", fdl)):
+        print(
+            f"{name:7s} {result['words_per_s']:10,.0f} words/s  ({result['seconds']:.1f} s)  "
+            f"analogy {result['eval/analogy']:.4f} ({result['eval/analogy_questions']} questions)  "
+            f"wordsim rho {result['eval/wordsim']:.3f} ({result['eval/wordsim_pairs']} pairs)"
+        )
+    print(f"ratio {fdl['words_per_s'] / gensim['words_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
