@@ -60,25 +60,29 @@ def test_pca_matches_svd_reconstruction_and_kl_is_zero_at_target():
 
 
 @pytest.mark.parametrize("loss", ["nce", "neg"])
-def test_sgd_step_applies_the_gradient_of_the_mean_loss(loss):
-    """The hand-written update equals an autograd SGD step on the same loss (duplicates included)."""
+def test_sgd_step_applies_the_gradient_of_each_groups_mean_loss(loss):
+    """The hand-written update equals an autograd SGD step on the sum over groups of each group's mean
+    loss, each group with its own shared negatives (duplicate words included)."""
     torch.manual_seed(0)
-    cfg = w2v.SkipGramConfig(dim=8, negatives=5, loss=loss, init="book")
+    cfg = w2v.SkipGramConfig(dim=8, negatives=3, loss=loss, init="book", share=2)
     model = w2v.SkipGram(30, cfg)
     targets, contexts = torch.tensor([1, 2, 2, 7]), torch.tensor([3, 3, 9, 1])
-    negatives = torch.tensor([4, 4, 5, 3, 0])
+    negatives = torch.tensor([[4, 4, 5], [3, 0, 2]])  # group 0: pairs 0-1, group 1: pairs 2-3
     noise = w2v.noise_distribution(torch.arange(30, 0, -1), cfg)
     log_kq = (noise * cfg.negatives).log() if loss == "nce" else None
     embed, out, bias = (p.detach().clone().requires_grad_() for p in (model.embed, model.out, model.bias))
-    u, v, n = embed[targets], out[contexts], out[negatives]
-    pos, neg = (u * v).sum(1), u @ n.T
-    if log_kq is not None:
-        pos = pos + bias[contexts] - log_kq[contexts]
-        neg = neg + bias[negatives] - log_kq[negatives]
-    reference = torch.nn.functional.softplus(-pos).sum() + torch.nn.functional.softplus(neg).sum()
-    (reference / len(targets)).backward()
+    reference = torch.zeros(())
+    for group in range(2):
+        t, c, n = targets[2 * group : 2 * group + 2], contexts[2 * group : 2 * group + 2], negatives[group]
+        pos, neg = (embed[t] * out[c]).sum(1), embed[t] @ out[n].T
+        if log_kq is not None:
+            pos = pos + bias[c] - log_kq[c]
+            neg = neg + bias[n] - log_kq[n]
+        group_loss = torch.nn.functional.softplus(-pos).sum() + torch.nn.functional.softplus(neg).sum()
+        (group_loss / 2).backward()  # the mean over the group's two pairs
+        reference = reference + group_loss.detach()
     total = w2v.sgd_step(model, targets, contexts, negatives, log_kq, lr=0.5)
-    assert torch.allclose(total, reference.detach())
+    assert torch.allclose(total, reference)
     assert torch.allclose(model.embed, embed.detach() - 0.5 * embed.grad, atol=1e-6)
     assert torch.allclose(model.out, out.detach() - 0.5 * out.grad, atol=1e-6)
     if loss == "nce":
@@ -87,14 +91,14 @@ def test_sgd_step_applies_the_gradient_of_the_mean_loss(loss):
 
 def test_epoch_pairs_stay_inside_the_window_and_are_reproducible():
     corpus = torch.arange(1000) % 50
-    cfg = w2v.SkipGramConfig(window=3, contexts_per_target=4, negatives=7)
+    cfg = w2v.SkipGramConfig(window=3, contexts_per_target=4, negatives=7, share=32)
     noise = w2v.noise_distribution(torch.ones(50), cfg)
-    first = w2v.draw_epoch(corpus, cfg, noise, batch=64, seed=1, epoch=2)
-    again = w2v.draw_epoch(corpus, cfg, noise, batch=64, seed=1, epoch=2)
+    first = w2v.draw_epoch(corpus, cfg, noise, seed=1, epoch=2)
+    again = w2v.draw_epoch(corpus, cfg, noise, seed=1, epoch=2)
     assert torch.equal(first.contexts, again.contexts) and torch.equal(first.negatives, again.negatives)
     gap = (first.contexts - first.targets) % 50  # ids are positions mod 50 here
     assert set(gap.unique().tolist()) <= {1, 2, 3, 47, 48, 49}
-    assert first.negatives.shape == (math.ceil(4000 / 64), 7)
+    assert first.negatives.shape == (4000 // 32, 7) and len(first.targets) == 4000 // 32 * 32
     per_target = (first.contexts.view(-1, 4) - first.targets.view(-1, 4)) % 50
     assert all(len(set(row)) == 4 for row in per_target.tolist())  # distinct context words per target
 
@@ -117,7 +121,7 @@ def test_skipgram_trains_exports_and_evaluates(env):
     overrides = [
         "data.train_limit=20000",
         "data.batch_size=256",
-        "optim.lr=3.2",
+        "optim.lr=0.4",
         "model.loss=neg",
         "model.sampler=unigram",
         "model.init=small",
@@ -142,6 +146,10 @@ def test_skipgram_trains_exports_and_evaluates(env):
     assert record["metrics"]["eval/analogy"] == pytest.approx(summary["final"]["eval/analogy"])
 
 
-def test_skipgram_missing_text_file_is_one_line(env, tmp_path):
-    result = fdl("train", "skipgram", f"data.file={tmp_path}/nope.txt", env=env)
-    assert result.returncode != 0 and "no such file" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("data.file={tmp}/nope.txt", "no such file"), ("data.batch_size=100", "multiple of model.share")],
+)
+def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
+    result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr

@@ -9,10 +9,14 @@ seven, five, nine; french -> spanish, dutch, italian, english.
 
 Speed: the corpus is one tensor of word ids; an epoch's (target, context) pairs and negative samples are
 drawn as whole tensors from an RNG seeded by (seed, epoch), so no Python runs per pair and a resumed run
-redraws exactly the same epoch. Because the negatives are shared across the minibatch, the negative
-logits of a minibatch are one matrix product [B, d] x [d, K]. Gradients are written out by hand (the
-model is two embedding tables and a bias) and applied with ``index_add_``: plain SGD on the rows a
-minibatch touches, with no autograd graph and no dense gradient of the 10,000 x 128 tables.
+redraws exactly the same epoch. Because the negatives are shared by the pairs of a book minibatch, its
+negative logits are one matrix product [32, d] x [d, K]. A step of ``data.batch_size`` pairs processes
+batch_size / ``model.share`` book minibatches at once (one batched matrix product), each with its own
+negatives and the book's update (SGD on its mean loss): the per-pair learning rate stays lr / 32 whatever
+the batch size, and no noise word collects the gradients of more than ``share`` pairs at once.
+Gradients are written out by hand (the model is two embedding tables and a bias) and applied with
+``index_add_``: SGD on the rows a step touches, with no autograd graph and no dense gradient of the
+10,000 x 128 tables.
 
 Losses (``model.loss``): ``nce`` is TensorFlow's ``nce_loss``: logits u.v_w + b_w - log(K q(w)), a sigmoid
 cross-entropy against 1 for the true context and 0 for each sample; ``neg`` is Mikolov's negative
@@ -42,7 +46,7 @@ from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads
 from fdlcli.engine.seed import epoch_generator, seed_everything
 from fdlcli.engine.session import run_session
-from fdlcli.errors import DataUnavailableError
+from fdlcli.errors import ConfigError, DataUnavailableError
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_json, atomic_write_text, now_iso
 
@@ -54,7 +58,8 @@ class SkipGramConfig:
     dim: int = 128
     window: int = 5  # context words on each side of the target
     contexts_per_target: int = 4  # the book's num_skips: distinct context words sampled per target
-    negatives: int = 64  # noise words per minibatch, shared by all its pairs
+    negatives: int = 64  # noise words per book minibatch, shared by all its pairs
+    share: int = 32  # pairs that share one draw of negatives (the book's minibatch); divides data.batch_size
     loss: str = "nce"  # nce | neg
     sampler: str = "log_uniform"  # log_uniform | unigram
     power: float = 0.75  # exponent of the unigram noise distribution
@@ -68,8 +73,8 @@ class SkipGramConfig:
             return f"model.sampler={self.sampler!r}; choose from: log_uniform, unigram"
         if self.init not in ("book", "small"):
             return f"model.init={self.init!r}; choose from: book, small"
-        if min(self.dim, self.window, self.contexts_per_target, self.negatives) <= 0:
-            return "model.dim, window, contexts_per_target and negatives must be positive"
+        if min(self.dim, self.window, self.contexts_per_target, self.negatives, self.share) <= 0:
+            return "model.dim, window, contexts_per_target, negatives and share must be positive"
         if self.contexts_per_target > 2 * self.window:
             return f"model.contexts_per_target={self.contexts_per_target} exceeds the 2*window context words"
         return None
@@ -114,13 +119,13 @@ def noise_distribution(counts: torch.Tensor, cfg: SkipGramConfig) -> torch.Tenso
 class Epoch:
     """Every random draw of one epoch, a function of (seed, epoch) only."""
 
-    targets: torch.Tensor  # [pairs] word ids
+    targets: torch.Tensor  # [pairs] word ids, pairs a multiple of cfg.share
     contexts: torch.Tensor  # [pairs]
-    negatives: torch.Tensor  # [steps, K]
+    negatives: torch.Tensor  # [pairs / cfg.share, K]: one draw per group of `share` pairs
 
 
 def draw_epoch(
-    corpus: torch.Tensor, cfg: SkipGramConfig, noise: torch.Tensor, batch: int, seed: int, epoch: int
+    corpus: torch.Tensor, cfg: SkipGramConfig, noise: torch.Tensor, seed: int, epoch: int
 ) -> Epoch:
     generator = epoch_generator(seed, epoch)
     n, per_target = len(corpus), cfg.contexts_per_target
@@ -129,12 +134,13 @@ def draw_epoch(
     offsets = torch.cat([torch.arange(-cfg.window, 0), torch.arange(1, cfg.window + 1)])
     choice = torch.rand(n, 2 * cfg.window, generator=generator).argsort(dim=1)[:, :per_target]
     context_positions = (positions[:, None] + offsets[choice]) % n  # the corpus wraps around at its ends
-    steps = math.ceil(n * per_target / batch)
-    negatives = torch.multinomial(noise, steps * cfg.negatives, replacement=True, generator=generator)
+    groups = n * per_target // cfg.share  # the last < share pairs of the epoch are left out
+    pairs = groups * cfg.share
+    negatives = torch.multinomial(noise, groups * cfg.negatives, replacement=True, generator=generator)
     return Epoch(
-        targets=corpus[positions].repeat_interleave(per_target),
-        contexts=corpus[context_positions].flatten(),
-        negatives=negatives.view(steps, cfg.negatives),
+        targets=corpus[positions].repeat_interleave(per_target)[:pairs],
+        contexts=corpus[context_positions].flatten()[:pairs],
+        negatives=negatives.view(groups, cfg.negatives),
     )
 
 
@@ -147,25 +153,32 @@ def sgd_step(
     log_kq: torch.Tensor | None,
     lr: float,
 ) -> torch.Tensor:
-    """One SGD step on the mean loss of a minibatch; returns its summed loss (a tensor, no host sync)."""
-    u = model.embed.index_select(0, targets)  # [B, d] (index_select: 4x faster than [] on a CPU)
-    v = model.out.index_select(0, contexts)  # [B, d]
-    noise = model.out.index_select(0, negatives)  # [K, d]
-    positive = (u * v).sum(dim=1)  # [B]
-    negative = u @ noise.T  # [B, K]: the matrix product that sharing the negatives buys
+    """SGD on G groups of S pairs at once (``negatives``: [G, K], one draw per group); each group takes
+    the step of the mean loss of its pairs. Returns the summed loss (a tensor: no host sync)."""
+    groups, _ = negatives.shape
+    flat_negatives = negatives.flatten()
+    d = model.embed.shape[1]
+    u = model.embed.index_select(0, targets).view(groups, -1, d)  # [G, S, d]; index_select beats []
+    v = model.out.index_select(0, contexts).view(groups, -1, d)  # [G, S, d]
+    noise = model.out.index_select(0, flat_negatives).view(groups, -1, d)  # [G, K, d]
+    positive = (u * v).sum(dim=2)  # [G, S]
+    negative = torch.bmm(u, noise.transpose(1, 2))  # [G, S, K]: what sharing the negatives buys
     if log_kq is not None:  # NCE: a bias per word and the log K q(w) correction
-        positive = positive + model.bias[contexts] - log_kq[contexts]
-        negative = negative + (model.bias[negatives] - log_kq[negatives])
+        positive = positive + (model.bias - log_kq)[contexts].view(groups, -1)
+        negative = negative + (model.bias - log_kq)[negatives][:, None, :]
     loss = nn.functional.softplus(-positive).sum() + nn.functional.softplus(negative).sum()
     g_pos = torch.sigmoid(positive) - 1.0  # d loss / d positive logit
     g_neg = torch.sigmoid(negative)  # d loss / d negative logits
-    scale = -lr / len(targets)  # the loss is the minibatch mean, as in the book
-    model.embed.index_add_(0, targets, g_pos[:, None] * v + g_neg @ noise, alpha=scale)
-    model.out.index_add_(0, contexts, g_pos[:, None] * u, alpha=scale)
-    model.out.index_add_(0, negatives, g_neg.T @ u, alpha=scale)
+    scale = -lr * groups / len(targets)  # each group's loss is the mean over its pairs, as in the book
+    grad_u = (g_pos[..., None] * v + torch.bmm(g_neg, noise)).view(-1, d)
+    grad_v = (g_pos[..., None] * u).view(-1, d)
+    grad_n = torch.bmm(g_neg.transpose(1, 2), u).view(-1, d)
+    model.embed.index_add_(0, targets, grad_u, alpha=scale)
+    model.out.index_add_(0, contexts, grad_v, alpha=scale)
+    model.out.index_add_(0, flat_negatives, grad_n, alpha=scale)
     if log_kq is not None:
-        model.bias.index_add_(0, contexts, g_pos, alpha=scale)
-        model.bias.index_add_(0, negatives, g_neg.sum(dim=0), alpha=scale)
+        model.bias.index_add_(0, contexts, g_pos.flatten(), alpha=scale)
+        model.bias.index_add_(0, flat_negatives, g_neg.sum(dim=1).flatten(), alpha=scale)
     return loss
 
 
@@ -262,6 +275,10 @@ def nearest_neighbours(
 def train(run: Run) -> dict[str, Any]:
     cfg, trainer = run.config, run.config.trainer
     model_cfg: SkipGramConfig = cfg.model
+    if cfg.data.batch_size % model_cfg.share:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} must be a multiple of model.share={model_cfg.share}"
+        )
     with run_session(run) as session:
         checkpoints, writer = session.checkpoints, session.writer
         seed_everything(cfg.seed)
@@ -281,8 +298,8 @@ def train(run: Run) -> dict[str, Any]:
             : trainer.neighbour_words
         ]
 
-        batch = cfg.data.batch_size
-        pairs_per_epoch = len(corpus.ids) * model_cfg.contexts_per_target
+        batch, share = cfg.data.batch_size, model_cfg.share
+        pairs_per_epoch = len(corpus.ids) * model_cfg.contexts_per_target // share * share
         steps_per_epoch = math.ceil(pairs_per_epoch / batch)
         total_steps = steps_per_epoch * trainer.epochs
         state: dict[str, Any] = {
@@ -325,7 +342,7 @@ def train(run: Run) -> dict[str, Any]:
             session.message(f"nearest neighbours ({label}):\n  " + "\n  ".join(lines))
 
         for epoch in range(state["epoch"], trainer.epochs):
-            draws = draw_epoch(corpus.ids, model_cfg, noise, batch, cfg.seed, epoch)
+            draws = draw_epoch(corpus.ids, model_cfg, noise, cfg.seed, epoch)
             window_loss = torch.tensor(state["window_loss"], dtype=torch.float64)
             epoch_started = time.monotonic()
             first_batch = state["batch_in_epoch"]
@@ -334,9 +351,8 @@ def train(run: Run) -> dict[str, Any]:
                 if model_cfg.lr_decay:
                     lr *= max(1e-4, 1.0 - state["step"] / total_steps)
                 lo, hi = b * batch, min((b + 1) * batch, pairs_per_epoch)
-                loss = sgd_step(
-                    model, draws.targets[lo:hi], draws.contexts[lo:hi], draws.negatives[b], log_kq, lr
-                )
+                negatives = draws.negatives[lo // share : hi // share]
+                loss = sgd_step(model, draws.targets[lo:hi], draws.contexts[lo:hi], negatives, log_kq, lr)
                 window_loss += loss.double()
                 state["window_pairs"] += hi - lo
                 state["step"] += 1
