@@ -233,9 +233,16 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
         state.train_seconds = session.train_seconds
         summary = _summary(run, state, final=final, best_test=best_test, status="completed")
         run.write_summary(summary)
+        # the test counterpart of the monitored metric (accuracy for classifiers, cost for autoencoders)
+        shown = "test/" + trainer.monitor.split("/", 1)[-1]
+        shown = shown if shown in final else "test/accuracy"
         session.message(
-            f"done: test accuracy {final.get('test/accuracy', float('nan')):.4f} (final model)"
-            + (f", {best_test['test/accuracy']:.4f} (best by {trainer.monitor})" if best_test else "")
+            f"done: test {shown[5:]} {final.get(shown, float('nan')):.4f} (final model)"
+            + (
+                f", {best_test[shown]:.4f} (best by {trainer.monitor})"
+                if best_test and shown in best_test
+                else ""
+            )
             + f"; run dir {run.path}"
         )
         return summary

@@ -1,0 +1,453 @@
+"""Chapter 6: skip-gram word2vec with noise-contrastive estimation (``skipgram``).
+
+Book (TF 1.x, after TensorFlow's word2vec tutorial): embeddings of 128 dimensions, context window of 5
+words on each side, 4 context words sampled per target word, minibatches of 32 (target, context) pairs,
+``tf.nn.nce_loss`` with 64 negative samples drawn once per minibatch and shared by all its pairs, SGD lr
+0.1, 5 epochs, the 10,000 most frequent words. Periodically it prints the 8 nearest neighbours (cosine)
+of words among the 500 most frequent, and ends with a t-SNE plot. Book's sample neighbours: eight -> six,
+seven, five, nine; french -> spanish, dutch, italian, english.
+
+Speed: the corpus is one tensor of word ids; an epoch's (target, context) pairs and negative samples are
+drawn as whole tensors from an RNG seeded by (seed, epoch), so no Python runs per pair and a resumed run
+redraws exactly the same epoch. Because the negatives are shared by the pairs of a book minibatch, its
+negative logits are one matrix product [32, d] x [d, K]. A step of ``data.batch_size`` pairs processes
+batch_size / ``model.share`` book minibatches at once (one batched matrix product), each with its own
+negatives and the book's update (SGD on its mean loss): the per-pair learning rate stays lr / 32 whatever
+the batch size, and no noise word collects the gradients of more than ``share`` pairs at once.
+Gradients are written out by hand (the model is two embedding tables and a bias) and applied with
+``index_add_``: SGD on the rows a step touches, with no autograd graph and no dense gradient of the
+10,000 x 128 tables.
+
+Losses (``model.loss``): ``nce`` is TensorFlow's ``nce_loss``: logits u.v_w + b_w - log(K q(w)), a sigmoid
+cross-entropy against 1 for the true context and 0 for each sample; ``neg`` is Mikolov's negative
+sampling (no bias, no log q correction). Noise (``model.sampler``): ``log_uniform`` (TensorFlow's
+default candidate sampler, Zipfian over frequency ranks) or ``unigram`` (counts ** ``model.power``).
+
+Quality is measured at every epoch end on the analogy questions (``questions-words.txt``, restricted to
+questions whose four words are in the vocabulary; 3CosAdd, the three question words excluded) and on
+WordSim-353 (Spearman rho of cosine against the human scores, pairs in the vocabulary).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fdlcli.config import TrainerConfig
+from fdlcli.data.hub import mirror_root
+from fdlcli.data.text import TextDataConfig, load_corpus
+from fdlcli.engine.checkpoint import CheckpointManager
+from fdlcli.engine.devices import configure_threads
+from fdlcli.engine.seed import epoch_generator, seed_everything
+from fdlcli.engine.session import run_session
+from fdlcli.errors import ConfigError, DataUnavailableError
+from fdlcli.registry import ExperimentSpec, register
+from fdlcli.runs import Run, atomic_write_json, atomic_write_text, now_iso
+
+EVAL_FOLDER = "word2vec-eval"  # in the data mirror: questions-words.txt and wordsim353.tsv
+
+
+@dataclass
+class SkipGramConfig:
+    dim: int = 128
+    window: int = 5  # context words on each side of the target
+    contexts_per_target: int = 4  # the book's num_skips: distinct context words sampled per target
+    negatives: int = 64  # noise words per book minibatch, shared by all its pairs
+    share: int = 32  # pairs that share one draw of negatives (the book's minibatch); divides data.batch_size
+    loss: str = "nce"  # nce | neg
+    sampler: str = "log_uniform"  # log_uniform | unigram
+    power: float = 0.75  # exponent of the unigram noise distribution
+    lr_decay: bool = False  # linear decay of the learning rate to 0 over training (gensim's schedule)
+    init: str = "book"  # book (uniform(-1, 1) inputs) | small (word2vec.c: uniform(+-0.5/dim), zero outputs)
+
+    def check(self) -> str | None:
+        if self.loss not in ("nce", "neg"):
+            return f"model.loss={self.loss!r}; choose from: nce, neg"
+        if self.sampler not in ("log_uniform", "unigram"):
+            return f"model.sampler={self.sampler!r}; choose from: log_uniform, unigram"
+        if self.init not in ("book", "small"):
+            return f"model.init={self.init!r}; choose from: book, small"
+        if min(self.dim, self.window, self.contexts_per_target, self.negatives, self.share) <= 0:
+            return "model.dim, window, contexts_per_target, negatives and share must be positive"
+        if self.contexts_per_target > 2 * self.window:
+            return f"model.contexts_per_target={self.contexts_per_target} exceeds the 2*window context words"
+        return None
+
+
+@dataclass
+class SkipGramTrainerConfig(TrainerConfig):
+    neighbours_every: int = 0  # minibatches between nearest-neighbour printouts; 0 = at epoch ends only
+    neighbour_words: int = 20  # words shown, drawn among the 500 most frequent
+    eval_dir: str | None = None  # analogy/WordSim files; default: <data mirror>/word2vec-eval, if present
+    tsne: bool = True  # t-SNE figure of the 500 most frequent words at the end
+
+
+class SkipGram(nn.Module):
+    """Input embeddings (the word vectors), output embeddings and output biases (NCE)."""
+
+    def __init__(self, vocab: int, cfg: SkipGramConfig) -> None:
+        super().__init__()
+        embed, out = torch.empty(vocab, cfg.dim), torch.zeros(vocab, cfg.dim)
+        if cfg.init == "book":  # uniform(-1, 1) inputs, truncated normal(1/sqrt(d)) outputs
+            embed.uniform_(-1.0, 1.0)
+            std = 1 / math.sqrt(cfg.dim)
+            nn.init.trunc_normal_(out, std=std, a=-2 * std, b=2 * std)
+        else:  # word2vec.c / gensim: small uniform inputs, zero outputs
+            embed.uniform_(-0.5 / cfg.dim, 0.5 / cfg.dim)
+        # no autograd: sgd_step writes the gradients out by hand
+        self.embed = nn.Parameter(embed, requires_grad=False)
+        self.out = nn.Parameter(out, requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(vocab), requires_grad=False)
+
+
+def noise_distribution(counts: torch.Tensor, cfg: SkipGramConfig) -> torch.Tensor:
+    if cfg.sampler == "log_uniform":  # P(rank r) = log((r + 2) / (r + 1)) / log(V + 1); ids are ranks
+        ranks = torch.arange(len(counts), dtype=torch.float64)
+        probs = torch.log((ranks + 2) / (ranks + 1)) / math.log(len(counts) + 1)
+    else:
+        probs = counts.double().pow(cfg.power)
+    return (probs / probs.sum()).float()
+
+
+@dataclass
+class Epoch:
+    """Every random draw of one epoch, a function of (seed, epoch) only."""
+
+    targets: torch.Tensor  # [pairs] word ids, pairs a multiple of cfg.share
+    contexts: torch.Tensor  # [pairs]
+    negatives: torch.Tensor  # [pairs / cfg.share, K]: one draw per group of `share` pairs
+
+
+def draw_epoch(
+    corpus: torch.Tensor, cfg: SkipGramConfig, noise: torch.Tensor, seed: int, epoch: int
+) -> Epoch:
+    generator = epoch_generator(seed, epoch)
+    n, per_target = len(corpus), cfg.contexts_per_target
+    positions = torch.randperm(n, generator=generator)
+    # distinct offsets per target: the first `per_target` of a random ordering of the 2*window offsets
+    offsets = torch.cat([torch.arange(-cfg.window, 0), torch.arange(1, cfg.window + 1)])
+    choice = torch.rand(n, 2 * cfg.window, generator=generator).argsort(dim=1)[:, :per_target]
+    context_positions = (positions[:, None] + offsets[choice]) % n  # the corpus wraps around at its ends
+    groups = n * per_target // cfg.share  # the last < share pairs of the epoch are left out
+    pairs = groups * cfg.share
+    negatives = torch.multinomial(noise, groups * cfg.negatives, replacement=True, generator=generator)
+    return Epoch(
+        targets=corpus[positions].repeat_interleave(per_target)[:pairs],
+        contexts=corpus[context_positions].flatten()[:pairs],
+        negatives=negatives.view(groups, cfg.negatives),
+    )
+
+
+@torch.no_grad()
+def sgd_step(
+    model: SkipGram,
+    targets: torch.Tensor,
+    contexts: torch.Tensor,
+    negatives: torch.Tensor,
+    log_kq: torch.Tensor | None,
+    lr: float,
+) -> torch.Tensor:
+    """SGD on G groups of S pairs at once (``negatives``: [G, K], one draw per group); each group takes
+    the step of the mean loss of its pairs. Returns the summed loss (a tensor: no host sync)."""
+    groups, _ = negatives.shape
+    flat_negatives = negatives.flatten()
+    d = model.embed.shape[1]
+    u = model.embed.index_select(0, targets).view(groups, -1, d)  # [G, S, d]; index_select beats []
+    v = model.out.index_select(0, contexts).view(groups, -1, d)  # [G, S, d]
+    noise = model.out.index_select(0, flat_negatives).view(groups, -1, d)  # [G, K, d]
+    positive = (u * v).sum(dim=2)  # [G, S]
+    negative = torch.bmm(u, noise.transpose(1, 2))  # [G, S, K]: what sharing the negatives buys
+    if log_kq is not None:  # NCE: a bias per word and the log K q(w) correction
+        positive = positive + (model.bias - log_kq)[contexts].view(groups, -1)
+        negative = negative + (model.bias - log_kq)[negatives][:, None, :]
+    loss = nn.functional.softplus(-positive).sum() + nn.functional.softplus(negative).sum()
+    g_pos = torch.sigmoid(positive) - 1.0  # d loss / d positive logit
+    g_neg = torch.sigmoid(negative)  # d loss / d negative logits
+    scale = -lr * groups / len(targets)  # each group's loss is the mean over its pairs, as in the book
+    grad_u = (g_pos[..., None] * v + torch.bmm(g_neg, noise)).view(-1, d)
+    grad_v = (g_pos[..., None] * u).view(-1, d)
+    grad_n = torch.bmm(g_neg.transpose(1, 2), u).view(-1, d)
+    model.embed.index_add_(0, targets, grad_u, alpha=scale)
+    model.out.index_add_(0, contexts, grad_v, alpha=scale)
+    model.out.index_add_(0, flat_negatives, grad_n, alpha=scale)
+    if log_kq is not None:
+        model.bias.index_add_(0, contexts, g_pos.flatten(), alpha=scale)
+        model.bias.index_add_(0, flat_negatives, g_neg.sum(dim=1).flatten(), alpha=scale)
+    return loss
+
+
+# ---- evaluation: analogies, WordSim-353, nearest neighbours ---------------------------------------
+
+
+def unit_rows(vectors: torch.Tensor) -> torch.Tensor:
+    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def eval_files(trainer: SkipGramTrainerConfig, data_dir: str | None) -> Path | None:
+    """The folder with the evaluation files, or None when none is configured or in the mirror."""
+    if trainer.eval_dir:
+        folder = Path(trainer.eval_dir).expanduser()
+        if not (folder / "questions-words.txt").is_file() or not (folder / "wordsim353.tsv").is_file():
+            raise DataUnavailableError(
+                f"trainer.eval_dir={trainer.eval_dir!r} lacks questions-words.txt or wordsim353.tsv"
+            )
+        return folder
+    root = mirror_root(data_dir)
+    folder = root / EVAL_FOLDER if root else None
+    return folder if folder and (folder / "questions-words.txt").is_file() else None
+
+
+@torch.no_grad()
+def analogy_accuracy(vectors: torch.Tensor, index: dict[str, int], path: Path) -> tuple[float, int]:
+    """3CosAdd accuracy on the questions whose four words are all in the vocabulary (and how many)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        words = line.lower().split()
+        if len(words) == 4 and not line.startswith(":") and all(w in index for w in words):
+            rows.append([index[w] for w in words])
+    if not rows:
+        return float("nan"), 0
+    questions = torch.tensor(rows)
+    unit = unit_rows(vectors.float())
+    correct = 0
+    for chunk in questions.split(2048):
+        a, b, c, d = chunk.T
+        scores = (unit[b] - unit[a] + unit[c]) @ unit.T
+        scores.scatter_(1, chunk[:, :3], float("-inf"))  # the question words are not answers
+        correct += int((scores.argmax(dim=1) == d).sum())
+    return correct / len(rows), len(rows)
+
+
+@torch.no_grad()
+def wordsim_spearman(vectors: torch.Tensor, index: dict[str, int], path: Path) -> tuple[float, int]:
+    from scipy.stats import spearmanr
+
+    pairs, human = [], []
+    for line in path.read_text().splitlines():
+        parts = line.lower().split("\t")
+        if len(parts) == 3 and not line.startswith("#") and parts[0] in index and parts[1] in index:
+            pairs.append((index[parts[0]], index[parts[1]]))
+            human.append(float(parts[2]))
+    if len(pairs) < 3:
+        return float("nan"), len(pairs)
+    unit = unit_rows(vectors.float())
+    first, second = torch.tensor(pairs).T
+    cosine = (unit[first] * unit[second]).sum(dim=1)
+    return float(spearmanr(cosine.numpy(), human).statistic), len(pairs)
+
+
+def word_quality(vectors: torch.Tensor, index: dict[str, int], folder: Path | None) -> dict[str, float]:
+    if folder is None:
+        return {}
+    analogy, questions = analogy_accuracy(vectors, index, folder / "questions-words.txt")
+    rho, pairs = wordsim_spearman(vectors, index, folder / "wordsim353.tsv")
+    return {
+        "eval/analogy": analogy,
+        "eval/analogy_questions": questions,
+        "eval/wordsim": rho,
+        "eval/wordsim_pairs": pairs,
+    }
+
+
+@torch.no_grad()
+def nearest_neighbours(
+    vectors: torch.Tensor, words: list[str], queries: torch.Tensor, k: int = 8
+) -> list[str]:
+    unit = unit_rows(vectors.float())
+    scores = unit[queries] @ unit.T
+    scores[torch.arange(len(queries)), queries] = float("-inf")
+    best = scores.topk(k, dim=1).indices
+    return [
+        f"{words[q]} -> {', '.join(words[i] for i in row)}"
+        for q, row in zip(queries.tolist(), best.tolist(), strict=True)
+    ]
+
+
+# ---- the training loop ---------------------------------------------------------------------------
+
+
+def train(run: Run) -> dict[str, Any]:
+    cfg, trainer = run.config, run.config.trainer
+    model_cfg: SkipGramConfig = cfg.model
+    if cfg.data.batch_size % model_cfg.share:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} must be a multiple of model.share={model_cfg.share}"
+        )
+    with run_session(run) as session:
+        checkpoints, writer = session.checkpoints, session.writer
+        seed_everything(cfg.seed)
+        corpus = load_corpus(cfg.data)
+        index = corpus.index
+        folder = eval_files(trainer, cfg.data.dir)
+        if folder is None:
+            session.message(
+                "no word2vec-eval folder in the data mirror (or trainer.eval_dir): analogy/WordSim skipped"
+            )
+        model = SkipGram(len(corpus.words), model_cfg)
+        noise = noise_distribution(corpus.counts, model_cfg)
+        log_kq = (noise * model_cfg.negatives).log() if model_cfg.loss == "nce" else None
+        # the words whose neighbours are printed: drawn once from the seed among the 500 most frequent
+        top = min(500, len(corpus.words))
+        shown = torch.randperm(top, generator=torch.Generator().manual_seed(cfg.seed))[
+            : trainer.neighbour_words
+        ]
+
+        batch, share = cfg.data.batch_size, model_cfg.share
+        pairs_per_epoch = len(corpus.ids) * model_cfg.contexts_per_target // share * share
+        steps_per_epoch = math.ceil(pairs_per_epoch / batch)
+        total_steps = steps_per_epoch * trainer.epochs
+        state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "batch_in_epoch": 0,
+            "metrics_lines": 0,
+            "train_seconds": 0.0,
+            "word_seconds": 0.0,
+            "window_loss": 0.0,  # a logging window cut by an interruption resumes where it was
+            "window_pairs": 0,
+            "history": [],
+        }
+        if run.resume and checkpoints.latest() is not None:
+            latest = checkpoints.latest()
+            checkpoints.load_weights(model, latest)
+            saved = checkpoints.load_state(latest)
+            state.update({k: saved[k] for k in state if k in saved})
+        else:
+            checkpoints.save_initial(model)
+        if run.resume:
+            writer.rewind(state["metrics_lines"], state["step"])
+        session.seconds_before = state["train_seconds"]
+        progress = session.start_progress(total_steps, state["step"])
+        session.message(
+            f"corpus {len(corpus.ids):,} words, vocabulary {len(corpus.words):,}; "
+            f"{steps_per_epoch:,} minibatches of {batch} pairs per epoch"
+        )
+
+        def save(reason: str) -> Any:
+            state["metrics_lines"] = writer.lines
+            state["train_seconds"] = session.train_seconds
+            state["window_loss"] = window_loss.item()
+            return checkpoints.save(model, {**state, "reason": reason}, state["step"])
+
+        def show_neighbours(label: str) -> None:
+            lines = nearest_neighbours(model.embed, corpus.words, shown)
+            with open(run.artifacts_dir / "neighbours.txt", "a") as handle:
+                handle.write(f"# {label}\n" + "\n".join(lines) + "\n")
+            session.message(f"nearest neighbours ({label}):\n  " + "\n  ".join(lines))
+
+        for epoch in range(state["epoch"], trainer.epochs):
+            draws = draw_epoch(corpus.ids, model_cfg, noise, cfg.seed, epoch)
+            window_loss = torch.tensor(state["window_loss"], dtype=torch.float64)
+            epoch_started = time.monotonic()
+            first_batch = state["batch_in_epoch"]
+            for b in range(first_batch, steps_per_epoch):
+                lr = cfg.optim.lr
+                if model_cfg.lr_decay:
+                    lr *= max(1e-4, 1.0 - state["step"] / total_steps)
+                lo, hi = b * batch, min((b + 1) * batch, pairs_per_epoch)
+                negatives = draws.negatives[lo // share : hi // share]
+                loss = sgd_step(model, draws.targets[lo:hi], draws.contexts[lo:hi], negatives, log_kq, lr)
+                window_loss += loss.double()
+                state["window_pairs"] += hi - lo
+                state["step"] += 1
+                state["batch_in_epoch"] = b + 1
+                last = b + 1 == steps_per_epoch
+                if state["step"] % trainer.log_every == 0 or last:
+                    cost = window_loss.item() / state["window_pairs"]
+                    session.check_finite(cost, state["step"])
+                    writer.log({"train/cost": cost, "train/lr": lr}, state["step"], epoch)
+                    progress.update(state["step"], epoch, trainer.epochs, cost)
+                    window_loss.zero_()
+                    state["window_pairs"] = 0
+                if trainer.neighbours_every and state["step"] % trainer.neighbours_every == 0 and not last:
+                    show_neighbours(f"step {state['step']}")
+                session.stop_if_requested(save)
+                if trainer.checkpoint_every and state["step"] % trainer.checkpoint_every == 0 and not last:
+                    save("periodic")
+            # words/s counts corpus words whose pairs were trained, over the loop's own time
+            state["word_seconds"] += time.monotonic() - epoch_started
+            state["words_trained"] = (epoch + 1) * len(corpus.ids)
+            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+            metrics = {**word_quality(model.embed, index, folder)}
+            if first_batch == 0:
+                metrics["train/words_per_s"] = len(corpus.ids) / max(1e-9, time.monotonic() - epoch_started)
+            writer.log(metrics, state["step"], state["epoch"])
+            state["history"].append({"epoch": state["epoch"], "step": state["step"], **metrics})
+            save("epoch")
+            session.message(
+                f"epoch {state['epoch']}/{trainer.epochs}  "
+                + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            )
+            show_neighbours(f"epoch {state['epoch']}")
+
+        final = state["history"][-1] if state["history"] else {}
+        summary = {
+            "experiment": cfg.name,
+            "status": "completed",
+            "epochs": state["epoch"],
+            "steps": state["step"],
+            "train_seconds": round(session.train_seconds, 2),
+            "corpus_words": len(corpus.ids),
+            "vocabulary": len(corpus.words),
+            "words_per_s": state["epoch"] * len(corpus.ids) / max(1e-9, state["word_seconds"]),
+            "final": final,
+            "history": state["history"],
+        }
+    export_word2vec(model.embed, corpus.words, run.artifacts_dir / "embeddings.txt")
+    if trainer.tsne:
+        from fdlcli.analysis.embeddings import tsne_plot
+
+        tsne_plot(model.embed[:top], corpus.words[:top], run.artifacts_dir / "tsne.png", cfg.seed)
+    run.write_summary(summary)
+    print(f"done: {summary['words_per_s']:,.0f} words/s, final {final}; run dir {run.path}", flush=True)
+    return summary
+
+
+def export_word2vec(vectors: torch.Tensor, words: list[str], path: Path) -> None:
+    """The word2vec text format: a "<count> <dim>" header, then one "word v1 v2 ..." line per word."""
+    lines = [f"{len(words)} {vectors.shape[1]}"]
+    lines += [
+        f"{w} " + " ".join(f"{x:.6f}" for x in row) for w, row in zip(words, vectors.tolist(), strict=True)
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
+    """``fdl eval``: analogy and WordSim scores of a saved checkpoint (the split does not apply)."""
+    cfg = run.config
+    configure_threads(cfg.trainer.threads)
+    corpus = load_corpus(cfg.data)
+    model = SkipGram(len(corpus.words), cfg.model)
+    checkpoints = CheckpointManager(run.checkpoint_dir, cfg.name)
+    ref = checkpoints.resolve(which)
+    checkpoints.load_weights(model, ref)
+    folder = eval_files(cfg.trainer, cfg.data.dir)
+    if folder is None:
+        raise DataUnavailableError("no word2vec-eval folder: set FDL_DATA_DIR or trainer.eval_dir")
+    metrics = word_quality(model.embed, corpus.index, folder)
+    atomic_write_json(
+        run.path / f"eval-{which}.json", {"checkpoint": ref.name, "time": now_iso(), "metrics": metrics}
+    )
+    return metrics
+
+
+register(
+    ExperimentSpec(
+        name="skipgram",
+        chapter=6,
+        dataset="PTB (text8 / any text file by config)",
+        book_result="neighbours such as eight -> six, seven, five, nine (text8, 5 epochs)",
+        description="skip-gram word2vec, NCE with 64 shared negatives, SGD",
+        model_config=SkipGramConfig,
+        data_config=TextDataConfig,
+        trainer_config=SkipGramTrainerConfig,
+        train=train,
+        evaluate=evaluate,
+    )
+)

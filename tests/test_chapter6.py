@@ -1,0 +1,155 @@
+"""Chapter 6: autoencoders (+ PCA analysis) and skip-gram, on tiny slices of the real data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import fdl, read_summary, run_dirs
+
+from fdlcli.experiments import autoencoder as ae
+from fdlcli.experiments import word2vec as w2v
+
+TINY_AE = ["trainer.epochs=1", "data.train_limit=1000", "data.eval_limit=500", "model.hidden=[64,32]"]
+
+
+@pytest.mark.parametrize(
+    ("experiment", "extra", "figures"),
+    [
+        ("autoencoder-mnist", ["model.code_size=2"], {"codes_pca_vs_autoencoder.png", "reconstructions.png"}),
+        ("denoising-autoencoder-mnist", [], {"denoising.png", "reconstructions.png"}),
+        ("sparse-autoencoder-mnist", ["model.sparsity_beta=1.0"], {"code_activations.png"}),
+    ],
+)
+def test_autoencoders_train_and_compare_with_pca(env, experiment, extra, figures):
+    result = fdl("train", experiment, *TINY_AE, *extra, env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, experiment)
+    summary = read_summary(run)
+    final = summary["final"]
+    for key in ("val/cost", "val/corrupted_cost", "val/mean_activation", "val/near_zero", "test/cost"):
+        assert math.isfinite(final[key]), key
+    assert summary["best"]["metric"] in ("val/cost", "val/corrupted_cost")
+    codes = summary["codes"]
+    for method in ("autoencoder", "pca"):
+        assert 0.1 < codes[method]["knn_accuracy"] <= 1.0  # better than chance on real digits
+        assert 0.1 < codes[method]["logistic_accuracy"] <= 1.0
+        assert codes[method]["test_cost"] > 0
+    assert figures <= {p.name for p in (run / "artifacts").iterdir()}
+    assert "codes (k=" in result.stdout
+
+
+def test_autoencoder_rejects_bad_values(env):
+    result = fdl("train", "sparse-autoencoder-mnist", "model.sparsity_rho=1.5", env=env)
+    assert result.returncode == 2 and "sparsity_rho" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pca_matches_svd_reconstruction_and_kl_is_zero_at_target():
+    torch.manual_seed(0)
+    x = torch.randn(200, 12) @ torch.randn(12, 12)
+    pca = ae.PCA(x, 3)
+    recon = pca.decode(pca.encode(x))
+    centered = x - x.mean(0)
+    u, s, vh = torch.linalg.svd(centered, full_matrices=False)
+    best = (u[:, :3] * s[:3]) @ vh[:3] + x.mean(0)  # Eckart-Young: the best rank-3 reconstruction
+    assert torch.allclose(recon, best, atol=1e-3)
+    assert ae.kl_sparsity(torch.full((10, 4), 0.05), 0.05).abs().item() < 1e-6
+    assert ae.kl_sparsity(torch.full((10, 4), 0.5), 0.05).item() > 0
+
+
+@pytest.mark.parametrize("loss", ["nce", "neg"])
+def test_sgd_step_applies_the_gradient_of_each_groups_mean_loss(loss):
+    """The hand-written update equals an autograd SGD step on the sum over groups of each group's mean
+    loss, each group with its own shared negatives (duplicate words included)."""
+    torch.manual_seed(0)
+    cfg = w2v.SkipGramConfig(dim=8, negatives=3, loss=loss, init="book", share=2)
+    model = w2v.SkipGram(30, cfg)
+    targets, contexts = torch.tensor([1, 2, 2, 7]), torch.tensor([3, 3, 9, 1])
+    negatives = torch.tensor([[4, 4, 5], [3, 0, 2]])  # group 0: pairs 0-1, group 1: pairs 2-3
+    noise = w2v.noise_distribution(torch.arange(30, 0, -1), cfg)
+    log_kq = (noise * cfg.negatives).log() if loss == "nce" else None
+    embed, out, bias = (p.detach().clone().requires_grad_() for p in (model.embed, model.out, model.bias))
+    reference = torch.zeros(())
+    for group in range(2):
+        t, c, n = targets[2 * group : 2 * group + 2], contexts[2 * group : 2 * group + 2], negatives[group]
+        pos, neg = (embed[t] * out[c]).sum(1), embed[t] @ out[n].T
+        if log_kq is not None:
+            pos = pos + bias[c] - log_kq[c]
+            neg = neg + bias[n] - log_kq[n]
+        group_loss = torch.nn.functional.softplus(-pos).sum() + torch.nn.functional.softplus(neg).sum()
+        (group_loss / 2).backward()  # the mean over the group's two pairs
+        reference = reference + group_loss.detach()
+    total = w2v.sgd_step(model, targets, contexts, negatives, log_kq, lr=0.5)
+    assert torch.allclose(total, reference)
+    assert torch.allclose(model.embed, embed.detach() - 0.5 * embed.grad, atol=1e-6)
+    assert torch.allclose(model.out, out.detach() - 0.5 * out.grad, atol=1e-6)
+    if loss == "nce":
+        assert torch.allclose(model.bias, bias.detach() - 0.5 * bias.grad, atol=1e-6)
+
+
+def test_epoch_pairs_stay_inside_the_window_and_are_reproducible():
+    corpus = torch.arange(1000) % 50
+    cfg = w2v.SkipGramConfig(window=3, contexts_per_target=4, negatives=7, share=32)
+    noise = w2v.noise_distribution(torch.ones(50), cfg)
+    first = w2v.draw_epoch(corpus, cfg, noise, seed=1, epoch=2)
+    again = w2v.draw_epoch(corpus, cfg, noise, seed=1, epoch=2)
+    assert torch.equal(first.contexts, again.contexts) and torch.equal(first.negatives, again.negatives)
+    gap = (first.contexts - first.targets) % 50  # ids are positions mod 50 here
+    assert set(gap.unique().tolist()) <= {1, 2, 3, 47, 48, 49}
+    assert first.negatives.shape == (4000 // 32, 7) and len(first.targets) == 4000 // 32 * 32
+    per_target = (first.contexts.view(-1, 4) - first.targets.view(-1, 4)) % 50
+    assert all(len(set(row)) == 4 for row in per_target.tolist())  # distinct context words per target
+
+
+def test_analogy_and_wordsim_scoring(tmp_path):
+    words = ["king", "queen", "man", "woman", "apple"]
+    index = {w: i for i, w in enumerate(words)}
+    vectors = torch.tensor([[1.0, 1, 0], [1, -1, 0], [0, 1, 0.1], [0, -1, 0.1], [0, 0, 1]])
+    questions = tmp_path / "q.txt"
+    questions.write_text(": test\nman woman king queen\nMan King woman Queen\nman woman king zebra\n")
+    accuracy, count = w2v.analogy_accuracy(vectors, index, questions)
+    assert count == 2 and accuracy == 1.0
+    sims = tmp_path / "ws.tsv"
+    sims.write_text("# header\nking\tqueen\t8\nking\tapple\t1\nman\twoman\t9\nqueen\tapple\t0.5\n")
+    rho, pairs = w2v.wordsim_spearman(vectors, index, sims)
+    assert pairs == 4 and -1 <= rho <= 1
+
+
+def test_skipgram_trains_exports_and_evaluates(env):
+    overrides = [
+        "data.train_limit=20000",
+        "data.batch_size=256",
+        "optim.lr=0.4",
+        "model.loss=neg",
+        "model.sampler=unigram",
+        "model.init=small",
+        "trainer.epochs=2",
+        "trainer.tsne=false",
+        "trainer.neighbours_every=100",
+    ]
+    result = fdl("train", "skipgram", *overrides, env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "skipgram")
+    summary = read_summary(run)
+    assert summary["epochs"] == 2 and summary["words_per_s"] > 0
+    assert summary["final"]["eval/analogy_questions"] > 0 and summary["final"]["eval/wordsim_pairs"] > 0
+    assert "nearest neighbours" in result.stdout
+    lines = (run / "artifacts" / "embeddings.txt").read_text().splitlines()
+    count, dim = map(int, lines[0].split())
+    assert count == len(lines) - 1 == summary["vocabulary"] and dim == 128
+    assert len(lines[1].split()) == dim + 1
+    evaluated = fdl("eval", str(run), env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    record = json.loads((run / "eval-best.json").read_text())
+    assert record["metrics"]["eval/analogy"] == pytest.approx(summary["final"]["eval/analogy"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("data.file={tmp}/nope.txt", "no such file"), ("data.batch_size=100", "multiple of model.share")],
+)
+def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
+    result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
