@@ -101,7 +101,11 @@ def test_rl_config_errors_are_one_line(env):
     assert "Traceback" not in result.stderr
 
 
-PG_SHORT = ["trainer.eval_every=16", "trainer.eval_episodes=2", "seed=4", "explore=anneal-0.5"]
+# epsilon anneals over 48 episodes in both runs (by default it anneals over trainer.episodes)
+PG_SHORT = [
+    "trainer.eval_every=16", "trainer.eval_episodes=2", "seed=4", "explore=anneal-0.5",
+    "trainer.explore.anneal_episodes=48",
+]  # fmt: skip
 
 
 def test_pg_resume_continues_exactly(env):
