@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from fdlcli.config import RunConfig, TrainerConfig
-from fdlcli.engine.checkpoint import CheckpointManager
+from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
 from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.session import Session
 from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_json, now_iso
@@ -145,6 +146,70 @@ class EpisodeTracker:
         self.episodes, self.env_steps = int(state["episodes"]), int(state["env_steps"])
         self.returns = [float(r) for r in state["returns"].tolist()]
         self.solved_at = state["solved_at"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints and evaluations inside a training session (both agents' loops).
+
+
+def restore(
+    session: Session, net: nn.Module, optimizer: torch.optim.Optimizer, tracker: EpisodeTracker
+) -> dict[str, Any] | None:
+    """On resume, load the latest checkpoint into ``net``, ``optimizer`` and ``tracker`` and return its
+    trainer state (the loop takes its own counters from it); on a fresh start save the step-0 weights."""
+    checkpoints, writer = session.checkpoints, session.writer
+    latest = checkpoints.latest() if session.run.resume else None
+    if latest is None:
+        writer.rewind(0, 0)  # a resumed run killed before its first checkpoint starts over
+        checkpoints.save_initial(net)
+        return None
+    checkpoints.load_weights(net, latest, session.device)
+    saved = checkpoints.load_state(latest)
+    optimizer.load_state_dict(saved["optimizer"])
+    tracker.load(saved["tracker"])
+    session.seconds_before = saved["train_seconds"]
+    writer.rewind(saved["metrics_lines"], saved["step"])
+    return saved
+
+
+def save_checkpoint(
+    session: Session,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    tracker: EpisodeTracker,
+    step: int,
+    reason: str,
+    **counters: Any,
+) -> CheckpointRef:
+    """Weights (safetensors) and a ``weights_only`` trainer state: optimizer, episode statistics, the
+    loop's own ``counters`` (numbers, strings, lists and dicts of them) and the metrics position."""
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "tracker": tracker.state(),
+        "metrics_lines": session.writer.lines,
+        "train_seconds": session.train_seconds,
+        "reason": reason,
+        **counters,
+    }
+    return session.checkpoints.save(net, state, step)
+
+
+def evaluate_during_training(
+    session: Session, net: nn.Module, step: int, episodes: int, best: float | None
+) -> tuple[dict[str, float], float, bool]:
+    """Evaluation episodes (the same seeds every time, so evaluations compare); logs them and returns
+    (metrics, best mean return so far, whether this one is the best)."""
+    run, trainer = session.run, session.run.config.trainer
+    metrics = episode_metrics(
+        play_episodes(
+            net, trainer.env, trainer.eval_episodes, seed=run.config.seed + 1_000_000,
+            epsilon=trainer.eval_epsilon, max_episode_steps=trainer.max_episode_steps, device=session.device,
+        )
+    )  # fmt: skip
+    session.writer.log(metrics, step, episodes)
+    value = metrics["eval/return_mean"]
+    improved = best is None or value > best
+    return metrics, value if improved else best, improved
 
 
 # --------------------------------------------------------------------------------------------------

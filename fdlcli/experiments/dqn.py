@@ -25,7 +25,6 @@ an uninterrupted one (``pg-cartpole``, which keeps no buffer, is).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,13 +42,14 @@ from fdlcli.engine.session import run_session
 from fdlcli.experiments._rl import (
     EpisodeTracker,
     RLTrainerConfig,
-    episode_metrics,
     epsilon_greedy,
+    evaluate_during_training,
     is_atari,
     make_env,
     make_vector_env,
-    play_episodes,
     register_rl,
+    restore,
+    save_checkpoint,
 )
 from fdlcli.runs import Run
 
@@ -78,6 +78,7 @@ class DQNTrainerConfig(RLTrainerConfig):
     learning_starts: int = 1_000  # agent steps of experience before the first update
     train_every: int = 4  # agent steps per gradient update
     target_update_every: int = 1_000  # agent steps between copies of the online network into the target
+    target_tau: float = 1.0  # 1: copy (the book); < 1: move the target this far towards the online net
     epsilon_start: float = 1.0
     epsilon_end: float = 0.1
     epsilon_anneal_steps: int = 100_000  # linear, in agent steps
@@ -94,6 +95,8 @@ class DQNTrainerConfig(RLTrainerConfig):
             return "trainer step counts, sizes and intervals must be positive"
         if self.buffer_size < 2 * self.num_envs * self.frame_stack or self.learning_starts < 0:
             return "trainer.buffer_size is too small for num_envs and frame_stack"
+        if not 0 < self.target_tau <= 1:
+            return f"trainer.target_tau={self.target_tau} must lie in (0, 1]"
         if not (0 <= self.epsilon_end <= 1 and 0 <= self.epsilon_start <= 1 and 0 < self.gamma <= 1):
             return "trainer.epsilon_start/epsilon_end must lie in [0, 1] and gamma in (0, 1]"
         return super().check()
@@ -146,8 +149,11 @@ class DQNAgent(nn.Module):
         self.sync_target()
         self.target.requires_grad_(False)
 
-    def sync_target(self) -> None:
-        self.target.load_state_dict(self.online.state_dict())
+    @torch.no_grad()
+    def sync_target(self, tau: float = 1.0) -> None:
+        """Copy the online weights into the target (tau 1), or move the target a fraction tau towards them."""
+        for target, online in zip(self.target.parameters(), self.online.parameters(), strict=True):
+            target.lerp_(online, tau)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.online(obs)
@@ -297,33 +303,14 @@ def train(run: Run) -> dict[str, Any]:
         optimizer = build_optimizer(cfg.optim, agent.online.parameters())
         tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
         counters = Counters()
-        if run.resume and checkpoints.latest() is not None:
-            latest = checkpoints.latest()
-            checkpoints.load_weights(agent, latest, device)
-            saved = checkpoints.load_state(latest)
-            optimizer.load_state_dict(saved["optimizer"])
-            tracker.load(saved["tracker"])
+        saved = restore(session, agent, optimizer, tracker)
+        if saved is not None:
             counters = Counters(saved["step"], saved["updates"], saved["best"], saved["history"])
-            session.seconds_before = saved["train_seconds"]
-            writer.rewind(saved["metrics_lines"], counters.step)
             session.message(f"resumed at step {counters.step}; the replay buffer refills before learning")
-        else:
-            writer.rewind(0, 0)
-            checkpoints.save_initial(agent)
 
         def save(reason: str) -> CheckpointRef:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "tracker": tracker.state(),
-                "step": counters.step,
-                "updates": counters.updates,
-                "best": counters.best,
-                "history": counters.history,
-                "metrics_lines": writer.lines,
-                "train_seconds": session.train_seconds,
-                "reason": reason,
-            }
-            return checkpoints.save(agent, state, counters.step)
+            extra = {"updates": counters.updates, "best": counters.best, "history": counters.history}
+            return save_checkpoint(session, agent, optimizer, tracker, counters.step, reason, **extra)
 
         n = trainer.num_envs
         stacked = is_atari(trainer.env)
@@ -409,23 +396,16 @@ def train(run: Run) -> dict[str, Any]:
                         clock, clock_step = time.monotonic(), counters.step
                         progress.update(counters.step, 0, 1, loss_value)
             if counters.step // trainer.target_update_every > before // trainer.target_update_every:
-                agent.sync_target()
+                agent.sync_target(trainer.target_tau)
             session.stop_if_requested(save)
 
             if counters.step // trainer.eval_every > before // trainer.eval_every or done():
-                metrics = episode_metrics(
-                    play_episodes(
-                        agent, trainer.env, trainer.eval_episodes, seed=cfg.seed + 1_000_000,
-                        epsilon=trainer.eval_epsilon, max_episode_steps=trainer.max_episode_steps,
-                        device=device,
-                    )
-                )  # fmt: skip
-                writer.log(metrics, counters.step, tracker.episodes)
+                metrics, counters.best, improved = evaluate_during_training(
+                    session, agent, counters.step, tracker.episodes, counters.best
+                )
                 counters.history.append(
                     {"step": counters.step, "episodes": tracker.episodes, "epsilon": epsilon, **metrics}
                 )
-                improved = counters.best is None or metrics["eval/return_mean"] > counters.best
-                counters.best = max(metrics["eval/return_mean"], counters.best or -math.inf)
                 ref = save("evaluation")
                 if improved:
                     checkpoints.mark_best(ref, "eval/return_mean", counters.best, tracker.episodes)

@@ -32,11 +32,12 @@ from fdlcli.engine.session import run_session
 from fdlcli.experiments._rl import (
     EpisodeTracker,
     RLTrainerConfig,
-    episode_metrics,
     epsilon_greedy,
+    evaluate_during_training,
     make_vector_env,
-    play_episodes,
     register_rl,
+    restore,
+    save_checkpoint,
 )
 from fdlcli.runs import Run
 
@@ -65,7 +66,7 @@ class ExploreConfig:
 
 @dataclass
 class PGTrainerConfig(RLTrainerConfig):
-    episodes: int = 3000  # at most; training stops earlier once solved (stop_when_solved)
+    episodes: int = 5000  # at most; training stops earlier once solved (stop_when_solved)
     batch_episodes: int = 8  # episodes per update (played at once in a vector env)
     gamma: float = 0.98
     normalize_returns: bool = False  # the book uses raw discounted returns
@@ -171,38 +172,13 @@ def train(run: Run) -> dict[str, Any]:
         optimizer = build_optimizer(cfg.optim, net.parameters())
         tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
         batch, best, history = 0, None, []
-        if run.resume and checkpoints.latest() is not None:
-            latest = checkpoints.latest()
-            checkpoints.load_weights(net, latest, device)
-            saved = checkpoints.load_state(latest)
-            optimizer.load_state_dict(saved["optimizer"])
-            tracker.load(saved["tracker"])
+        saved = restore(session, net, optimizer, tracker)
+        if saved is not None:
             batch, best, history = saved["batch"], saved["best"], saved["history"]
-            session.seconds_before = saved["train_seconds"]
-            writer.rewind(saved["metrics_lines"], tracker.episodes)
-        else:
-            writer.rewind(0, 0)
-            checkpoints.save_initial(net)
 
         def save(reason: str) -> CheckpointRef:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "tracker": tracker.state(),
-                "batch": batch,
-                "best": best,
-                "history": history,
-                "metrics_lines": writer.lines,
-                "train_seconds": session.train_seconds,
-                "reason": reason,
-            }
-            return checkpoints.save(net, state, tracker.episodes)
-
-        def evaluate() -> dict[str, float]:
-            episodes = play_episodes(
-                net, trainer.env, trainer.eval_episodes, seed=cfg.seed + 1_000_000,
-                epsilon=trainer.eval_epsilon, max_episode_steps=trainer.max_episode_steps, device=device,
-            )  # fmt: skip
-            return episode_metrics(episodes)
+            counters = {"batch": batch, "best": best, "history": history}
+            return save_checkpoint(session, net, optimizer, tracker, tracker.episodes, reason, **counters)
 
         envs = make_vector_env(trainer.env, trainer.batch_episodes, trainer.max_episode_steps)
         progress = session.start_progress(trainer.episodes, tracker.episodes)
@@ -250,11 +226,8 @@ def train(run: Run) -> dict[str, Any]:
             session.stop_if_requested(save)
 
             if batch % math.ceil(trainer.eval_every / trainer.batch_episodes) == 0 or done():
-                metrics = evaluate()
-                writer.log(metrics, tracker.episodes, 0)
+                metrics, best, improved = evaluate_during_training(session, net, tracker.episodes, 0, best)
                 history.append({"episodes": tracker.episodes, "env_steps": tracker.env_steps, **metrics})
-                improved = best is None or metrics["eval/return_mean"] > best
-                best = max(metrics["eval/return_mean"], best if best is not None else -math.inf)
                 ref = save("evaluation")
                 if improved:
                     checkpoints.mark_best(ref, "eval/return_mean", best, tracker.episodes)
