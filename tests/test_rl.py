@@ -173,3 +173,18 @@ def test_dqn_breakout_pixels_smoke(env):
     (run,) = run_dirs(env, "dqn-breakout")
     summary = read_summary(run)
     assert summary["updates"] >= 20 and summary["history"][0]["eval/length_mean"] <= 100
+
+
+def test_target_network_copy_and_soft_update():
+    from fdlcli.experiments.dqn import DQNAgent, MLPQNetwork
+
+    agent = DQNAgent(MLPQNetwork(4, [8], 2), MLPQNetwork(4, [8], 2))
+    online, target = agent.online[0].weight, agent.target[0].weight
+    assert torch.equal(online, target) and not target.requires_grad  # synced at construction, frozen
+    before = target.detach().clone()
+    with torch.no_grad():
+        online.add_(1.0)
+    agent.sync_target(0.25)
+    assert torch.allclose(target, before + 0.25)
+    agent.sync_target()
+    assert torch.equal(target, online)
