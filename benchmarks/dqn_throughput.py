@@ -4,10 +4,10 @@ fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched fo
 frames-once uint8 replay, one update of batch 32 per 4 agent steps. The reference is the usual
 CleanRL-style script in one process: one environment, one forward per step, a replay that stores each
 transition's observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer
-and update rate. Each runs ``LEARNING_STARTS + steps`` agent steps (each = 4 frames); the rate is agent
-steps per second of process CPU time over the whole run (environment creation, warm-up, learning; for
-fdl also its checkpoints and a closing 1-episode evaluation), so the ratio holds on a machine shared
-with other jobs, where wall-clock rates swing with the load. Wall-clock rates are printed beside it.
+and update rate. Both are timed in steady state, after learning starts (fdl: its own per-window
+rates with the first window dropped), as agent steps (4 frames each) per second of process CPU time, the
+figure that holds on a machine shared with other jobs; wall-clock rates are printed beside it (and give
+the ratio on a GPU, where kernels run asynchronously).
 
     python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda]
 """
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from fdlcli import config as fdl_config
 from fdlcli.experiments._rl import make_env
 from fdlcli.experiments.dqn import NatureQNetwork, train
-from fdlcli.runs import Run
+from fdlcli.runs import Run, read_metrics
 
 LEARNING_STARTS = 500
 
@@ -50,15 +50,17 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[floa
     ]
     run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
     with tempfile.TemporaryDirectory() as tmp:
-        cpu, wall = time.process_time(), time.perf_counter()
-        summary = train(Run(path=Path(tmp), config=run_config))
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return summary["steps"] / cpu, summary["steps"] / wall
+        train(Run(path=Path(tmp), config=run_config))
+        records = read_metrics(Path(tmp))
+
+    def steady(name: str) -> float:  # the first logging window includes warm-up
+        return float(np.mean([r["value"] for r in records if r["name"] == name][1:]))
+
+    return steady("train/steps_per_cpu_s"), steady("train/steps_per_s")
 
 
 def reference_rate(steps: int, device: str, threads: int) -> tuple[float, float]:
     """(agent steps per CPU second, per wall second) of the plain single-environment loop."""
-    cpu, wall = time.process_time(), time.perf_counter()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -75,7 +77,10 @@ def reference_rate(steps: int, device: str, threads: int) -> tuple[float, float]
     rewards = np.zeros(capacity, dtype=np.float32)
     dones = np.zeros(capacity, dtype=np.float32)
     obs, _ = env.reset(seed=0)
+    cpu = wall = 0.0
     for step in range(steps + LEARNING_STARTS):
+        if step == LEARNING_STARTS:
+            cpu, wall = time.process_time(), time.perf_counter()
         epsilon = max(0.1, 1.0 - step / 10000)
         if rng.random() < epsilon:
             action = int(rng.integers(n_actions))
@@ -108,8 +113,7 @@ def reference_rate(steps: int, device: str, threads: int) -> tuple[float, float]
     if device == "cuda":
         torch.cuda.synchronize()
     env.close()
-    total = steps + LEARNING_STARTS
-    return total / (time.process_time() - cpu), total / (time.perf_counter() - wall)
+    return steps / (time.process_time() - cpu), steps / (time.perf_counter() - wall)
 
 
 def main() -> None:

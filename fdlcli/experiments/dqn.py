@@ -333,7 +333,7 @@ def train(run: Run) -> dict[str, Any]:
         learn_from = counters.step + trainer.learning_starts
         progress = session.start_progress(trainer.total_steps, counters.step)
         loss_sum, q_sum, window = 0.0, 0.0, 0
-        clock, clock_step = time.monotonic(), counters.step
+        clock, cpu_clock, clock_step = time.monotonic(), time.process_time(), counters.step
 
         def done() -> bool:
             return counters.step >= trainer.total_steps or (
@@ -380,7 +380,10 @@ def train(run: Run) -> dict[str, Any]:
                     if counters.updates % trainer.log_every == 0:
                         loss_value = float(loss_sum) / window
                         session.check_finite(loss_value, counters.step)
-                        speed = (counters.step - clock_step) / max(1e-9, time.monotonic() - clock)
+                        window_steps = counters.step - clock_step
+                        speed = window_steps / max(1e-9, time.monotonic() - clock)
+                        # per CPU second too: the figure that stays meaningful on a shared, loaded machine
+                        cpu_speed = window_steps / max(1e-9, time.process_time() - cpu_clock)
                         writer.log(
                             {
                                 "train/loss": loss_value,
@@ -388,12 +391,13 @@ def train(run: Run) -> dict[str, Any]:
                                 "train/epsilon": epsilon,
                                 "train/return_avg": tracker.average,
                                 "train/steps_per_s": speed,
+                                "train/steps_per_cpu_s": cpu_speed,
                             },
                             counters.step,
                             tracker.episodes,
                         )
                         loss_sum, q_sum, window = 0.0, 0.0, 0
-                        clock, clock_step = time.monotonic(), counters.step
+                        clock, cpu_clock, clock_step = time.monotonic(), time.process_time(), counters.step
                         progress.update(counters.step, 0, 1, loss_value)
             if counters.step // trainer.target_update_every > before // trainer.target_update_every:
                 agent.sync_target(trainer.target_tau)
