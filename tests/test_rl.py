@@ -139,7 +139,7 @@ def test_dqn_cartpole_short_run_eval_and_play(env):
     assert result.returncode == 0, result.stderr
     (run,) = run_dirs(env, "dqn-cartpole")
     summary = read_summary(run)
-    assert summary["steps"] >= 600 and summary["updates"] >= 350 and len(summary["history"]) == 2
+    assert summary["steps"] >= 600 and summary["updates"] >= 190 and len(summary["history"]) == 2
     names = {r["name"] for r in metric_records(run)}
     assert {"train/return", "train/loss", "train/q_mean", "eval/return_mean"} <= names
     assert (run / "checkpoints" / "best.json").is_file()
