@@ -149,10 +149,10 @@ def play_batch(
         obs_t = torch.as_tensor(obs, device=device, dtype=torch.float32)
         logits = net(obs_t)
         if trainer.explore.policy == "sample":
-            greedy = torch.multinomial(F.softmax(logits, dim=1), 1, generator=sampler).squeeze(1)
+            preferred = torch.multinomial(F.softmax(logits, dim=1), 1, generator=sampler).squeeze(1)
         else:
-            greedy = logits.argmax(dim=1)
-        action = epsilon_greedy(greedy, epsilon, logits.shape[1], rng)
+            preferred = logits.argmax(dim=1)
+        action = epsilon_greedy(preferred, epsilon, logits.shape[1], rng)
         obs, reward, terminated, truncated, _ = envs.step(action)
         observations.append(obs_t)
         actions.append(torch.as_tensor(action, device=device))
@@ -256,7 +256,7 @@ def summary(
     return {
         "experiment": run.config.name,
         "status": status,
-        "explore": run.config.trainer.explore.name if hasattr(run.config.trainer, "explore") else None,
+        "explore": run.config.trainer.explore.name,
         "episodes": tracker.episodes,
         "env_steps": tracker.env_steps,
         "solved": tracker.solved_at is not None,
