@@ -328,6 +328,13 @@ def _check_values(run_config: RunConfig) -> None:
         problem = check()
         if problem:
             raise ConfigError(f"invalid model config: {problem}")
+    # an experiment's own data/trainer schema (ExperimentSpec.data_config / trainer_config) may check too
+    for section in ("data", "trainer"):
+        check = getattr(getattr(run_config, section), "check", None)
+        if callable(check):
+            problem = check()
+            if problem:
+                raise ConfigError(f"invalid {section} config: {problem}")
 
 
 def load_saved(path: Path) -> RunConfig:

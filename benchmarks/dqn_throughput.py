@@ -1,0 +1,140 @@
+"""dqn-breakout collection plus learning, through fdl's loop, against a plain single-environment loop.
+
+fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step), the
+frames-once uint8 replay, one update of batch 32 per 4 agent steps. The reference is the usual
+CleanRL-style script in one process: one environment, one forward per step, a replay that stores each
+transition's observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer
+and update rate. Both are timed in steady state, after learning starts (fdl: its own per-window
+rates with the first window dropped), as agent steps (4 frames each) per second of process CPU time, the
+figure that holds on a machine shared with other jobs; wall-clock rates are printed beside it (and give
+the ratio on a GPU, where kernels run asynchronously).
+
+    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fdlcli import config as fdl_config
+from fdlcli.experiments._rl import make_env
+from fdlcli.experiments.dqn import NatureQNetwork, train
+from fdlcli.runs import Run, read_metrics
+
+LEARNING_STARTS = 500
+
+
+def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[float, float]:
+    """(agent steps per CPU second, per wall second) of fdl's training loop."""
+    overrides = [
+        f"trainer.total_steps={steps + LEARNING_STARTS}",
+        f"trainer.learning_starts={LEARNING_STARTS}",
+        f"trainer.num_envs={num_envs}",
+        "trainer.buffer_size=20000",
+        "trainer.eval_every=100000000",
+        "trainer.eval_episodes=1",
+        "trainer.eval_epsilon=1.0",
+        "trainer.max_episode_steps=200",  # bounds the closing evaluation episode (not timed)
+        "trainer.log_every=25",
+        f"trainer.device={device}",
+        f"trainer.threads={threads}",
+    ]
+    run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
+    with tempfile.TemporaryDirectory() as tmp:
+        train(Run(path=Path(tmp), config=run_config))
+        records = read_metrics(Path(tmp))
+
+    def steady(name: str) -> float:  # the first logging window includes warm-up
+        return float(np.mean([r["value"] for r in records if r["name"] == name][1:]))
+
+    return steady("train/steps_per_cpu_s"), steady("train/steps_per_s")
+
+
+def reference_rate(steps: int, device: str, threads: int) -> tuple[float, float]:
+    """(agent steps per CPU second, per wall second) of the plain single-environment loop."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    env = make_env("ALE/Breakout-v5")
+    n_actions = int(env.action_space.n)
+    online = NatureQNetwork(4, n_actions).to(device)
+    target = NatureQNetwork(4, n_actions).to(device)
+    target.load_state_dict(online.state_dict())
+    optimizer = torch.optim.Adam(online.parameters(), lr=1e-4)
+    capacity = 20000
+    observations = np.zeros((capacity, 4, 84, 84), dtype=np.uint8)
+    next_observations = np.zeros((capacity, 4, 84, 84), dtype=np.uint8)
+    actions = np.zeros(capacity, dtype=np.int64)
+    rewards = np.zeros(capacity, dtype=np.float32)
+    dones = np.zeros(capacity, dtype=np.float32)
+    obs, _ = env.reset(seed=0)
+    cpu = wall = 0.0
+    for step in range(steps + LEARNING_STARTS):
+        if step == LEARNING_STARTS:
+            cpu, wall = time.process_time(), time.perf_counter()
+        epsilon = max(0.1, 1.0 - step / 10000)
+        if rng.random() < epsilon:
+            action = int(rng.integers(n_actions))
+        else:
+            with torch.no_grad():
+                action = int(online(torch.as_tensor(np.asarray(obs)[None], device=device)).argmax())
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        i = step % capacity
+        observations[i], next_observations[i] = obs, next_obs
+        actions[i], rewards[i], dones[i] = action, np.sign(reward), float(terminated)
+        obs = next_obs
+        if terminated or truncated:
+            obs, _ = env.reset()
+        if step >= LEARNING_STARTS and step % 4 == 0:
+            idx = rng.integers(0, min(step + 1, capacity), 32)
+            batch_obs = torch.as_tensor(observations[idx], device=device)
+            batch_next = torch.as_tensor(next_observations[idx], device=device)
+            with torch.no_grad():
+                next_value = target(batch_next).max(dim=1).values
+                y = torch.as_tensor(rewards[idx], device=device) + 0.98 * next_value * (
+                    1 - torch.as_tensor(dones[idx], device=device)
+                )
+            q = online(batch_obs).gather(1, torch.as_tensor(actions[idx], device=device)[:, None]).squeeze(1)
+            loss = F.smooth_l1_loss(q, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        if step % 2500 == 0:
+            target.load_state_dict(online.state_dict())
+    if device == "cuda":
+        torch.cuda.synchronize()
+    env.close()
+    return steps / (time.process_time() - cpu), steps / (time.perf_counter() - wall)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="timed agent steps (after learning starts)")
+    parser.add_argument("--num-envs", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    os.environ.setdefault("FDL_RUNS_DIR", tempfile.gettempdir())
+    cpus = len(os.sched_getaffinity(0))
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
+    print(f"machine: {platform.machine()}, {cpus} CPUs, GPU {gpu}, torch {torch.__version__}")
+    print(f"device {args.device}, {args.threads} thread(s), {args.steps} timed agent steps")
+    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads)
+    print(f"fdl        num_envs={args.num_envs}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
+    ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads)
+    print(f"reference  one env       : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
+    # CPU time is the fair measure on a shared CPU; on a GPU (asynchronous kernels) wall time is
+    print(f"ratio {fdl_cpu / ref_cpu if args.device == 'cpu' else fdl_wall / ref_wall:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Commands for the reinforcement-learning runs: ``fdl play`` and ``fdl plot-returns``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from fdlcli.errors import FdlError, UsageError
+
+
+@click.command("play")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-n", "--episodes", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--epsilon",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Exploration; default: the run's eval_epsilon.",
+)
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, init or step-N.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the first episode.")
+@click.option("--record", is_flag=True, help="Write a video of the episodes into the run's artifacts/.")
+@click.option("--format", "video_format", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
+@click.option("--render", type=click.Choice(["none", "human"]), default="none", show_default=True)
+@click.option("--fps", default=30, show_default=True, type=click.IntRange(min=1))
+def play_cmd(
+    run_dir: Path,
+    episodes: int,
+    epsilon: float | None,
+    checkpoint: str,
+    seed: int,
+    record: bool,
+    video_format: str,
+    render: str,
+    fps: int,
+) -> None:
+    """Play episodes with a trained agent (pg-cartpole, dqn-cartpole, dqn-breakout) and show the returns."""
+    from rich.table import Table
+
+    from fdlcli import config, runs
+    from fdlcli.cli import console
+    from fdlcli.engine.devices import resolve_device
+    from fdlcli.experiments._rl import load_network, play_episodes
+
+    if record and render == "human":
+        raise UsageError("--record and --render human do not combine; choose one")
+    no_display = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if render == "human" and no_display and sys.platform.startswith("linux"):
+        raise UsageError("--render human needs a display (DISPLAY is not set); use --record instead")
+    run_dir = runs.resolve_run_dir(run_dir)
+    run = runs.Run(path=run_dir, config=config.load_saved(run_dir / runs.CONFIG_FILE))
+    trainer = run.config.trainer
+    device = resolve_device(trainer.device)
+    net = load_network(run, checkpoint, device)
+    epsilon = trainer.eval_epsilon if epsilon is None else epsilon
+
+    writer, video = None, None
+    if record:
+        video = run.artifacts_dir / f"play-{checkpoint}-seed{seed}-{episodes}ep.{video_format}"
+        writer = _video_writer(video, fps)
+    try:
+        results = play_episodes(
+            net, trainer.env, episodes, seed=seed, epsilon=epsilon,
+            max_episode_steps=trainer.max_episode_steps, device=device,
+            render_mode="rgb_array" if record else ("human" if render == "human" else None),
+            on_frame=writer.append_data if writer is not None else None,
+        )  # fmt: skip
+    finally:
+        if writer is not None:
+            writer.close()
+
+    table = Table(title=f"{run.config.name}: {checkpoint} checkpoint, epsilon {epsilon:g}")
+    for column in ("episode", "seed", "return", "length"):
+        table.add_column(column, justify="right")
+    for index, episode in enumerate(results):
+        table.add_row(str(index + 1), str(seed + index), f"{episode.ret:g}", str(episode.length))
+    mean_return = sum(e.ret for e in results) / len(results)
+    mean_length = sum(e.length for e in results) / len(results)
+    table.add_row("mean", "", f"{mean_return:.1f}", f"{mean_length:.1f}")
+    console.print(table)
+    if video is not None:
+        console.print(f"video: {video}")
+
+
+def _video_writer(path: Path, fps: int):
+    try:
+        import imageio.v2 as imageio
+    except ImportError:
+        raise FdlError("--record needs imageio: pip install imageio imageio-ffmpeg") from None
+    if path.suffix == ".gif":
+        return imageio.get_writer(path, mode="I", duration=1000 / fps, loop=0)
+    try:
+        return imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=6)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise FdlError(
+            f"cannot write MP4 ({str(exc).splitlines()[0]}); install imageio-ffmpeg or use --format gif"
+        ) from None
+
+
+@click.command("plot-returns")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="PNG path (default: next to the runs)."
+)
+@click.option("--window", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--title", default=None)
+def plot_returns_cmd(paths: tuple[Path, ...], out: Path | None, window: int, title: str | None) -> None:
+    """Average training return per episode of RL runs or sweeps (one curve per run; book figure 9-6)."""
+    from fdlcli import config, runs
+    from fdlcli.analysis.returns import Curve, plot_curves, training_returns
+
+    run_dirs: list[Path] = []
+    for path in paths:
+        if (path / "multirun.yaml").is_file():  # a sweep: its numbered job directories
+            jobs = [p for p in path.iterdir() if (p / runs.CONFIG_FILE).is_file()]
+            run_dirs += sorted(jobs, key=lambda p: int(p.name) if p.name.isdigit() else p.name)
+        else:
+            run_dirs.append(runs.resolve_run_dir(path))
+    curves, threshold = [], None
+    for run_dir in run_dirs:
+        run_config = config.load_saved(run_dir / runs.CONFIG_FILE)
+        episodes, returns = training_returns(run_dir)
+        if len(returns) == 0:
+            raise UsageError(f"{run_dir} has no training returns (is it a reinforcement-learning run?)")
+        explore = getattr(run_config.trainer, "explore", None)
+        label = explore.name if explore is not None else run_dir.name
+        curves.append(Curve(label, episodes, returns))
+        threshold = getattr(run_config.trainer, "solve_return", None)
+        if threshold is not None and threshold > 1e6:
+            threshold = None
+    if out is None:
+        first = paths[0]
+        out = (first if (first / "multirun.yaml").is_file() else first / "artifacts") / "returns.png"
+    name = config.load_saved(run_dirs[0] / runs.CONFIG_FILE).name
+    plot_curves(curves, out, window, threshold, title or f"{name}: training return")
+    click.echo(str(out))
+
+
+COMMANDS = [play_cmd, plot_returns_cmd]

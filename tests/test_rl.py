@@ -1,0 +1,190 @@
+"""Chapter 9: replay memory against gymnasium's own frame stacks, returns, configs, short real trainings,
+exact resume of pg-cartpole, evaluation episodes and `fdl play`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import fdl, metric_records, read_summary, run_dirs
+
+from fdlcli.experiments._rl import EpisodeTracker, make_vector_env
+from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
+from fdlcli.experiments.policy_gradient import discounted_returns
+
+
+def _fill(env_id: str, num_envs: int, steps: int, capacity: int, stack: int, stacked: bool, seed: int = 3):
+    """Random play into a buffer; returns the buffer and, per (row, env), the observation the env gave."""
+    envs = make_vector_env(env_id, num_envs, max_episode_steps=40, frame_stack=stack)
+    frame_shape = envs.single_observation_space.shape[1:] if stacked else envs.single_observation_space.shape
+    dtype = torch.uint8 if stacked else torch.float32
+    buffer = ReplayBuffer(capacity, num_envs, frame_shape, dtype, stack if stacked else 1)
+    rng = np.random.default_rng(seed)
+    obs, _ = envs.reset(seed=seed)
+    since, final = np.zeros(num_envs, dtype=np.int64), np.zeros(num_envs, dtype=bool)
+    seen: dict[tuple[int, int], np.ndarray] = {}
+    info = {"terminated": {}, "truncated_or_final": {}}
+    for _ in range(steps):
+        actions = rng.integers(0, envs.single_action_space.n, num_envs)
+        next_obs, reward, terminated, truncated, _ = envs.step(actions)
+        row = buffer.row
+        for e in range(num_envs):
+            seen[(row, e)] = np.array(obs[e])
+            info["terminated"][(row, e)] = bool(terminated[e] and not final[e])
+        buffer.add(newest_frames(obs, stacked), since, actions, reward, terminated, ~final)
+        ended = (terminated | truncated) & ~final
+        since = np.where(final, 0, since + 1)
+        final, obs = ended, next_obs
+    envs.close()
+    return buffer, seen, info
+
+
+@pytest.mark.parametrize("steps", [60, 130])  # 130 steps wrap the 200-transition buffer
+def test_replay_rebuilds_atari_frame_stacks_exactly(steps):
+    """Frames are stored once; every sampled stack must equal the stack FrameStackObservation produced,
+    across episode starts (max_episode_steps=40 forces many) and after the buffer wraps around."""
+    pytest.importorskip("ale_py")
+    buffer, seen, info = _fill("ALE/Breakout-v5", 2, steps, capacity=200, stack=4, stacked=True)
+    assert buffer.frames.dtype == torch.uint8 and buffer.frames.shape == (100, 2, 84, 84)
+    generator = torch.Generator().manual_seed(0)
+    obs, _, _, _, next_obs = buffer.sample(64, generator)
+    assert obs.shape == (64, 4, 84, 84) and next_obs.shape == obs.shape
+    # which (row, env) each sample came from: match against what the environment returned
+    produced = {value.tobytes() for value in seen.values()}
+    assert all(o.numpy().tobytes() in produced for o in obs), "a sampled stack the env never produced"
+    assert all(o.numpy().tobytes() in produced for o in next_obs)
+    # and directly: every storable row's rebuilt stack equals the env's stack
+    filled = buffer.rows if buffer.full else buffer.row
+    oldest = buffer.row if buffer.full else 0
+    low = 3 if buffer.full else 0
+    for offset in range(low, filled):
+        row = (oldest + offset) % buffer.rows
+        for e in range(2):
+            rebuilt = buffer.observations(torch.tensor([row]), torch.tensor([e]))[0].numpy()
+            assert np.array_equal(rebuilt, seen[(row, e)]), (row, e, offset)
+            assert bool(buffer.terminated[row, e]) == info["terminated"][(row, e)]
+
+
+def test_replay_flat_observations_and_next_step_autoreset():
+    """CartPole: a transition never pairs a final observation with the next episode's first one."""
+    buffer, _, _ = _fill("CartPole-v1", 3, 200, capacity=3000, stack=1, stacked=False)
+    obs, _, rewards, _, next_obs = buffer.sample(512, torch.Generator().manual_seed(1))
+    assert obs.shape == (512, 4) and rewards.eq(1.0).all()  # reset steps (reward 0) are never sampled
+    # consecutive CartPole states differ by one physics step: small changes in position and angle
+    assert (next_obs[:, 0] - obs[:, 0]).abs().max() < 0.2
+    assert (next_obs[:, 2] - obs[:, 2]).abs().max() < 0.2
+
+
+def test_discounted_returns_stop_at_episode_end():
+    rewards = torch.ones(4, 2)
+    alive = torch.tensor([[1, 1], [1, 1], [1, 0], [0, 0]], dtype=torch.float32)  # lengths 3 and 2
+    returns = discounted_returns(rewards, alive, 0.5)
+    assert torch.allclose(returns[:, 0], torch.tensor([1.75, 1.5, 1.0, 0.0]))
+    assert torch.allclose(returns[:, 1], torch.tensor([1.5, 1.0, 0.0, 0.0]))
+
+
+def test_solve_criterion_needs_a_full_window():
+    tracker = EpisodeTracker(window=3, solve_return=10)
+    assert not tracker.add(20) and not tracker.add(20)  # two episodes: not yet a full window
+    tracker.env_steps = 60
+    assert tracker.add(20) and tracker.solved_at == {"episodes": 3, "env_steps": 60}
+    assert not tracker.add(20)  # solved once
+
+
+def test_rl_config_errors_are_one_line(env):
+    result = fdl("train", "pg-cartpole", "explore=nope", env=env)
+    assert result.returncode == 2 and "choose from" in result.stderr and "anneal-1.0" in result.stderr
+    result = fdl("train", "dqn-cartpole", "trainer.epsilon_end=2", env=env)
+    assert result.returncode == 2 and "invalid trainer config" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# epsilon anneals over 48 episodes in both runs (by default it anneals over trainer.episodes)
+PG_SHORT = [
+    "trainer.eval_every=16", "trainer.eval_episodes=2", "seed=4", "explore=anneal-0.5",
+    "trainer.explore.anneal_episodes=48",
+]  # fmt: skip
+
+
+def test_pg_resume_continues_exactly(env):
+    """A run trained to 24 episodes then resumed to 48 logs exactly what a straight 48-episode run does
+    (each batch of episodes is seeded from (seed, batch), so a checkpoint needs no RNG or env state)."""
+    straight = fdl("train", "pg-cartpole", "trainer.episodes=48", *PG_SHORT, env=env)
+    assert straight.returncode == 0, straight.stderr
+    first = fdl("train", "pg-cartpole", "trainer.episodes=24", *PG_SHORT, env=env)
+    assert first.returncode == 0, first.stderr
+    full, part = run_dirs(env, "pg-cartpole")
+    resumed = fdl("train", "--resume", str(part), "trainer.episodes=48", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def curve(run):
+        return [
+            (r["name"], r["step"], r["value"]) for r in metric_records(run) if r["name"].startswith("train/")
+        ]
+
+    assert curve(part) == curve(full) and len(curve(full)) == 48 + 4 * 6
+    assert read_summary(part)["episodes"] == 48
+    # the annealed epsilon continued from where it was
+    eps = [r["value"] for r in metric_records(part) if r["name"] == "train/epsilon"]
+    assert eps == sorted(eps, reverse=True) and eps[0] == 0.5
+
+
+def test_dqn_cartpole_short_run_eval_and_play(env):
+    result = fdl(
+        "train", "dqn-cartpole", "trainer.total_steps=600", "trainer.learning_starts=200",
+        "trainer.eval_every=300", "trainer.eval_episodes=2", "trainer.log_every=20", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "dqn-cartpole")
+    summary = read_summary(run)
+    assert summary["steps"] >= 600 and summary["updates"] >= 190 and len(summary["history"]) == 2
+    names = {r["name"] for r in metric_records(run)}
+    assert {"train/return", "train/loss", "train/q_mean", "eval/return_mean"} <= names
+    assert (run / "checkpoints" / "best.json").is_file()
+
+    evaluated = fdl("eval", str(run), "--json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["eval/episodes"] == 2 and metrics["eval/return_mean"] >= 8  # CartPole lasts >= 8 steps
+
+    played = fdl("play", str(run), "-n", "2", "--record", "--format", "gif", env=env)
+    assert played.returncode == 0, played.stderr
+    assert "mean" in played.stdout
+    (video,) = (run / "artifacts").glob("play-*.gif")
+    assert video.stat().st_size > 1000
+
+    bad = fdl("play", str(run), "--render", "human", "--record", env=env)
+    assert bad.returncode == 2 and "do not combine" in bad.stderr
+    missing = fdl("play", str(run / "nope"), env=env)
+    assert missing.returncode != 0 and "no such run directory" in missing.stderr
+
+
+def test_dqn_breakout_pixels_smoke(env):
+    pytest.importorskip("ale_py")
+    result = fdl(
+        "train", "dqn-breakout", "trainer.total_steps=160", "trainer.learning_starts=64",
+        "trainer.buffer_size=400", "trainer.num_envs=2", "trainer.eval_episodes=1",
+        "trainer.eval_epsilon=1.0",
+        "trainer.max_episode_steps=100", "trainer.log_every=4", "trainer.threads=1", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "dqn-breakout")
+    summary = read_summary(run)
+    assert summary["updates"] >= 20 and summary["history"][0]["eval/length_mean"] <= 100
+
+
+def test_target_network_copy_and_soft_update():
+    from fdlcli.experiments.dqn import DQNAgent, MLPQNetwork
+
+    agent = DQNAgent(MLPQNetwork(4, [8], 2), MLPQNetwork(4, [8], 2))
+    online, target = agent.online[0].weight, agent.target[0].weight
+    assert torch.equal(online, target) and not target.requires_grad  # synced at construction, frozen
+    before = target.detach().clone()
+    with torch.no_grad():
+        online.add_(1.0)
+    agent.sync_target(0.25)
+    assert torch.allclose(target, before + 0.25)
+    agent.sync_target()
+    assert torch.equal(target, online)
