@@ -135,13 +135,23 @@ def _launch_rank(experiment: str, overrides: Sequence[str]) -> list[JobResult]:
 
 def _launch_hydra(experiment: str, overrides: Sequence[str], multirun: bool, target: Path) -> list[JobResult]:
     if multirun:
-        placement = [f"hydra.sweep.dir={_hydra_quote(str(target))}", "hydra.sweep.subdir=${hydra.job.num}"]
+        placement = _sweep_placement(target)
     else:
         placement = [f"hydra.run.dir={_hydra_quote(str(target))}"]
         if not distributed.is_main():
             placement.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ for everyone
     all_overrides = [f"experiment={experiment}", *overrides, *placement]
     return _run_hydra(all_overrides, multirun, target)
+
+
+def _sweep_placement(target: Path) -> list[str]:
+    # hydra.mode is left unset by Hydra's multirun() when called directly; the jobs read it to know
+    # they are part of a sweep (thread share, fail-fast, resuming, Ctrl-C stopping the whole sweep)
+    return [
+        f"hydra.sweep.dir={_hydra_quote(str(target))}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        "hydra.mode=MULTIRUN",
+    ]
 
 
 def _run_hydra(all_overrides: list[str], multirun: bool, target: Path) -> list[JobResult]:
@@ -226,8 +236,11 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         with runs.locked(run_dir) if main else contextlib.nullcontext():
             return {"summary": registry.get(run_config.name).train(run)}
     except (TrainingInterrupted, KeyboardInterrupt):
-        if sweeping:
-            raise  # Ctrl-C stops the whole sweep
+        if sweeping:  # Ctrl-C stops the whole sweep: the jobs not started yet will not run
+            with contextlib.suppress(OSError):
+                why = f"the sweep was interrupted during job {hydra_cfg.job.num}"
+                runs.atomic_write_text(sweep_dir / STOPPED_FILE, why)
+            raise
         _single_run_failures.append(sys.exc_info()[1])  # type: ignore[arg-type]
     except Exception as exc:
         if not sweeping:
@@ -309,11 +322,12 @@ def resume_sweep(sweep_dir: Path) -> list[JobResult]:
     """
     if not (sweep_dir / "multirun.yaml").is_file():
         raise RunDirError(f"{sweep_dir} is not a sweep directory (it has no multirun.yaml)")
-    saved = OmegaConf.load(sweep_dir / "multirun.yaml")
-    task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=[]) or []]
+    saved = OmegaConf.to_container(OmegaConf.load(sweep_dir / "multirun.yaml"), resolve=False)
+    recorded = saved.get("hydra", {}).get("overrides", {}) if isinstance(saved, dict) else {}
+    task = [str(o) for o in recorded.get("task") or []]
     hydra_overrides = [
         str(o)
-        for o in OmegaConf.select(saved, "hydra.overrides.hydra", default=[]) or []
+        for o in recorded.get("hydra") or []
         if not str(o).startswith(("hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode"))
     ]
     experiment = next((o.split("=", 1)[1] for o in task if o.startswith("experiment=")), None)
@@ -324,7 +338,7 @@ def resume_sweep(sweep_dir: Path) -> list[JobResult]:
     with contextlib.suppress(FileNotFoundError):
         (sweep_dir / STOPPED_FILE).unlink()  # a fail-fast stop: the jobs it skipped run now
     _share_gpus()
-    placement = [f"hydra.sweep.dir={_hydra_quote(str(sweep_dir))}", "hydra.sweep.subdir=${hydra.job.num}"]
+    placement = _sweep_placement(sweep_dir)
     all_overrides = [f"experiment={experiment}", *user, *hydra_overrides, *placement]
     return _run_hydra(all_overrides, True, sweep_dir)
 
