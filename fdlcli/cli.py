@@ -104,8 +104,10 @@ def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None, fa
         if (resume_dir / "multirun.yaml").is_file():
             if args:
                 raise click.UsageError("a sweep resumes with its own overrides; add none")
-            _report_sweep(launch.resume_sweep(resume_dir))
+            _report_sweep(launch.resume_sweep(resume_dir, fail_fast=fail_fast))
             return
+        if fail_fast:
+            raise click.UsageError("--fail-fast applies to sweeps (-m)")
         launch.resume(resume_dir, list(args))
         return
     if not args:

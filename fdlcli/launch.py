@@ -314,11 +314,12 @@ def _pin_gpu(job_number: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[job_number % len(gpus)]
 
 
-def resume_sweep(sweep_dir: Path) -> list[JobResult]:
+def resume_sweep(sweep_dir: Path, fail_fast: bool = False) -> list[JobResult]:
     """Launch an interrupted sweep again in its own directory with its own overrides and launcher.
 
     Hydra numbers the jobs the same way again; each job finds its directory: a completed job is
     reported as it was, an interrupted one resumes from its checkpoint, one never started starts now.
+    ``fail_fast`` applies to this launch only (a sweep that stopped at a failure resumes keeping going).
     """
     if not (sweep_dir / "multirun.yaml").is_file():
         raise RunDirError(f"{sweep_dir} is not a sweep directory (it has no multirun.yaml)")
@@ -335,8 +336,11 @@ def resume_sweep(sweep_dir: Path) -> list[JobResult]:
         raise RunDirError(f"{sweep_dir}/multirun.yaml names no experiment")
     user = [o for o in task if not o.startswith("experiment=")]
     prevalidate(experiment, user, multirun=True)
-    with contextlib.suppress(FileNotFoundError):
-        (sweep_dir / STOPPED_FILE).unlink()  # a fail-fast stop: the jobs it skipped run now
+    for marker in (STOPPED_FILE, FAIL_FAST_FILE):  # the jobs an earlier stop skipped run now
+        with contextlib.suppress(FileNotFoundError):
+            (sweep_dir / marker).unlink()
+    if fail_fast:
+        runs.atomic_write_text(sweep_dir / FAIL_FAST_FILE, "")
     _share_gpus()
     placement = _sweep_placement(sweep_dir)
     all_overrides = [f"experiment={experiment}", *user, *hydra_overrides, *placement]
