@@ -40,6 +40,8 @@ FAIL_FAST_FILE = ".fail_fast"
 STOPPED_FILE = ".stopped"
 # The GPUs a local parallel sweep shares out, one per job (set by the CLI process, read by the jobs).
 SWEEP_GPUS_ENV = "FDL_SWEEP_GPUS"
+# The number of jobs of the sweep being launched (submitit's local executor starts them all at once).
+SWEEP_JOBS_ENV = "FDL_SWEEP_JOBS"
 
 
 @dataclass
@@ -97,7 +99,7 @@ def launch(
 ) -> list[JobResult]:
     """Run one job (or a sweep) of ``experiment`` through Hydra; return what each job produced."""
     registry.get(experiment)
-    prevalidate(experiment, overrides, multirun)
+    jobs = prevalidate(experiment, overrides, multirun)
     if not multirun:
         if distributed.env_world_size() > 1:  # under torchrun (or a rank started by spawn_local)
             return _launch_rank(experiment, overrides)
@@ -108,6 +110,7 @@ def launch(
         return _launch_hydra(experiment, overrides, False, runs.new_run_dir(experiment))
     if distributed.env_world_size() > 1:
         raise ConfigError("a sweep (-m) does not run under torchrun; launch its jobs with a Hydra launcher")
+    os.environ[SWEEP_JOBS_ENV] = str(jobs)
     target = runs.new_sweep_dir(experiment)
     if fail_fast:
         runs.atomic_write_text(target / FAIL_FAST_FILE, "")
@@ -280,7 +283,7 @@ def _parallel_jobs(hydra_cfg: Any) -> int:
         n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=-1) or -1
         return cpus if n_jobs < 0 else min(n_jobs, cpus)
     if "submitit" in launcher and "local" in launcher:
-        return max(1, min(int(OmegaConf.select(hydra_cfg, "launcher.array_parallelism", default=cpus)), cpus))
+        return max(1, min(int(os.environ.get(SWEEP_JOBS_ENV) or cpus), cpus))
     return 1
 
 
@@ -335,7 +338,7 @@ def resume_sweep(sweep_dir: Path, fail_fast: bool = False) -> list[JobResult]:
     if experiment is None:
         raise RunDirError(f"{sweep_dir}/multirun.yaml names no experiment")
     user = [o for o in task if not o.startswith("experiment=")]
-    prevalidate(experiment, user, multirun=True)
+    os.environ[SWEEP_JOBS_ENV] = str(prevalidate(experiment, user, multirun=True))
     for marker in (STOPPED_FILE, FAIL_FAST_FILE):  # the jobs an earlier stop skipped run now
         with contextlib.suppress(FileNotFoundError):
             (sweep_dir / marker).unlink()
