@@ -29,6 +29,8 @@ TRAIN_HELP = """Train EXPERIMENT with Hydra overrides (key=value, group=option, 
   fdl train mlp-mnist optim.lr=3e-3 trainer.epochs=50
   fdl train mlp-mnist -m optim=sgd,momentum,adam hydra/launcher=joblib
   fdl train --resume runs/mlp-mnist/2026-11-28_21-30-05_a1b2c3 [trainer.epochs=400]
+  fdl train --resume runs/mlp-mnist/sweeps/2026-11-28_21-40-00_d4e5f6   (finish a sweep)
+  fdl train mlp-mnist trainer.devices=2        (data-parallel, see docs/scaling.md)
 """
 
 
@@ -84,15 +86,28 @@ def config_cmd(experiment: str, overrides: tuple[str, ...]) -> None:
     "--resume",
     "resume_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Continue an interrupted run from its last checkpoint.",
+    help="Continue an interrupted run (or sweep directory) from its last checkpoint(s).",
 )
-def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None) -> None:
+@click.option(
+    "--fail-fast/--keep-going",
+    default=False,
+    show_default=True,
+    help="Sweeps: stop starting jobs after the first failure, or run every job and report failures.",
+)
+def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None, fail_fast: bool) -> None:
     from fdlcli import launch
 
     _reject_options(args)
     if resume_dir is not None:
         if multirun:
             raise click.UsageError("--resume continues one run; it does not combine with -m")
+        if (resume_dir / "multirun.yaml").is_file():
+            if args:
+                raise click.UsageError("a sweep resumes with its own overrides; add none")
+            _report_sweep(launch.resume_sweep(resume_dir, fail_fast=fail_fast))
+            return
+        if fail_fast:
+            raise click.UsageError("--fail-fast applies to sweeps (-m)")
         launch.resume(resume_dir, list(args))
         return
     if not args:
@@ -100,12 +115,26 @@ def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None) ->
 
         raise click.UsageError(f"name an experiment: {', '.join(registry.names())}")
     experiment, *overrides = args
-    results = launch.launch(experiment, overrides, multirun)
+    if fail_fast and not multirun:
+        raise click.UsageError("--fail-fast applies to sweeps (-m)")
+    results = launch.launch(experiment, overrides, multirun, fail_fast=fail_fast)
     if multirun:
-        _print_sweep_table(results)
-        failed = [r for r in results if r.status != "completed"]
-        if failed:
-            raise FdlError(f"{len(failed)} of {len(results)} sweep jobs failed (see the table above)")
+        _report_sweep(results)
+
+
+def _report_sweep(results: list[Any]) -> None:
+    from fdlcli.analysis import sweeps
+
+    _print_sweep_table(results)
+    jobs = [
+        sweeps.Job(r.number, sweeps.user_overrides(r.overrides), r.status, r.summary or {}) for r in results
+    ]
+    groups = sweeps.group_by_seed(jobs)
+    if len(groups) < len(jobs):  # some configurations ran with several seeds
+        console.print(sweeps.rich_table(sweeps.rows(groups), "per configuration, over seeds"))
+    failed = [r for r in results if r.status != "completed"]
+    if failed:
+        raise FdlError(f"{len(failed)} of {len(results)} sweep jobs failed (see the table above)")
 
 
 def _print_sweep_table(results: list[Any]) -> None:
@@ -135,7 +164,8 @@ def _print_sweep_table(results: list[Any]) -> None:
         table.add_row(
             str(result.number),
             " ".join(user_overrides) or "(defaults)",
-            result.status if not result.error else f"failed: {result.error}",
+            (f"failed: {result.error}" if result.error else result.status)
+            + (" (earlier)" if result.previous else ""),
             fmt(summary.get("epochs")),
             fmt(best.get("value")),
             fmt(final.get("test/accuracy")),
@@ -196,6 +226,9 @@ _add_command_modules()
 
 def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("FDL_DEBUG") == "1" or "--debug" in (argv if argv is not None else sys.argv[1:])
+    if os.environ.get("RANK", "0") not in ("", "0") and not debug:
+        # data-parallel ranks other than 0: rank 0 reports; the others only exit with its status
+        err_console.quiet = True
     try:
         cli.main(args=argv, prog_name="fdl", standalone_mode=False)
     except click.exceptions.Exit as exc:

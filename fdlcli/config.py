@@ -49,6 +49,7 @@ class TrainerConfig:
     monitor_mode: str = "max"  # max | min
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     eval_batch_size: int = 1000
+    devices: int = 1  # data-parallel processes (torch.distributed); under torchrun its world size rules
 
 
 @dataclass
@@ -97,7 +98,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.monitor_mode": ("max", "min"),
     "optim.name": ("sgd", "adagrad", "rmsprop", "adam", "adamw"),
 }
-_POSITIVE = ("trainer.epochs", "data.batch_size", "trainer.eval_batch_size", "trainer.log_every")
+_POSITIVE = (
+    "trainer.devices",
+    "trainer.epochs",
+    "data.batch_size",
+    "trainer.eval_batch_size",
+    "trainer.log_every",
+)
 _NON_NEGATIVE = (
     "trainer.threads",
     "trainer.checkpoint_every",

@@ -7,10 +7,17 @@ Hydra's: ``hydra/launcher=joblib`` runs jobs in parallel, submitit/ray work once
 
 Before anything is launched, every job of the sweep is composed and validated with the compose API,
 so a typo fails in a second with one line, and no run directory is created for it.
+
+Scale-out (docs/scaling.md): a single run with ``trainer.devices=N`` (or under torchrun) is trained
+data-parallel, rank 0 claiming the run directory for all ranks; a sweep directory can be resumed
+(finished jobs are skipped, interrupted ones continue from their checkpoints, numbering is kept);
+``fail_fast`` stops a sweep at its first failing job.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,11 +28,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from fdlcli import config as config_module
 from fdlcli import registry, runs
-from fdlcli.errors import ConfigError, TrainingInterrupted
+from fdlcli.engine import distributed
+from fdlcli.errors import ConfigError, FdlError, RunDirError, TrainingInterrupted
 
 # Validating a sweep composes each job; past this many jobs only the first ones are checked up front
 # (every job still validates its own config when it starts).
 MAX_PREVALIDATED_JOBS = 256
+
+# Marker files in a sweep directory: the sweep stops at its first failure, and which job failed.
+FAIL_FAST_FILE = ".fail_fast"
+STOPPED_FILE = ".stopped"
+# The GPUs a local parallel sweep shares out, one per job (set by the CLI process, read by the jobs).
+SWEEP_GPUS_ENV = "FDL_SWEEP_GPUS"
+# The number of jobs of the sweep being launched (submitit's local executor starts them all at once).
+SWEEP_JOBS_ENV = "FDL_SWEEP_JOBS"
 
 
 @dataclass
@@ -36,6 +52,7 @@ class JobResult:
     status: str
     summary: dict[str, Any]
     error: str | None = None
+    previous: bool = False  # finished in an earlier launch of the same sweep (a resumed sweep)
 
 
 def _hydra_quote(value: str) -> str:
@@ -56,8 +73,18 @@ def prevalidate(experiment: str, overrides: Sequence[str], multirun: bool) -> in
                 f"{next(o for o in user if _is_sweep(o))!r} is a sweep; add -m to run one job per value"
             )
     for combo in combos[:MAX_PREVALIDATED_JOBS]:
-        config_module.validate(config_module.compose(experiment, combo))
+        run_config = config_module.validate(config_module.compose(experiment, combo))
+        if multirun and run_config.trainer.devices > 1:
+            raise ConfigError(
+                "trainer.devices>1 trains one run data-parallel; sweep jobs run one process each "
+                "(use a parallel launcher instead, see docs/scaling.md)"
+            )
     return len(combos)
+
+
+def _requested_devices(experiment: str, overrides: Sequence[str]) -> int:
+    user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    return config_module.validate(config_module.compose(experiment, user)).trainer.devices
 
 
 def _is_sweep(override: str) -> bool:
@@ -67,19 +94,72 @@ def _is_sweep(override: str) -> bool:
     return parsed.is_sweep_override()
 
 
-def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[JobResult]:
+def launch(
+    experiment: str, overrides: Sequence[str], multirun: bool, fail_fast: bool = False
+) -> list[JobResult]:
     """Run one job (or a sweep) of ``experiment`` through Hydra; return what each job produced."""
+    registry.get(experiment)
+    jobs = prevalidate(experiment, overrides, multirun)
+    if not multirun:
+        if distributed.env_world_size() > 1:  # under torchrun (or a rank started by spawn_local)
+            return _launch_rank(experiment, overrides)
+        devices = _requested_devices(experiment, overrides)
+        if devices > 1:
+            with distributed.spawn_local(devices, ["train", experiment, *overrides]):
+                return _launch_rank(experiment, overrides)
+        return _launch_hydra(experiment, overrides, False, runs.new_run_dir(experiment))
+    if distributed.env_world_size() > 1:
+        raise ConfigError("a sweep (-m) does not run under torchrun; launch its jobs with a Hydra launcher")
+    os.environ[SWEEP_JOBS_ENV] = str(jobs)
+    target = runs.new_sweep_dir(experiment)
+    if fail_fast:
+        runs.atomic_write_text(target / FAIL_FAST_FILE, "")
+    _share_gpus()
+    return _launch_hydra(experiment, overrides, True, target)
+
+
+def _launch_rank(experiment: str, overrides: Sequence[str]) -> list[JobResult]:
+    """One rank of a data-parallel run: rank 0 claims the run directory and sends it to the others."""
+    distributed.init_from_env()
+    try:
+        claimed: tuple[str | None, str | None] = (None, None)
+        if distributed.is_main():
+            try:
+                claimed = (str(runs.new_run_dir(experiment)), None)
+            except FdlError as exc:
+                claimed = (None, str(exc))
+        path, error = distributed.broadcast_object(claimed)
+        if path is None:
+            raise RunDirError(error or "rank 0 could not create the run directory")
+        return _launch_hydra(experiment, overrides, False, Path(path))
+    finally:
+        distributed.shutdown()
+
+
+def _launch_hydra(experiment: str, overrides: Sequence[str], multirun: bool, target: Path) -> list[JobResult]:
+    if multirun:
+        placement = _sweep_placement(target)
+    else:
+        placement = [f"hydra.run.dir={_hydra_quote(str(target))}"]
+        if not distributed.is_main():
+            placement.append("hydra.output_subdir=null")  # rank 0 writes .hydra/ for everyone
+    all_overrides = [f"experiment={experiment}", *overrides, *placement]
+    return _run_hydra(all_overrides, multirun, target)
+
+
+def _sweep_placement(target: Path) -> list[str]:
+    # hydra.mode is left unset by Hydra's multirun() when called directly; the jobs read it to know
+    # they are part of a sweep (thread share, fail-fast, resuming, Ctrl-C stopping the whole sweep)
+    return [
+        f"hydra.sweep.dir={_hydra_quote(str(target))}",
+        "hydra.sweep.subdir=${hydra.job.num}",
+        "hydra.mode=MULTIRUN",
+    ]
+
+
+def _run_hydra(all_overrides: list[str], multirun: bool, target: Path) -> list[JobResult]:
     from hydra.core.global_hydra import GlobalHydra
 
-    registry.get(experiment)
-    prevalidate(experiment, overrides, multirun)
-    if multirun:
-        target = runs.new_sweep_dir(experiment)
-        placement = [f"hydra.sweep.dir={_hydra_quote(str(target))}", "hydra.sweep.subdir=${hydra.job.num}"]
-    else:
-        target = runs.new_run_dir(experiment)
-        placement = [f"hydra.run.dir={_hydra_quote(str(target))}"]
-    all_overrides = [f"experiment={experiment}", *overrides, *placement]
     try:
         with config_module.hydra_context():
             hydra = GlobalHydra.instance().hydra
@@ -93,7 +173,8 @@ def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[Jo
                 if _single_run_failures:
                     raise _single_run_failures.pop()
     except BaseException:
-        runs.remove_if_empty(target)
+        if distributed.is_main():
+            runs.remove_if_empty(target)
         raise
     results = []
     for number, job in enumerate(flat):
@@ -108,6 +189,7 @@ def launch(experiment: str, overrides: Sequence[str], multirun: bool) -> list[Jo
                 status="failed" if value is None or value.get("error") else "completed",
                 summary=(value or {}).get("summary", {}),
                 error=(value or {}).get("error"),
+                previous=bool((value or {}).get("previous")),
             )
         )
     if multirun:
@@ -128,24 +210,48 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep_dir = run_dir.parent
     run: runs.Run | None = None
+    main = distributed.is_main()
     try:
+        if sweeping and (sweep_dir / STOPPED_FILE).exists():
+            return {"summary": {}, "error": f"not run: {(sweep_dir / STOPPED_FILE).read_text().strip()}"}
         run_config = config_module.validate(cfg)
         overrides = [
             o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.run.dir", "hydra.sweep."))
         ]
-        save_config(run_dir, run_config, overrides)
+        resume = False
+        if sweeping and (run_dir / runs.CONFIG_FILE).is_file():  # a job of a sweep launched before
+            earlier = runs.Run(path=run_dir, config=run_config).summary()
+            if earlier.get("status") == "completed":
+                return {"summary": earlier, "previous": True}
+            resume = _has_initial_checkpoint(run_dir)
+            if not resume:  # killed before its first checkpoint: start it again from scratch
+                runs.truncate_metrics(run_dir, 0)
+        if main:
+            save_config(run_dir, run_config, overrides)
         parallel = _parallel_jobs(hydra_cfg) if sweeping else 1
-        run = runs.Run(path=run_dir, config=run_config, overrides=overrides, parallel_jobs=parallel)
-        with runs.locked(run_dir):
+        if sweeping and parallel > 1:
+            _pin_gpu(int(hydra_cfg.job.num))
+        run = runs.Run(
+            path=run_dir, config=run_config, overrides=overrides, parallel_jobs=parallel, resume=resume
+        )
+        with runs.locked(run_dir) if main else contextlib.nullcontext():
             return {"summary": registry.get(run_config.name).train(run)}
     except (TrainingInterrupted, KeyboardInterrupt):
-        if sweeping:
-            raise  # Ctrl-C stops the whole sweep
+        if sweeping:  # Ctrl-C stops the whole sweep: the jobs not started yet will not run
+            with contextlib.suppress(OSError):
+                why = f"the sweep was interrupted during job {hydra_cfg.job.num}"
+                runs.atomic_write_text(sweep_dir / STOPPED_FILE, why)
+            raise
         _single_run_failures.append(sys.exc_info()[1])  # type: ignore[arg-type]
     except Exception as exc:
         if not sweeping:
             _single_run_failures.append(exc)
+        elif (sweep_dir / FAIL_FAST_FILE).exists():  # the jobs not started yet will not run
+            with contextlib.suppress(OSError):
+                why = f"the sweep stopped (fail-fast) after job {hydra_cfg.job.num} failed"
+                runs.atomic_write_text(sweep_dir / STOPPED_FILE, why)
         # keep going: the sweep's table reports the failure and the command exits non-zero
         return {"summary": run.summary() if run else {}, "error": runs.describe_error(exc)}
     return {"summary": {}, "error": "interrupted"}
@@ -158,16 +264,90 @@ def save_config(run_dir: Path, run_config: Any, overrides: list[str]) -> None:
     runs.atomic_write_text(run_dir / runs.OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
+def _has_initial_checkpoint(run_dir: Path) -> bool:
+    checkpoints = run_dir / "checkpoints"
+    return (checkpoints / "init").is_dir() or (checkpoints / "latest.json").is_file()
+
+
 def _parallel_jobs(hydra_cfg: Any) -> int:
-    """How many jobs of this sweep run at once on this machine (sets each job's CPU thread share)."""
-    launcher = OmegaConf.select(hydra_cfg, "launcher._target_", default="") or ""
-    if "joblib" not in launcher.lower():
-        return 1
-    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=-1) or -1
+    """How many jobs of this sweep run at once on this machine (sets each job's CPU thread share).
+
+    joblib and submitit_local run jobs side by side on this machine; SLURM (submitit_slurm) gives each
+    job its own allocation, whose CPUs the job sees through its affinity mask.
+    """
+    launcher = (OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "").lower()
     from fdlcli.engine.devices import cpu_count
 
     cpus = cpu_count()
-    return cpus if n_jobs < 0 else min(n_jobs, cpus)
+    if "joblib" in launcher:
+        n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs", default=-1) or -1
+        return cpus if n_jobs < 0 else min(n_jobs, cpus)
+    if "submitit" in launcher and "local" in launcher:
+        return max(1, min(int(os.environ.get(SWEEP_JOBS_ENV) or cpus), cpus))
+    return 1
+
+
+def _share_gpus() -> None:
+    """Tell the jobs of a local sweep which GPUs there are (the CLI process may count them safely)."""
+    if SWEEP_GPUS_ENV in os.environ:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        gpus = [g.strip() for g in visible.split(",") if g.strip()]
+    else:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if gpus:
+        os.environ[SWEEP_GPUS_ENV] = ",".join(gpus)
+
+
+def _pin_gpu(job_number: int) -> None:
+    """One GPU per job in a local parallel sweep: job k sees GPU k mod #GPUs as its only GPU.
+
+    CUDA reads CUDA_VISIBLE_DEVICES once, when the process first uses it, so a worker process that
+    already ran a job keeps the GPU it was given then (still one GPU per concurrently running job).
+    """
+    gpus = [g for g in os.environ.get(SWEEP_GPUS_ENV, "").split(",") if g]
+    if not gpus:
+        return
+    import torch
+
+    if not torch.cuda.is_initialized():
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[job_number % len(gpus)]
+
+
+def resume_sweep(sweep_dir: Path, fail_fast: bool = False) -> list[JobResult]:
+    """Launch an interrupted sweep again in its own directory with its own overrides and launcher.
+
+    Hydra numbers the jobs the same way again; each job finds its directory: a completed job is
+    reported as it was, an interrupted one resumes from its checkpoint, one never started starts now.
+    ``fail_fast`` applies to this launch only (a sweep that stopped at a failure resumes keeping going).
+    """
+    if not (sweep_dir / "multirun.yaml").is_file():
+        raise RunDirError(f"{sweep_dir} is not a sweep directory (it has no multirun.yaml)")
+    saved = OmegaConf.to_container(OmegaConf.load(sweep_dir / "multirun.yaml"), resolve=False)
+    recorded = saved.get("hydra", {}).get("overrides", {}) if isinstance(saved, dict) else {}
+    task = [str(o) for o in recorded.get("task") or []]
+    hydra_overrides = [
+        str(o)
+        for o in recorded.get("hydra") or []
+        if not str(o).startswith(("hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode"))
+    ]
+    experiment = next((o.split("=", 1)[1] for o in task if o.startswith("experiment=")), None)
+    if experiment is None:
+        raise RunDirError(f"{sweep_dir}/multirun.yaml names no experiment")
+    user = [o for o in task if not o.startswith("experiment=")]
+    os.environ[SWEEP_JOBS_ENV] = str(prevalidate(experiment, user, multirun=True))
+    for marker in (STOPPED_FILE, FAIL_FAST_FILE):  # the jobs an earlier stop skipped run now
+        with contextlib.suppress(FileNotFoundError):
+            (sweep_dir / marker).unlink()
+    if fail_fast:
+        runs.atomic_write_text(sweep_dir / FAIL_FAST_FILE, "")
+    _share_gpus()
+    placement = _sweep_placement(sweep_dir)
+    all_overrides = [f"experiment={experiment}", *user, *hydra_overrides, *placement]
+    return _run_hydra(all_overrides, True, sweep_dir)
 
 
 def resume(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
@@ -176,10 +356,24 @@ def resume(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     run_config = config_module.load_saved(run_dir / runs.CONFIG_FILE)
     if overrides:
         run_config = config_module.apply_overrides(run_config, overrides)
-        save_config(run_dir, run_config, _saved_overrides(run_dir) + list(overrides))
-    run = runs.Run(path=run_dir, config=run_config, resume=True, overrides=list(overrides))
-    with runs.locked(run_dir):
-        return registry.get(run_config.name).train(run)
+    if distributed.env_world_size() == 1 and run_config.trainer.devices > 1:
+        argv = ["train", "--resume", str(run_dir), *overrides]
+        with distributed.spawn_local(run_config.trainer.devices, argv):
+            return _resume_rank(run_dir, run_config, overrides)
+    return _resume_rank(run_dir, run_config, overrides)
+
+
+def _resume_rank(run_dir: Path, run_config: Any, overrides: Sequence[str]) -> dict[str, Any]:
+    distributed.init_from_env()
+    main = distributed.is_main()
+    try:
+        if overrides and main:
+            save_config(run_dir, run_config, _saved_overrides(run_dir) + list(overrides))
+        run = runs.Run(path=run_dir, config=run_config, resume=True, overrides=list(overrides))
+        with runs.locked(run_dir) if main else contextlib.nullcontext():
+            return registry.get(run_config.name).train(run)
+    finally:
+        distributed.shutdown()
 
 
 def _saved_overrides(run_dir: Path) -> list[str]:

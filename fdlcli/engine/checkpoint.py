@@ -185,6 +185,20 @@ class CheckpointManager:
         return state
 
 
+class ReadOnlyCheckpoints(CheckpointManager):
+    """Checkpoints as a data-parallel rank other than 0 sees them: it loads (resume) but never writes."""
+
+    def save_initial(self, model: torch.nn.Module) -> None:
+        pass
+
+    def save(self, model: torch.nn.Module, state: dict[str, Any], step: int) -> CheckpointRef:
+        name = f"step-{step:09d}"
+        return CheckpointRef(name, step, self.directory / name)
+
+    def mark_best(self, ref: CheckpointRef, metric: str, value: float, epoch: int) -> None:
+        pass
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -8,6 +8,13 @@ Exact resume: the shuffling order of an epoch is a function of (seed, epoch); a 
 weights, optimizer state, torch RNG state (dropout), the position inside the epoch and the partial
 sums of the running cost, and the number of metric records written so far. A resumed run therefore
 replays the same minibatches with the same random numbers and logs the same values.
+
+Data parallel (``trainer.devices=N`` or torchrun, see engine/distributed.py): every rank holds the
+data and walks the same shuffled order; each global minibatch is split across the ranks and
+DistributedDataParallel averages the gradients, weighted so that N ranks on batch B compute the
+same update as one process on batch B (up to floating-point summation order). Rank 0 alone
+evaluates, logs and checkpoints; the logged cost and any stop request are summed across ranks every
+step, so all ranks take the same decisions.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from torch import nn
 
 from fdlcli.config import RunConfig
 from fdlcli.data.tensors import Arrays, ArraySplits, minibatches
+from fdlcli.engine import distributed
 from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
 from fdlcli.engine.devices import autocast, configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
@@ -133,6 +141,16 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
         session.seconds_before = state.train_seconds
         if trainer.compile:
             model.compile()  # in place: state-dict keys stay the same
+        train_model: nn.Module = model
+        parallel = distributed.active()
+        if parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # dropout masks must differ between ranks (rank 0 keeps the checkpointed RNG stream)
+            if distributed.rank():
+                torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank() + state.step)
+            device_ids = [device] if device.type == "cuda" else None
+            train_model = DistributedDataParallel(model, device_ids=device_ids)
 
         n_train = len(data.train[0])
         batch_size = cfg.data.batch_size
@@ -161,17 +179,22 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
             model.train()
             for batch_index in range(state.batch_in_epoch, steps_per_epoch):
                 indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-                batch = tuple(array[indices] for array in data.train)
+                local, weight = distributed.shard(indices)  # all of it in a single process
+                batch = tuple(array[local] for array in data.train)
                 with autocast(device, trainer.precision):
-                    loss = task.loss(model, batch)
+                    loss = task.loss(train_model, batch)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * weight if parallel else loss).backward()
                 if trainer.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
                 optimizer.step()
                 state.step += 1
                 state.batch_in_epoch = batch_index + 1
-                window_sum += loss.detach().double()  # stays on the device: no host sync per step
+                if parallel:
+                    share = loss.detach().double() * weight / distributed.world_size()
+                    _sync_step(session, window_sum, share)
+                else:
+                    window_sum += loss.detach().double()  # stays on the device: no host sync per step
                 state.window_batches += 1
                 last_in_epoch = batch_index + 1 == steps_per_epoch
                 if state.step % trainer.log_every == 0 or last_in_epoch:
@@ -196,7 +219,8 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
             epoch_cost = state.epoch_cost_sum / max(1, state.epoch_batches)
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             state.epoch_cost_sum, state.epoch_batches = 0.0, 0
-            val = task.evaluate(model, data.val, trainer.eval_batch_size)
+            val = task.evaluate(model, data.val, trainer.eval_batch_size) if distributed.is_main() else None
+            val = distributed.broadcast_object(val)
             metrics = {"train/epoch_cost": epoch_cost, **{f"val/{k}": v for k, v in val.items()}}
             writer.log(metrics, state.step, state.epoch)
             if trainer.histograms:
@@ -214,7 +238,8 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
             ref = save("epoch")
             if improved:
                 checkpoints.mark_best(ref, trainer.monitor, monitored, state.epoch)
-            run.write_summary(_summary(run, state, final=None, best_test=None, status="running"))
+            if distributed.is_main():
+                run.write_summary(_summary(run, state, final=None, best_test=None, status="running"))
             session.message(
                 f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
                 + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
@@ -222,6 +247,8 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
             )
 
         # ---- end of training: test the final and the best model ----
+        if not distributed.is_main():
+            return {}
         final = {**state.history[-1]} if state.history else {}
         test = task.evaluate(model, data.test, trainer.eval_batch_size)
         final.update({f"test/{k}": v for k, v in test.items()})
@@ -246,6 +273,16 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
             + f"; run dir {run.path}"
         )
         return summary
+
+
+def _sync_step(session: Any, window_sum: torch.Tensor, contribution: torch.Tensor) -> None:
+    """Data parallel: add the global minibatch cost to the window and share any stop request."""
+    requested = 1.0 if session.stop.requested else 0.0
+    synced = torch.stack([contribution, contribution.new_tensor(requested)])
+    distributed.sum_across_ranks(synced)
+    window_sum += synced[0]
+    if synced[1].item() > 0 and not session.stop.requested:
+        session.stop.requested = "a stop request on another rank"
 
 
 def _summary(

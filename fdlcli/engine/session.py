@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
+from fdlcli.engine import distributed
+from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef, ReadOnlyCheckpoints
 from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.signals import StopFlag, graceful_stop
-from fdlcli.engine.tracking import ConsoleProgress, MetricsWriter, log, setup_run_logging
+from fdlcli.engine.tracking import ConsoleProgress, MetricsWriter, NullWriter, log, setup_run_logging
 from fdlcli.errors import TrainingDiverged, TrainingInterrupted
 from fdlcli.runs import Run, now_iso, start_meta
 
@@ -41,10 +42,14 @@ class Session:
         return self.seconds_before + time.monotonic() - self.started
 
     def start_progress(self, total_steps: int, done_steps: int) -> ConsoleProgress:
-        self.progress = ConsoleProgress(total_steps, done_steps, self.run.config.trainer.print_every_s)
+        self.progress = ConsoleProgress(
+            total_steps, done_steps, self.run.config.trainer.print_every_s, quiet=not distributed.is_main()
+        )
         return self.progress
 
     def message(self, text: str) -> None:
+        if not distributed.is_main():  # data-parallel: rank 0 speaks for all ranks
+            return
         if self.progress is not None:
             self.progress.message(text)
         else:
@@ -80,10 +85,19 @@ class Session:
 def run_session(run: Run) -> Iterator[Session]:
     trainer = run.config.trainer
     device = resolve_device(trainer.device)
-    threads = configure_threads(trainer.threads, run.parallel_jobs)
+    if distributed.active() and device.type == "cuda":  # one GPU per rank
+        device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
+    threads = configure_threads(trainer.threads, max(run.parallel_jobs, distributed.local_world_size()))
+    if not distributed.is_main():
+        # the other data-parallel ranks read checkpoints (resume) but write nothing into the run
+        readonly = ReadOnlyCheckpoints(run.checkpoint_dir, run.config.name)
+        with graceful_stop() as stop:  # a stop request reaches rank 0 through fit's per-step all-reduce
+            yield Session(run, device, threads, NullWriter(run.path), readonly, stop)
+        return
     handler = setup_run_logging(run.path)
     start_meta(run, str(device))
-    run.update_meta(threads=threads)
+    run.update_meta(threads=threads, world_size=distributed.world_size())
     log.info(
         "%s %s on %s (%d threads)", "resuming" if run.resume else "starting", run.config.name, device, threads
     )

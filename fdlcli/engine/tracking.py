@@ -103,14 +103,36 @@ class MetricsWriter:
             self._tb.close()
 
 
+class NullWriter(MetricsWriter):
+    """The metrics writer of a data-parallel rank other than 0: rank 0 logs for everyone."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(run_dir, tensorboard=False)
+
+    def rewind(self, keep_lines: int, step: int) -> None:
+        self.lines = keep_lines
+
+    def log(self, metrics: dict[str, float], step: int, epoch: int) -> None:
+        pass
+
+    def histograms(self, named_parameters: Any, step: int) -> None:
+        pass
+
+
 class ConsoleProgress:
     """Progress on the console: a rich bar on a terminal, plain periodic lines elsewhere."""
 
     def __init__(
-        self, total_steps: int, start_step: int, print_every_s: float, console: Console | None = None
+        self,
+        total_steps: int,
+        start_step: int,
+        print_every_s: float,
+        console: Console | None = None,
+        quiet: bool = False,  # data-parallel ranks other than 0 show nothing
     ):
         self.console = console or Console(stderr=False)
-        self.interactive = sys.stdout.isatty() and self.console.is_terminal
+        self.quiet = quiet
+        self.interactive = sys.stdout.isatty() and self.console.is_terminal and not quiet
         self.total = total_steps
         self.print_every_s = print_every_s
         self._last_print = time.monotonic()
@@ -135,7 +157,7 @@ class ConsoleProgress:
         cost_text = f"{cost:.4f}" if cost is not None else "-"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, epoch=f"{epoch + 1}/{epochs}", cost=cost_text)
-        elif time.monotonic() - self._last_print >= self.print_every_s:
+        elif not self.quiet and time.monotonic() - self._last_print >= self.print_every_s:
             self._last_print = time.monotonic()
             print(f"epoch {epoch + 1}/{epochs} step {step}/{self.total} cost {cost_text}", flush=True)
 
