@@ -61,6 +61,7 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
 
     rng = random.Random(experiment)
     kills, run, furthest = 0, None, 0
+    aborted: set[Path] = set()
     process = _popen(env, "train", experiment, *overrides)
     while kills < 10:
         if kills % 4 == 0:  # now and then a kill during start-up, data loading or the first steps
@@ -69,7 +70,7 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
             deadline = time.monotonic() + 120
             while process.poll() is None and time.monotonic() < deadline:
                 if run is None:
-                    candidates = [r for r in run_dirs(env, experiment) if r != reference]
+                    candidates = [r for r in run_dirs(env, experiment) if r != reference and r not in aborted]
                     run = candidates[0] if candidates else None
                 if run is not None and (run / "metrics.jsonl").exists():
                     with open(run / "metrics.jsonl", "rb") as handle:
@@ -82,9 +83,18 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
         process.send_signal(signal.SIGKILL)
         process.wait()
         kills += 1
+        if run is not None and not (run / "config.yaml").exists():
+            # killed between claiming the directory and saving the config: nothing to resume yet, so
+            # (as a user would) start afresh; the aborted directory is left as it is
+            aborted.add(run)
+            run = None
         if run is None:
-            candidates = [r for r in run_dirs(env, experiment) if r != reference]
-            if not candidates:  # killed before its run directory existed: start afresh
+            candidates = [r for r in run_dirs(env, experiment) if r != reference and r not in aborted]
+            candidates = [r for r in candidates if (r / "config.yaml").exists()]
+            if not candidates:  # killed before its run directory (or its config) existed: start afresh
+                for r in run_dirs(env, experiment):
+                    if r != reference and not (r / "config.yaml").exists():
+                        aborted.add(r)
                 process = _popen(env, "train", experiment, *overrides)
                 continue
             (run,) = candidates
@@ -96,7 +106,7 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     if run is None:
-        (run,) = [r for r in run_dirs(env, experiment) if r != reference]
+        (run,) = [r for r in run_dirs(env, experiment) if r != reference and r not in aborted]
     print(f"\n{experiment}: {kills} SIGKILLs survived")
     assert kills >= 8, "the run finished too quickly to be killed often"
     assert read_summary(run)["final"] == read_summary(reference)["final"]
