@@ -186,3 +186,28 @@ def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env):
     result = fdl("train", "--resume", str(run), "trainer.epochs=2", env=env)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_sweep_and_single_runs_in_parallel_never_collide(env):
+    quick = ["trainer.epochs=1", "data.train_limit=200", "data.eval_limit=200", "trainer.histograms=false"]
+    commands = [["train", "logreg-mnist", "-m", "seed=0,1", *quick]] + [["train", "logreg-mnist", *quick]] * 3
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fdlcli", *command, "trainer.threads=1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=240)
+        assert process.returncode == 0, stderr
+    singles = run_dirs(env, "logreg-mnist")
+    (sweep,) = (Path(env["FDL_RUNS_DIR"]) / "logreg-mnist" / "sweeps").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(singles) == 3 and [j.name for j in jobs] == ["0", "1"]
+    for run in [*singles, *jobs]:
+        assert read_summary(run)["status"] == "completed"
+        assert json.loads((run / "meta.json").read_text())["pid"]  # each written by its own process
