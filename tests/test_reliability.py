@@ -25,10 +25,10 @@ from fdlcli import config
 from fdlcli.errors import FdlError, UsageError
 
 KILLABLE = {
-    "mlp-mnist": ["trainer.epochs=3", "data.train_limit=12000", "data.eval_limit=1000", "model.dropout=0.2"],
+    "mlp-mnist": ["trainer.epochs=4", "data.train_limit=20000", "data.eval_limit=1000", "model.dropout=0.2"],
     "logreg-mnist": [
-        "trainer.epochs=3",
-        "data.train_limit=10000",
+        "trainer.epochs=4",
+        "data.train_limit=30000",
         "data.eval_limit=1000",
         "data.batch_size=50",
     ],
@@ -77,7 +77,7 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
                         if sum(1 for _ in handle) > furthest:
                             break
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, 0.15))
         if process.poll() is not None:
             break  # finished before this kill
         process.send_signal(signal.SIGKILL)

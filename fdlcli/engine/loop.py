@@ -133,8 +133,11 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
                 optimizer.load_state_dict(saved["optimizer"])
                 set_rng_state(saved["rng"])
                 state = TrainState.from_checkpoint(saved)
-            else:  # killed before the first checkpoint: start over from the saved step-0 weights
+            elif (checkpoints.directory / "init" / "model.safetensors").exists():
+                # killed before the first checkpoint: start over from the saved step-0 weights
                 checkpoints.load_weights(model, checkpoints.resolve("init"), device)
+            else:  # killed even before the step-0 weights were saved: the seeded model is that start
+                checkpoints.save_initial(model)
             writer.rewind(state.metrics_lines, state.step)
         else:
             checkpoints.save_initial(model)
