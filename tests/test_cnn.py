@@ -115,12 +115,12 @@ def test_cnn_mnist_trains_and_draws_its_figures(env):
     assert read_summary(run)["final"]["test/accuracy"] >= 0.80  # 20 Adam steps of the book's CNN
     figures = fdl("conv-figures", str(run), "--points", "60", env=env)
     assert figures.returncode == 0, figures.stderr
-    curves = fdl("curves", str(run), str(run), "--metric", "train/cost", env=env)
+    curves = fdl("plot", str(run), "--metric", "train/cost", env=env)
     assert curves.returncode == 0, curves.stderr
-    for name in ("filters.png", "tsne.png", "curves-train-cost.png"):
+    for name in ("filters.png", "tsne.png", "plot-train-cost.png"):
         assert (run / "artifacts" / name).stat().st_size > 1000
-    wrong = fdl("curves", str(run), "--metric", "nope", env=env)
-    assert wrong.returncode != 0 and "no 'nope' records" in wrong.stderr
+    wrong = fdl("plot", str(run), "--metric", "nope", env=env)
+    assert wrong.returncode != 0 and "no run logged metric 'nope'" in wrong.stderr
 
 
 # ---- neural style -------------------------------------------------------------------------------------

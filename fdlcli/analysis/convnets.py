@@ -11,8 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdlcli.runs import read_metrics
-
 
 def _pyplot() -> Any:
     import matplotlib
@@ -90,32 +88,6 @@ def save_tsne(points: np.ndarray, labels: np.ndarray, names: list[str], path: Pa
     ax.legend(markerscale=3, fontsize=7, loc="best")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def metric_curve(run_dir: Path, metric: str) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    for record in read_metrics(run_dir):
-        if record.get("name") == metric:
-            steps.append(int(record["step"]))
-            values.append(float(record["value"]))
-    return steps, values
-
-
-def save_curves(
-    curves: dict[str, tuple[list[int], list[float]]], metric: str, path: Path, title: str
-) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, (steps, values) in curves.items():
-        ax.plot(steps, values, marker="o", markersize=2, label=label)
-    ax.set_xlabel("minibatches")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,5 +1,5 @@
-"""Chapter 5 figure commands: ``fdl conv-figures RUN`` (first-layer filters and a t-SNE of the last hidden
-layer) and ``fdl curves RUN RUN ...`` (one metric of several runs against minibatches)."""
+"""Chapter 5 figure command ``fdl conv-figures RUN``: first-layer filters and a t-SNE of the last hidden
+layer. (Curves of several runs against minibatches are ``fdl plot``'s job.)"""
 
 from __future__ import annotations
 
@@ -64,30 +64,4 @@ def conv_figures(run_dir: Path, checkpoint: str, points: int, perplexity: float,
     click.echo(f"wrote {filters}\nwrote {tsne_path}")
 
 
-@click.command("curves")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--metric", default="val/accuracy", show_default=True, help="A name in metrics.jsonl.")
-@click.option("--out", type=click.Path(path_type=Path), help="PNG path [default: first run's artifacts/].")
-def curves(run_dirs: tuple[Path, ...], metric: str, out: Path | None) -> None:
-    """One metric of several runs against minibatches (e.g. cnn-cifar10 against cnn-cifar10-bn)."""
-    from fdlcli import runs
-    from fdlcli.analysis import convnets
-    from fdlcli.errors import UsageError
-
-    series = {}
-    for given in run_dirs:
-        run_dir = runs.resolve_run_dir(given)
-        steps, values = convnets.metric_curve(run_dir, metric)
-        if not steps:
-            raise UsageError(f"{run_dir} has no {metric!r} records in metrics.jsonl")
-        label = f"{run_dir.parent.name} ({run_dir.name})"
-        series[label] = (steps, values)
-        best = max(values) if "accuracy" in metric else min(values)
-        click.echo(f"{label}: {len(steps)} points, last {values[-1]:.4f} at {steps[-1]}, best {best:.4f}")
-    path = out or runs.resolve_run_dir(run_dirs[0]) / "artifacts" / f"curves-{metric.replace('/', '-')}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    convnets.save_curves(series, metric, path, f"{metric} against minibatches")
-    click.echo(f"wrote {path}")
-
-
-COMMANDS = [conv_figures, curves]
+COMMANDS = [conv_figures]

@@ -10,7 +10,9 @@ PLOT_HELP = """Draw the METRIC curve of each run (a sweep directory overlays all
 
 \b
   fdl plot runs/mlp-mnist/sweeps/2026-11-28_21-42-01_4436f7 --threshold 0.1
-  fdl plot RUN_A RUN_B --metric val/accuracy --out cmp.png
+  fdl plot RUN_A RUN_B --metric val/accuracy --out cmp.png     (e.g. cnn-cifar10 against cnn-cifar10-bn)
+
+Each run's number of points, last value and best value are printed too.
 
 With --threshold it also prints, per run, the first logged minibatch at which the metric reached the
 threshold (below it for costs and losses, above it otherwise), to the resolution of trainer.log_every.
@@ -47,6 +49,13 @@ def plot_cmd(
     curves_module.plot_curves(
         out, curves, metric, lower_is_better if log_y is None else log_y, threshold, title
     )
+    for curve in curves:
+        steps, values = zip(*curve.points, strict=True)
+        best = min(values) if lower_is_better else max(values)
+        click.echo(
+            f"{curve.label}: {len(values)} points, last {values[-1]:.4g} "
+            f"at minibatch {steps[-1]}, best {best:.4g}"
+        )
     if threshold is not None:
         table = Table(title=f"{metric} reaching {threshold:g}")
         for column in ("run", "final", "minibatches to threshold"):
