@@ -28,11 +28,12 @@ def attention_png(weights: torch.Tensor, source: list[str], target: list[str], p
 
 def attention_text(weights: torch.Tensor, source: list[str], target: list[str], cell: int = 3) -> str:
     """A heatmap of shade characters: one row per output word, one column per source word (numbered, with
-    a key below), darker where the decoder attended more."""
+    a key below), darker where the decoder attended more (scaled to the largest weight)."""
     label = max((len(w) for w in target), default=0)
     header = " " * (label + 1) + "".join(f"{i + 1:>{cell}}" for i in range(len(source)))
     lines = [header]
-    for word, row in zip(target, weights.tolist(), strict=False):
+    scaled = weights / weights.max().clamp_min(1e-9)
+    for word, row in zip(target, scaled.tolist(), strict=False):
         shades = "".join(" " + SHADES[min(len(SHADES) - 1, int(w * len(SHADES)))] * (cell - 1) for w in row)
         lines.append(f"{word:>{label}} {shades}")
     lines.append("  ".join(f"{i + 1}={w}" for i, w in enumerate(source)))

@@ -237,7 +237,7 @@ def bucket_batches(
     for number in range(len(buckets)):
         members = torch.nonzero(fits == number).flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        batches += list(members.split(batch_size))
+        batches += list(members.split(batch_size)) if len(members) else []
     order = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in order]
 

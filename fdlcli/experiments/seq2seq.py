@@ -43,9 +43,11 @@ from fdlcli.data.translation import (
     TranslationDataConfig,
     Vocab,
     bucket_batches,
+    detokenize,
     load_parallel,
     load_vocabs,
     save_vocabs,
+    tokenize,
 )
 from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads, resolve_device
@@ -627,3 +629,59 @@ register(
         evaluate=evaluate,
     )
 )
+
+
+# ---- translating text (fdl translate, the latency benchmark) -------------------------------------
+
+
+@dataclass
+class Translation:
+    source: list[str]  # the words the model read (after truncation), in the order typed
+    hypotheses: list[Hypothesis]  # best first
+    dropped: int  # words cut from an over-long input
+    unknown: list[str]  # input words outside the source vocabulary (read as <unk>)
+
+    def attention(self, rank: int = 0) -> torch.Tensor:
+        """[output words + EOS, source words] in the order typed."""
+        return self.hypotheses[rank].attention
+
+
+class Translator:
+    """A trained run loaded once; ``translate(text)`` handles any string (empty, unknown words, too long)."""
+
+    def __init__(self, run: Run, which: str = "best", device: str = "cpu") -> None:
+        self.run = run
+        self.device = resolve_device(device)
+        self.model, self.source_vocab, self.target_vocab = load_model(run, which, self.device)
+        self.max_words = run.config.data.max_source
+        self.max_output = output_limit(run.config)
+        self.penalty = run.config.trainer.length_penalty
+
+    def translate(self, text: str, beam: int = 5, nbest: int = 1, search: Any = None) -> Translation | None:
+        """None for a line without words; otherwise the ``max(beam, nbest)`` best hypotheses."""
+        # lone surrogates (undecodable bytes read with surrogateescape) become U+FFFD before anything else
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        words = tokenize(text)
+        if not words:
+            return None
+        dropped = max(0, len(words) - self.max_words)
+        words = words[: self.max_words]
+        unknown = [w for w in words if w not in self.source_vocab.index]
+        ids = self.source_vocab.encode(words)
+        reverse = self.run.config.data.reverse_source
+        search = search or beam_search
+        hypotheses = search(
+            self.model, ids[::-1] if reverse else ids, max(beam, nbest), self.max_output, self.penalty
+        )
+        if reverse:  # attention columns back in the order typed
+            for hypothesis in hypotheses:
+                hypothesis.attention = hypothesis.attention.flip(1)
+        return Translation(words, hypotheses[:nbest], dropped, unknown)
+
+    def text(self, hypothesis: Hypothesis) -> str:
+        return detokenize(self.target_vocab.decode(hypothesis.ids))
+
+    def output_words(self, hypothesis: Hypothesis) -> list[str]:
+        """One label per attention row: the output words as generated, then <eos> if it was reached."""
+        words = [self.target_vocab.words[i] for i in hypothesis.ids]
+        return [*words, "<eos>"][: len(hypothesis.attention)]
