@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import metric_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -190,3 +191,14 @@ def test_bad_run_directories_are_one_line_errors(tmp_path, capsys, env, tiny_run
         assert exit_info.value.code != 0
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_resume_replays_the_same_training(tiny_run, tmp_path, mirror):
+    """One epoch, then a resumed second one: the metrics equal those of the two-epoch run."""
+    overrides = [*TINY, f"data.dir={mirror}", "trainer.epochs=1"]
+    run = runs.Run(path=tmp_path, config=config.validate(config.compose("translate-en-fr", overrides)))
+    launch.save_config(tmp_path, run.config, overrides)
+    seq2seq.train(run)
+    longer = config.apply_overrides(run.config, ["trainer.epochs=2"])
+    seq2seq.train(runs.Run(path=tmp_path, config=longer, resume=True))
+    assert metric_records(tmp_path) == metric_records(tiny_run.path)
