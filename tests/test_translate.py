@@ -202,3 +202,25 @@ def test_resume_replays_the_same_training(tiny_run, tmp_path, mirror):
     longer = config.apply_overrides(run.config, ["trainer.epochs=2"])
     seq2seq.train(runs.Run(path=tmp_path, config=longer, resume=True))
     assert metric_records(tmp_path) == metric_records(tiny_run.path)
+
+
+@pytest.mark.parametrize(
+    "cell, layers, bidirectional", [("lstm", 1, False), ("gru", 2, True), ("lstm", 2, True)]
+)
+def test_every_cell_and_shape_trains_and_searches(cell, layers, bidirectional):
+    """Shapes only (tiny random data): LSTM states, stacked layers and a bidirectional encoder."""
+    torch.manual_seed(0)
+    cfg = seq2seq.Seq2SeqConfig(
+        cell=cell, embedding=8, hidden=12, layers=layers, bidirectional=bidirectional, attention=6
+    )
+    model = seq2seq.Seq2Seq(20, 30, cfg)
+    source = torch.randint(4, 20, (3, 7))
+    lengths = torch.tensor([7, 4, 1])
+    source[1, 4:] = source[2, 1:] = 0
+    logits = model(source, lengths, torch.randint(4, 30, (3, 5)))
+    assert logits.shape == (3, 5, 30)
+    logits.sum().backward()
+    model.eval()
+    fast = seq2seq.beam_search(model, source[1, :4].tolist(), 3, 6)
+    slow = seq2seq.reference_beam_search(model, source[1, :4].tolist(), 3, 6)
+    assert [h.ids for h in fast] == [h.ids for h in slow]

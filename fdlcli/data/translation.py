@@ -54,7 +54,7 @@ class TranslationDataConfig(DataConfig):
         if min(self.source_vocab, self.target_vocab) <= 0:
             return "data.source_vocab and data.target_vocab must be positive"
         if not self.buckets or any(len(b) != 2 or min(b) <= 0 for b in self.buckets):
-            return f"data.buckets={self.buckets}: give a list of positive [source, target] length pairs"
+            return f"data.buckets={self.buckets}: give a list of positive (source, target) length pairs"
         if self.source == self.target:
             return f"data.source and data.target are both {self.source!r}"
         return None
