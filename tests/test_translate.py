@@ -118,7 +118,7 @@ def test_line_mode_one_translation_per_line_with_notices_on_stderr(tiny_run):
     assert "1=two" in nbest.stderr and list((tiny_run.artifacts_dir / "translate").rglob("attention-001.png"))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=400) | st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")))
 def test_fuzzed_input_lines_always_give_exactly_one_output_line(tiny_run, capsys, data):
     translator = _translator(tiny_run)
