@@ -224,3 +224,19 @@ def test_every_cell_and_shape_trains_and_searches(cell, layers, bidirectional):
     fast = seq2seq.beam_search(model, source[1, :4].tolist(), 3, 6)
     slow = seq2seq.reference_beam_search(model, source[1, :4].tolist(), 3, 6)
     assert [h.ids for h in fast] == [h.ids for h in slow]
+
+
+def test_the_books_learning_rate_rule():
+    """lr *= decay when a window's mean loss exceeds the largest of the three windows before."""
+    trainer = seq2seq.TranslateTrainerConfig(lr_decay=0.5, decay_every=2)
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    state = {"lr": 1.0, "decay_loss": 0.0, "decay_losses": []}
+    lrs = []
+    for window_sum in (8.0, 6.0, 7.0, 7.5, 9.0, 4.0):  # window means 4, 3, 3.5, 3.75, 4.5, 2
+        state["decay_loss"] = window_sum
+        seq2seq._decay_rule(state, trainer, optimizer)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    # 3.75 <= max(4, 3, 3.5): kept; 4.5 > max(3, 3.5, 3.75): halved; 2: kept
+    assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    assert state["lr"] == 0.5 and state["decay_losses"] == [3.75, 4.5, 2.0]
