@@ -39,6 +39,7 @@ from fdlcli.data.translation import (
     EOS_ID,
     GO_ID,
     PAD_ID,
+    VOCAB_FILE,
     ParallelSplit,
     TranslationDataConfig,
     Vocab,
@@ -54,6 +55,7 @@ from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
 from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
 from fdlcli.engine.session import run_session
+from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_json, now_iso
 
@@ -416,8 +418,11 @@ def train(run: Run) -> dict[str, Any]:
     with run_session(run) as session:
         device, checkpoints, writer = session.device, session.checkpoints, session.writer
         seed_everything(cfg.seed)
-        data = load_parallel(data_cfg)
-        save_vocabs(run.path, data.source_vocab, data.target_vocab)
+        # a resumed run keeps the vocabularies it was trained with (vocab.json is never rewritten)
+        saved_vocabs = load_vocabs(run.path) if run.resume and (run.path / VOCAB_FILE).is_file() else None
+        data = load_parallel(data_cfg, saved_vocabs)
+        if saved_vocabs is None:
+            save_vocabs(run.path, data.source_vocab, data.target_vocab)
         model = build_model(cfg, data.source_vocab, data.target_vocab).to(device)
         optimizer = build_optimizer(cfg.optim, model.parameters())
         state: dict[str, Any] = {
@@ -500,8 +505,6 @@ def train(run: Run) -> dict[str, Any]:
             state["history"].append({"epoch": state["epoch"], "step": state["step"], **metrics})
             value = metrics.get(trainer.monitor)
             if value is None:
-                from fdlcli.errors import ConfigError
-
                 raise ConfigError(f"trainer.monitor={trainer.monitor!r}; choose from: {', '.join(metrics)}")
             best = state["best_value"]
             improved = best is None or (value > best if trainer.monitor_mode == "max" else value < best)
