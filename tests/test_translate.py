@@ -240,3 +240,25 @@ def test_the_books_learning_rate_rule():
     # 3.75 <= max(4, 3, 3.5): kept; 4.5 > max(3, 3.5, 3.75): halved; 2: kept
     assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
     assert state["lr"] == 0.5 and state["decay_losses"] == [3.75, 4.5, 2.0]
+
+
+def test_sampled_softmax_trains_and_evaluation_keeps_the_full_softmax():
+    torch.manual_seed(0)
+    cfg = seq2seq.Seq2SeqConfig(embedding=8, hidden=16, attention=8, dropout=0.0, sampled_softmax=10)
+    model = seq2seq.Seq2Seq(20, 50, cfg)
+    source, lengths = torch.randint(4, 20, (6, 5)), torch.full((6,), 5)
+    target = torch.randint(4, 50, (6, 4))
+    target_in = torch.cat([torch.full((6, 1), 1), target[:, :-1]], dim=1)
+    batch = (source, lengths, target_in, target)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    first = None
+    for _ in range(30):
+        loss = seq2seq.token_loss(model, batch)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 2
+    model.eval()  # evaluation: the exact softmax over all 50 words
+    full = torch.nn.functional.cross_entropy(model(*batch[:3]).flatten(0, 1), target.flatten())
+    assert torch.allclose(seq2seq.token_loss(model, batch), full)

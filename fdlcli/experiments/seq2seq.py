@@ -69,8 +69,11 @@ class Seq2SeqConfig:
     bidirectional: bool = False  # the book's encoder reads one way (the reversed source)
     attention: int = 256  # width of the additive attention's hidden layer
     dropout: float = 0.2
+    sampled_softmax: int = 0  # training loss over this many sampled words (book: 512); 0 = full softmax
 
     def check(self) -> str | None:
+        if self.sampled_softmax < 0:
+            return f"model.sampled_softmax={self.sampled_softmax}: it must be 0 (off) or positive"
         if self.cell not in ("gru", "lstm"):
             return f"model.cell={self.cell!r}; choose from: gru, lstm"
         if min(self.embedding, self.hidden, self.layers, self.attention) <= 0:
@@ -183,15 +186,19 @@ class Seq2Seq(nn.Module):
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.project(self.drop(features))
 
-    def forward(self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, T, V] for decoder inputs ``target_in`` [B, T] (GO + target)."""
+    def features(self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced output features [B, T, H] for decoder inputs ``target_in`` [B, T] (GO + target)."""
         memory, state = self.encode(source, lengths)
         context = memory.outputs.new_zeros(len(source), self.encoded)
         features = []
         for t in range(target_in.shape[1]):
             out, context, state, _ = self.step(target_in[:, t], context, state, memory)
             features.append(out)
-        return self.logits(torch.stack(features, dim=1))
+        return torch.stack(features, dim=1)
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V]."""
+        return self.logits(self.features(source, lengths, target_in))
 
 
 # ---- batches, loss, perplexity -------------------------------------------------------------------
@@ -209,9 +216,32 @@ def make_batch(split: ParallelSplit, index: torch.Tensor, device: torch.device) 
 
 def token_loss(model: Seq2Seq, batch: tuple[torch.Tensor, ...], reduction: str = "mean") -> torch.Tensor:
     source, source_len, target_in, target = batch
-    logits = model(source, source_len, target_in)
-    # padding positions weigh 0, as the book's target_weights
+    features = model.features(source, source_len, target_in)
+    if model.training and model.cfg.sampled_softmax:
+        real = target != PAD_ID  # padding positions weigh 0, as the book's target_weights
+        return sampled_softmax_loss(model, features[real], target[real], model.cfg.sampled_softmax)
+    logits = model.logits(features)
     return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction=reduction)
+
+
+def sampled_softmax_loss(
+    model: Seq2Seq, features: torch.Tensor, targets: torch.Tensor, samples: int
+) -> torch.Tensor:
+    """The book's training softmax (TF ``sampled_softmax_loss``): the true word against ``samples`` words
+    drawn once per batch from the log-uniform (Zipfian) distribution over frequency-ranked ids, every
+    logit corrected by -log(expected count), accidental hits of the true word removed."""
+    weight, bias = model.project.weight, model.project.bias
+    vocab = len(weight)
+    ranks = torch.arange(vocab, dtype=torch.float64, device=features.device)
+    proposal = (torch.log((ranks + 2) / (ranks + 1)) / math.log(vocab + 1)).float()
+    sampled = torch.multinomial(proposal, samples, replacement=True)  # the global RNG: resumes exactly
+    log_expected = torch.log(samples * proposal)
+    hidden = model.drop(features)
+    true_logits = (hidden * weight[targets]).sum(dim=1) + bias[targets] - log_expected[targets]
+    sampled_logits = hidden @ weight[sampled].T + bias[sampled] - log_expected[sampled]
+    sampled_logits = sampled_logits.masked_fill(sampled[None] == targets[:, None], float("-inf"))
+    logits = torch.cat([true_logits[:, None], sampled_logits], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
 
 
 @torch.no_grad()
