@@ -652,7 +652,7 @@ register(
     ExperimentSpec(
         name="translate-en-fr",
         chapter=7,
-        dataset="Multi30k en-fr (IWSLT2017 en-fr from the Hub by config)",
+        dataset="Multi30k en-fr (Hub: IWSLT2017 or WMT14 by config)",
         book_result="training perplexity ~6 -> ~4 (WMT'15, 8 GPUs, 4 days)",
         description="GRU encoder-decoder with Bahdanau attention, buckets, beam search",
         model_config=Seq2SeqConfig,
