@@ -27,8 +27,11 @@ def available_splits(root: Path, name: str) -> list[str]:
     return sorted(p.stem for p in (root / name).glob("*.parquet"))
 
 
-def load_split(name: str, hub_id: str, split: str, configured_dir: str | None = None) -> Any:
-    """One split as a ``datasets.Dataset``: from the mirror if configured, else from the Hub."""
+def load_split(
+    name: str, hub_id: str, split: str, configured_dir: str | None = None, config_name: str | None = None
+) -> Any:
+    """One split as a ``datasets.Dataset``: from the mirror if configured, else from the Hub (with the
+    dataset configuration ``config_name``, e.g. ``iwslt2017-en-fr``, where the Hub dataset has several)."""
     import datasets
 
     datasets.logging.set_verbosity_error()
@@ -51,7 +54,7 @@ def load_split(name: str, hub_id: str, split: str, configured_dir: str | None = 
         except Exception as exc:
             raise DataUnavailableError(f"cannot read {path}: {_short(exc)}") from None
     try:
-        return datasets.load_dataset(hub_id, split=split)
+        return datasets.load_dataset(hub_id, config_name, split=split)
     except Exception as exc:
         raise DataUnavailableError(
             f"cannot load {hub_id!r} ({split}) from the Hugging Face Hub ({_short(exc)}); "

@@ -1,0 +1,720 @@
+"""Chapter 7, part 2: English -> French translation with an attentional encoder-decoder (``translate-en-fr``).
+
+Book (TF 1.x ``translate.py`` on WMT'15 giga-fren): word-level vocabularies of 40,000, buckets (5,10),
+(10,15), (20,25), (40,50), source reversed, GO and EOS tokens, padding weighted 0 in the loss, a 3-layer
+1024-unit GRU encoder-decoder with attention (``embedding_attention_seq2seq``), sampled softmax over 512
+words, SGD lr 0.5 multiplied by 0.99 whenever the loss of the last 200 steps exceeds the three before,
+gradient-norm clip 5, batch 64; greedy decoding from stdin and an attention heatmap (figure 7-33). Eight
+M40 GPUs for four days took the training perplexity from ~6 to ~4.
+
+Here (conf/model/seq2seq.yaml, CPU-sized): Multi30k en-fr from the mirror, the same buckets and tokens,
+one GRU layer of 256 units, vocabularies of 6,000 words with the full softmax, Adam lr 1e-3, clip 5,
+batch 64 (conf/model/seq2seq-book.yaml and conf/optim/... give the book's sizes and SGD rule).
+
+The model is the TF attention decoder: the decoder input at step t is [embedding of y_{t-1}; attention
+context of step t-1] ("input feeding"); the top decoder state queries the encoder outputs with additive
+(Bahdanau) attention, v^T tanh(W_k h_enc + W_q h_dec), masked at padding; the output layer reads
+tanh(W [h_dec; context]). Training runs the encoder once per batch (packed, so padding never enters a
+state) and the decoder step by step with teacher forcing; the output projection of all steps is one
+matrix product. Decoding: greedy for whole batches, and beam search that keeps all beams of a sentence
+in one batch (``beam_search``; ``reference_beam_search`` is the same search one hypothesis at a time,
+the baseline of benchmarks/translate_latency.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from fdlcli.config import RunConfig, TrainerConfig
+from fdlcli.data.translation import (
+    EOS_ID,
+    GO_ID,
+    PAD_ID,
+    VOCAB_FILE,
+    ParallelSplit,
+    TranslationDataConfig,
+    Vocab,
+    bucket_batches,
+    detokenize,
+    load_parallel,
+    load_vocabs,
+    save_vocabs,
+    tokenize,
+)
+from fdlcli.engine.checkpoint import CheckpointManager
+from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.optim import build_optimizer
+from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
+from fdlcli.engine.session import run_session
+from fdlcli.errors import ConfigError
+from fdlcli.registry import ExperimentSpec, register
+from fdlcli.runs import Run, atomic_write_json, now_iso
+
+
+@dataclass
+class Seq2SeqConfig:
+    cell: str = "gru"  # gru | lstm
+    embedding: int = 256
+    hidden: int = 256
+    layers: int = 1
+    bidirectional: bool = False  # the book's encoder reads one way (the reversed source)
+    attention: int = 256  # width of the additive attention's hidden layer
+    dropout: float = 0.2
+    sampled_softmax: int = 0  # training loss over this many sampled words (book: 512); 0 = full softmax
+
+    def check(self) -> str | None:
+        if self.sampled_softmax < 0:
+            return f"model.sampled_softmax={self.sampled_softmax}: it must be 0 (off) or positive"
+        if self.cell not in ("gru", "lstm"):
+            return f"model.cell={self.cell!r}; choose from: gru, lstm"
+        if min(self.embedding, self.hidden, self.layers, self.attention) <= 0:
+            return "model.embedding, hidden, layers and attention must be positive"
+        if not 0.0 <= self.dropout < 1.0:
+            return f"model.dropout={self.dropout}: it must lie in [0, 1)"
+        return None
+
+
+@dataclass
+class TranslateTrainerConfig(TrainerConfig):
+    lr_decay: float = 1.0  # the book's rule: lr *= lr_decay when a window's loss exceeds the 3 before
+    decay_every: int = 200  # steps per loss window of that rule (the book's steps_per_checkpoint)
+    beam: int = 5  # beam width of the final test BLEU (and the default of `fdl translate`)
+    length_penalty: float = 1.0  # beam hypotheses ranked by log p / length ** length_penalty
+    max_output: int = 0  # longest translation in tokens; 0 = the largest target bucket
+    attention_sentence: int = 0  # test sentence whose attention map is saved (artifacts/attention.png)
+
+    def check(self) -> str | None:
+        if self.beam <= 0 or self.decay_every <= 0:
+            return "trainer.beam and trainer.decay_every must be positive"
+        if not 0.0 < self.lr_decay <= 1.0:
+            return f"trainer.lr_decay={self.lr_decay}: it must lie in (0, 1]"
+        return None
+
+
+# ---- the model -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Memory:
+    """What the decoder attends to: encoder outputs, their attention keys, and the padding mask."""
+
+    outputs: torch.Tensor  # [B, S, enc]
+    keys: torch.Tensor  # [B, S, A]
+    mask: torch.Tensor  # [B, S] true at real tokens
+
+    def take(self, index: torch.Tensor) -> Memory:
+        return Memory(self.outputs[index], self.keys[index], self.mask[index])
+
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def take_state(state: State, index: torch.Tensor) -> State:
+    """Rows ``index`` of a recurrent state (batch is dim 1)."""
+    if isinstance(state, tuple):
+        return state[0][:, index], state[1][:, index]
+    return state[:, index]
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, source_vocab: int, target_vocab: int, cfg: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        rnn = nn.GRU if cfg.cell == "gru" else nn.LSTM
+        between = cfg.dropout if cfg.layers > 1 else 0.0
+        self.encoded = cfg.hidden * (2 if cfg.bidirectional else 1)
+        self.source_embed = nn.Embedding(source_vocab, cfg.embedding, padding_idx=PAD_ID)
+        self.target_embed = nn.Embedding(target_vocab, cfg.embedding, padding_idx=PAD_ID)
+        self.encoder = rnn(
+            cfg.embedding, cfg.hidden, cfg.layers, batch_first=True, dropout=between,
+            bidirectional=cfg.bidirectional,
+        )  # fmt: skip
+        self.bridge = nn.Linear(self.encoded, cfg.hidden)  # final encoder state -> first decoder state
+        self.decoder = rnn(
+            cfg.embedding + self.encoded, cfg.hidden, cfg.layers, batch_first=True, dropout=between
+        )
+        self.attend_keys = nn.Linear(self.encoded, cfg.attention, bias=False)
+        self.attend_query = nn.Linear(cfg.hidden, cfg.attention)
+        self.attend_score = nn.Linear(cfg.attention, 1, bias=False)
+        self.combine = nn.Linear(cfg.hidden + self.encoded, cfg.hidden)
+        self.project = nn.Linear(cfg.hidden, target_vocab)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def encode(self, source: torch.Tensor, lengths: torch.Tensor) -> tuple[Memory, State]:
+        """``source`` [B, S] padded at the end, ``lengths`` [B] on the CPU (all positive)."""
+        batch, width = source.shape
+        packed = pack_padded_sequence(
+            self.drop(self.source_embed(source)), lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        packed_out, final = self.encoder(packed)
+        outputs, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=width)
+        last = final[0] if isinstance(final, tuple) else final  # [layers * directions, B, H]
+        if self.cfg.bidirectional:  # [layer, direction, B, H] -> [layer, B, 2H]
+            last = (
+                last.view(self.cfg.layers, 2, batch, -1)
+                .permute(0, 2, 1, 3)
+                .reshape(self.cfg.layers, batch, -1)
+            )
+        first = torch.tanh(self.bridge(last))
+        state: State = (first, torch.zeros_like(first)) if self.cfg.cell == "lstm" else first
+        # the mask comes from the lengths, so a source of one padding token (an empty line) still works
+        mask = torch.arange(width, device=source.device)[None] < lengths.to(source.device)[:, None]
+        return Memory(outputs, self.attend_keys(outputs), mask), state
+
+    def step(
+        self, tokens: torch.Tensor, context: torch.Tensor, state: State, memory: Memory
+    ) -> tuple[torch.Tensor, torch.Tensor, State, torch.Tensor]:
+        """One decoder step: (output features [B, H], new context, new state, attention weights [B, S])."""
+        inputs = torch.cat([self.drop(self.target_embed(tokens)), context], dim=1)
+        output, state = self.decoder(inputs[:, None], state)
+        top = output[:, 0]
+        scores = self.attend_score(torch.tanh(memory.keys + self.attend_query(top)[:, None])).squeeze(2)
+        weights = scores.masked_fill(~memory.mask, float("-inf")).softmax(dim=1)
+        context = torch.bmm(weights[:, None], memory.outputs)[:, 0]
+        features = torch.tanh(self.combine(torch.cat([top, context], dim=1)))
+        return features, context, state, weights
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(self.drop(features))
+
+    def features(self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced output features [B, T, H] for decoder inputs ``target_in`` [B, T] (GO + target)."""
+        memory, state = self.encode(source, lengths)
+        context = memory.outputs.new_zeros(len(source), self.encoded)
+        features = []
+        for t in range(target_in.shape[1]):
+            out, context, state, _ = self.step(target_in[:, t], context, state, memory)
+            features.append(out)
+        return torch.stack(features, dim=1)
+
+    def forward(self, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, T, V]."""
+        return self.logits(self.features(source, lengths, target_in))
+
+
+# ---- batches, loss, perplexity -------------------------------------------------------------------
+
+
+def make_batch(split: ParallelSplit, index: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(source, source lengths on CPU, decoder input, decoder target), trimmed to the batch's longest."""
+    source_len, target_len = split.source.lengths[index], split.target.lengths[index]
+    source = split.source.ids[index, : int(source_len.max())].to(device)
+    target = split.target.ids[index, : int(target_len.max())].to(device)
+    target_in = torch.cat([torch.full_like(target[:, :1], GO_ID), target[:, :-1]], dim=1)
+    target_in = target_in.masked_fill(target_in == EOS_ID, PAD_ID)  # EOS is never an input
+    return source, source_len, target_in, target
+
+
+def token_loss(model: Seq2Seq, batch: tuple[torch.Tensor, ...], reduction: str = "mean") -> torch.Tensor:
+    source, source_len, target_in, target = batch
+    features = model.features(source, source_len, target_in)
+    if model.training and model.cfg.sampled_softmax:
+        real = target != PAD_ID  # padding positions weigh 0, as the book's target_weights
+        return sampled_softmax_loss(model, features[real], target[real], model.cfg.sampled_softmax)
+    logits = model.logits(features)
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=PAD_ID, reduction=reduction)
+
+
+def sampled_softmax_loss(
+    model: Seq2Seq, features: torch.Tensor, targets: torch.Tensor, samples: int
+) -> torch.Tensor:
+    """The book's training softmax (TF ``sampled_softmax_loss``): the true word against ``samples`` words
+    drawn once per batch from the log-uniform (Zipfian) distribution over frequency-ranked ids, every
+    logit corrected by -log(expected count), accidental hits of the true word removed."""
+    weight, bias = model.project.weight, model.project.bias
+    vocab = len(weight)
+    ranks = torch.arange(vocab, dtype=torch.float64, device=features.device)
+    proposal = (torch.log((ranks + 2) / (ranks + 1)) / math.log(vocab + 1)).float()
+    sampled = torch.multinomial(proposal, samples, replacement=True)  # the global RNG: resumes exactly
+    log_expected = torch.log(samples * proposal)
+    hidden = model.drop(features)
+    true_logits = (hidden * weight[targets]).sum(dim=1) + bias[targets] - log_expected[targets]
+    sampled_logits = hidden @ weight[sampled].T + bias[sampled] - log_expected[sampled]
+    sampled_logits = sampled_logits.masked_fill(sampled[None] == targets[:, None], float("-inf"))
+    logits = torch.cat([true_logits[:, None], sampled_logits], dim=1)
+    return F.cross_entropy(logits, torch.zeros_like(targets))
+
+
+@torch.no_grad()
+def perplexity(
+    model: Seq2Seq, split: ParallelSplit, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    order = torch.argsort(split.source.lengths)  # similar lengths together: little padding
+    for index in order.split(batch_size):
+        batch = make_batch(split, index, device)
+        total += float(token_loss(model, batch, reduction="sum"))
+        tokens += int((batch[3] != PAD_ID).sum())
+    model.train(was_training)
+    cost = total / max(1, tokens)
+    return {"cost": cost, "perplexity": math.exp(min(cost, 50.0))}
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def greedy(
+    model: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, max_len: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Greedy translations of a batch (ids without EOS) and the attention weights [B, T, S]."""
+    memory, state = model.encode(source, lengths)
+    tokens = torch.full((len(source),), GO_ID, dtype=torch.int64, device=source.device)
+    context = memory.outputs.new_zeros(len(source), model.encoded)
+    outputs, attention = [], []
+    done = torch.zeros(len(source), dtype=torch.bool, device=source.device)
+    for _ in range(max_len):
+        features, context, state, weights = model.step(tokens, context, state, memory)
+        tokens = model.logits(features).argmax(dim=1)
+        outputs.append(tokens)
+        attention.append(weights)
+        done |= tokens == EOS_ID
+        if bool(done.all()):
+            break
+    rows = torch.stack(outputs, dim=1).tolist()
+    return [row[: row.index(EOS_ID)] if EOS_ID in row else row for row in rows], torch.stack(attention, 1)
+
+
+@dataclass
+class Hypothesis:
+    ids: list[int]  # without EOS
+    log_prob: float
+    score: float  # log_prob / length ** length_penalty (the ranking)
+    attention: torch.Tensor  # [len(ids) + 1, S]: one row per output token, EOS included
+
+
+def _finish(ids: list[int], log_prob: float, attention: torch.Tensor, penalty: float) -> Hypothesis:
+    return Hypothesis(ids, log_prob, log_prob / (len(ids) + 1) ** penalty, attention)
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq, source: list[int], width: int, max_len: int, penalty: float = 1.0
+) -> list[Hypothesis]:
+    """Beam search for one sentence with all live beams as one batch; best first.
+
+    Each step extends every live hypothesis by every word and keeps the best ``width - finished``
+    candidates; a candidate ending in EOS is finished, so the beam shrinks as hypotheses finish."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([source], device=device)
+    memory, state = model.encode(ids, torch.tensor([len(source)]))
+    tokens = torch.tensor([GO_ID], device=device)
+    context = memory.outputs.new_zeros(1, model.encoded)
+    scores = torch.zeros(1, device=device)
+    history: list[list[int]] = [[]]
+    attention = memory.outputs.new_zeros(1, 0, len(source))
+    finished: list[Hypothesis] = []
+    for _ in range(max_len):
+        live = len(history)
+        shared = Memory(*(t.expand(live, *t.shape[1:]) for t in (memory.outputs, memory.keys, memory.mask)))
+        features, context, state, weights = model.step(tokens, context, state, shared)
+        log_probs = model.logits(features).log_softmax(dim=1)
+        vocab = log_probs.shape[1]
+        best, flat = (scores[:, None] + log_probs).flatten().topk(width - len(finished))
+        attention = torch.cat([attention, weights[:, None]], dim=1)
+        keep_rows, keep_words, keep_scores = [], [], []
+        for score, row, word in zip(
+            best.tolist(), (flat // vocab).tolist(), (flat % vocab).tolist(), strict=True
+        ):
+            if word == EOS_ID:
+                finished.append(_finish(history[row], score, attention[row].cpu(), penalty))
+            else:
+                keep_rows.append(row)
+                keep_words.append(word)
+                keep_scores.append(score)
+        if not keep_rows:
+            break
+        rows = torch.tensor(keep_rows, device=device)
+        history = [history[r] + [w] for r, w in zip(keep_rows, keep_words, strict=True)]
+        tokens, scores = torch.tensor(keep_words, device=device), torch.tensor(keep_scores, device=device)
+        context, state, attention = context[rows], take_state(state, rows), attention[rows]
+    else:  # out of steps: the unfinished hypotheses compete as they are
+        finished += [
+            _finish(h, s, a.cpu(), penalty)
+            for h, s, a in zip(history, scores.tolist(), attention, strict=True)
+        ]
+    return sorted(finished, key=lambda h: h.score, reverse=True)
+
+
+@torch.no_grad()
+def reference_beam_search(
+    model: Seq2Seq, source: list[int], width: int, max_len: int, penalty: float = 1.0
+) -> list[Hypothesis]:
+    """The same search as :func:`beam_search`, one hypothesis per decoder call (the naive baseline)."""
+    device = next(model.parameters()).device
+    memory, first_state = model.encode(torch.tensor([source], device=device), torch.tensor([len(source)]))
+    # a live hypothesis: (ids, log prob, next input token, context, state, attention rows)
+    live = [([], 0.0, GO_ID, memory.outputs.new_zeros(1, model.encoded), first_state, [])]
+    finished: list[Hypothesis] = []
+    for _ in range(max_len):
+        candidates = []
+        for ids, log_prob, token, context, state, rows in live:
+            features, new_context, new_state, weights = model.step(
+                torch.tensor([token], device=device), context, state, memory
+            )
+            log_probs = model.logits(features).log_softmax(dim=1)[0]
+            candidates.append((log_prob + log_probs, ids, new_context, new_state, [*rows, weights[0]]))
+        vocab = len(candidates[0][0])
+        best, flat = torch.cat([c[0] for c in candidates]).topk(width - len(finished))
+        new_live = []
+        for score, position in zip(best.tolist(), flat.tolist(), strict=True):
+            _, ids, context, state, rows = candidates[position // vocab]
+            word = position % vocab
+            if word == EOS_ID:
+                finished.append(_finish(ids, score, torch.stack(rows).cpu(), penalty))
+            else:
+                new_live.append(([*ids, word], score, word, context, state, rows))
+        live = new_live
+        if not live:
+            break
+    else:
+        finished += [_finish(ids, s, torch.stack(rows).cpu(), penalty) for ids, s, _, _, _, rows in live]
+    return sorted(finished, key=lambda h: h.score, reverse=True)
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """BLEU of lowercased, tokenized text (sacrebleu with tokenize='none': our tokens are the words)."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", force=True).score)
+
+
+def translate_split(
+    model: Seq2Seq, split: ParallelSplit, vocab: Vocab, max_len: int, device: torch.device,
+    beam: int = 1, penalty: float = 1.0, batch_size: int = 256,
+) -> list[str]:  # fmt: skip
+    """Tokenized translations of every source sentence of ``split`` (greedy when beam is 1)."""
+    was_training = model.training
+    model.eval()
+    lengths = split.source.lengths.clamp_min(1)  # an empty source reads one padding token
+    out: list[list[int]] = [[] for _ in range(len(lengths))]
+    if beam == 1:
+        order = torch.argsort(lengths)
+        for index in order.split(batch_size):
+            width = int(lengths[index].max())
+            ids, _ = greedy(model, split.source.ids[index, :width].to(device), lengths[index], max_len)
+            for row, translation in zip(index.tolist(), ids, strict=True):
+                out[row] = translation
+    else:
+        for row in range(len(lengths)):
+            source = split.source.ids[row, : int(lengths[row])].tolist()
+            out[row] = beam_search(model, source, beam, max_len, penalty)[0].ids
+    model.train(was_training)
+    return [" ".join(vocab.decode(ids)) for ids in out]
+
+
+def bleu_metrics(
+    model: Seq2Seq, split: ParallelSplit, vocab: Vocab, trainer: TranslateTrainerConfig, max_len: int,
+    device: torch.device, beam: bool,
+) -> dict[str, float]:  # fmt: skip
+    metrics = {"bleu": corpus_bleu(translate_split(model, split, vocab, max_len, device), split.references)}
+    if beam:
+        hypotheses = translate_split(
+            model, split, vocab, max_len, device, trainer.beam, trainer.length_penalty
+        )
+        metrics[f"bleu_beam{trainer.beam}"] = corpus_bleu(hypotheses, split.references)
+    return metrics
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def build_model(cfg: RunConfig, source: Vocab, target: Vocab) -> Seq2Seq:
+    model = Seq2Seq(len(source), len(target), cfg.model)
+    for name, param in model.named_parameters():  # TF's seq2seq: uniform(-0.1, 0.1)-ish small weights
+        if "embed" in name or param.dim() > 1:
+            nn.init.uniform_(param, -0.1, 0.1)
+    return model
+
+
+def output_limit(cfg: RunConfig) -> int:
+    return cfg.trainer.max_output or cfg.data.max_target
+
+
+def train(run: Run) -> dict[str, Any]:
+    cfg, trainer = run.config, run.config.trainer
+    data_cfg: TranslationDataConfig = cfg.data
+    with run_session(run) as session:
+        device, checkpoints, writer = session.device, session.checkpoints, session.writer
+        seed_everything(cfg.seed)
+        # a resumed run keeps the vocabularies it was trained with (vocab.json is never rewritten)
+        saved_vocabs = load_vocabs(run.path) if run.resume and (run.path / VOCAB_FILE).is_file() else None
+        data = load_parallel(data_cfg, saved_vocabs)
+        if saved_vocabs is None:
+            save_vocabs(run.path, data.source_vocab, data.target_vocab)
+        model = build_model(cfg, data.source_vocab, data.target_vocab).to(device)
+        optimizer = build_optimizer(cfg.optim, model.parameters())
+        state: dict[str, Any] = {
+            "step": 0, "epoch": 0, "batch_in_epoch": 0, "metrics_lines": 0, "train_seconds": 0.0,
+            "window_loss": 0.0, "window_batches": 0, "epoch_loss": 0.0, "epoch_batches": 0,
+            "decay_losses": [], "decay_loss": 0.0, "lr": cfg.optim.lr, "best_value": None, "history": [],
+        }  # fmt: skip
+        latest = checkpoints.latest() if run.resume else None
+        if latest is not None:
+            checkpoints.load_weights(model, latest, device)
+            saved = checkpoints.load_state(latest)
+            optimizer.load_state_dict(saved["optimizer"])
+            set_rng_state(saved["rng"])
+            state.update({k: saved[k] for k in state if k in saved})
+        else:
+            checkpoints.save_initial(model)
+        if run.resume:
+            writer.rewind(state["metrics_lines"], state["step"])
+        session.seconds_before = state["train_seconds"]
+        n_params = sum(p.numel() for p in model.parameters())
+        session.message(
+            f"{len(data.train.source):,} training pairs ({data.dropped} longer than the buckets left out), "
+            f"vocabularies {len(data.source_vocab):,} / {len(data.target_vocab):,}, {n_params:,} parameters"
+        )
+        steps_per_epoch = len(_epoch_batches(data, data_cfg, cfg.seed, 0))
+        progress = session.start_progress(steps_per_epoch * trainer.epochs, state["step"])
+        window = torch.tensor(state["window_loss"], dtype=torch.float64)
+
+        def save(reason: str) -> Any:
+            session.check_finite(window.item(), state["step"])
+            session.check_finite_model(model, state["step"])
+            state.update(
+                metrics_lines=writer.lines, train_seconds=session.train_seconds, window_loss=window.item()
+            )
+            payload = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state(), "reason": reason}
+            return checkpoints.save(model, payload, state["step"])
+
+        for epoch in range(state["epoch"], trainer.epochs):
+            batches = _epoch_batches(data, data_cfg, cfg.seed, epoch)
+            model.train()
+            for number in range(state["batch_in_epoch"], len(batches)):
+                loss = token_loss(model, make_batch(data.train, batches[number], device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if trainer.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+                optimizer.step()
+                window += loss.detach().double()  # no host sync per step
+                state["step"] += 1
+                state["window_batches"] += 1
+                state["batch_in_epoch"] = number + 1
+                last = number + 1 == len(batches)
+                if state["step"] % trainer.log_every == 0 or last or state["step"] % trainer.decay_every == 0:
+                    total = window.item()
+                    session.check_finite(total, state["step"])
+                    cost = total / state["window_batches"]
+                    writer.log({"train/cost": cost, "train/perplexity": math.exp(min(cost, 50.0)),
+                                "train/lr": state["lr"]}, state["step"], epoch)  # fmt: skip
+                    progress.update(state["step"], epoch, trainer.epochs, cost)
+                    state["epoch_loss"] += total
+                    state["epoch_batches"] += state["window_batches"]
+                    state["decay_loss"] += total
+                    window.zero_()
+                    state["window_batches"] = 0
+                if state["step"] % trainer.decay_every == 0:
+                    _decay_rule(state, trainer, optimizer)
+                session.stop_if_requested(save)
+                if trainer.checkpoint_every and state["step"] % trainer.checkpoint_every == 0 and not last:
+                    save("periodic")
+
+            # ---- end of epoch: validation perplexity and greedy BLEU; best checkpoint by trainer.monitor
+            epoch_cost = state["epoch_loss"] / max(1, state["epoch_batches"])
+            state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss=0.0, epoch_batches=0)
+            val = perplexity(model, data.val, trainer.eval_batch_size, device)
+            val |= bleu_metrics(
+                model, data.val, data.target_vocab, trainer, output_limit(cfg), device, beam=False
+            )
+            metrics = {"train/epoch_cost": epoch_cost, **{f"val/{k}": v for k, v in val.items()}}
+            writer.log(metrics, state["step"], state["epoch"])
+            state["history"].append({"epoch": state["epoch"], "step": state["step"], **metrics})
+            value = metrics.get(trainer.monitor)
+            if value is None:
+                raise ConfigError(f"trainer.monitor={trainer.monitor!r}; choose from: {', '.join(metrics)}")
+            best = state["best_value"]
+            improved = best is None or (value > best if trainer.monitor_mode == "max" else value < best)
+            if improved:
+                state["best_value"] = value
+            ref = save("epoch")
+            if improved:
+                checkpoints.mark_best(ref, trainer.monitor, value, state["epoch"])
+            session.message(
+                f"epoch {state['epoch']}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
+                + "  ".join(f"val {k} {v:.4g}" for k, v in val.items())
+                + ("  *" if improved else "")
+            )
+
+        # ---- end of training: the best model on the test split, greedy and beam; its attention map
+        if checkpoints.best_info() is not None:
+            checkpoints.load_weights(model, checkpoints.resolve("best"), device)
+        test = perplexity(model, data.test, trainer.eval_batch_size, device)
+        started = time.monotonic()
+        test |= bleu_metrics(
+            model, data.test, data.target_vocab, trainer, output_limit(cfg), device, beam=True
+        )
+        test["decode_seconds"] = time.monotonic() - started
+        final = {
+            **(state["history"][-1] if state["history"] else {}),
+            **{f"test/{k}": v for k, v in test.items()},
+        }
+        summary = {
+            "experiment": cfg.name,
+            "status": "completed",
+            "epochs": state["epoch"],
+            "steps": state["step"],
+            "train_seconds": round(session.train_seconds, 2),
+            "training_pairs": len(data.train.source),
+            "vocabulary": [len(data.source_vocab), len(data.target_vocab)],
+            "final": final,
+            "best": {"metric": trainer.monitor, "value": state["best_value"]},
+            "history": state["history"],
+        }
+        run.write_summary(summary)
+    save_attention_figure(run, model, data, device)
+    session.message(
+        f"done: test perplexity {test['perplexity']:.2f}, BLEU greedy {test['bleu']:.2f}, "
+        f"beam {trainer.beam} {test[f'bleu_beam{trainer.beam}']:.2f} (best by {trainer.monitor}); "
+        f"run dir {run.path}"
+    )
+    return summary
+
+
+def _epoch_batches(data: Any, cfg: TranslationDataConfig, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The minibatches of an epoch: a function of (seed, epoch), so a resumed run replays them exactly."""
+    lengths = data.train.source.lengths, data.train.target.lengths
+    return bucket_batches(*lengths, cfg.buckets, cfg.batch_size, epoch_generator(seed, epoch))
+
+
+def _decay_rule(
+    state: dict[str, Any], trainer: TranslateTrainerConfig, optimizer: torch.optim.Optimizer
+) -> None:
+    """The book's schedule: if this window's loss exceeds the max of the 3 before, lr *= lr_decay."""
+    loss, state["decay_loss"] = state["decay_loss"] / trainer.decay_every, 0.0
+    previous = state["decay_losses"]
+    if trainer.lr_decay < 1.0 and len(previous) > 2 and loss > max(previous[-3:]):
+        state["lr"] *= trainer.lr_decay
+        for group in optimizer.param_groups:
+            group["lr"] = state["lr"]
+    state["decay_losses"] = [*previous[-2:], loss]
+
+
+def save_attention_figure(run: Run, model: Seq2Seq, data: Any, device: torch.device) -> Path:
+    """Book figure 7-33: the attention of the greedy translation of one test sentence."""
+    from fdlcli.analysis.attention import attention_png
+
+    split, row = data.test, min(run.config.trainer.attention_sentence, len(data.test.source) - 1)
+    length = max(1, int(split.source.lengths[row]))
+    source = split.source.ids[row : row + 1, :length].to(device)
+    model.eval()
+    ids, weights = greedy(model, source, torch.tensor([length]), output_limit(run.config))
+    source_words = data.source_vocab.decode(source[0].tolist())
+    if run.config.data.reverse_source:  # show the sentence as it was written
+        source_words, weights = source_words[::-1], weights.flip(2)
+    target_words = [*(data.target_vocab.words[i] for i in ids[0]), "<eos>"][: weights.shape[1]]
+    return attention_png(weights[0].cpu(), source_words, target_words,
+                         run.artifacts_dir / "attention.png")  # fmt: skip
+
+
+# ---- loading a trained run (fdl eval, fdl translate, the latency benchmark) ----------------------
+
+
+def load_model(run: Run, which: str, device: torch.device) -> tuple[Seq2Seq, Vocab, Vocab]:
+    source, target = load_vocabs(run.path)
+    model = build_model(run.config, source, target)
+    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
+    checkpoints.load_weights(model, checkpoints.resolve(which), device)
+    return model.to(device).eval(), source, target
+
+
+def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
+    """``fdl eval``: perplexity and BLEU, greedy and beam, of one split under a saved checkpoint."""
+    cfg = run.config
+    device = resolve_device(cfg.trainer.device)
+    configure_threads(cfg.trainer.threads)
+    model, source, target = load_model(run, which, device)
+    data = load_parallel(cfg.data, vocabs=(source, target))
+    arrays = {"train": data.train, "val": data.val, "test": data.test}[split]
+    metrics = perplexity(model, arrays, cfg.trainer.eval_batch_size, device)
+    metrics |= bleu_metrics(model, arrays, target, cfg.trainer, output_limit(cfg), device, beam=True)
+    metrics = {f"{split}/{k}": v for k, v in metrics.items()}
+    ref = CheckpointManager(run.checkpoint_dir, cfg.name).resolve(which)
+    record = {"checkpoint": ref.name, "split": split, "time": now_iso(), "metrics": metrics}
+    atomic_write_json(run.path / f"eval-{which}-{split}.json", record)
+    return metrics
+
+
+register(
+    ExperimentSpec(
+        name="translate-en-fr",
+        chapter=7,
+        dataset="Multi30k en-fr (Hub: IWSLT2017 or WMT14 by config)",
+        book_result="training perplexity ~6 -> ~4 (WMT'15, 8 GPUs, 4 days)",
+        description="GRU encoder-decoder with Bahdanau attention, buckets, beam search",
+        model_config=Seq2SeqConfig,
+        data_config=TranslationDataConfig,
+        trainer_config=TranslateTrainerConfig,
+        train=train,
+        evaluate=evaluate,
+    )
+)
+
+
+# ---- translating text (fdl translate, the latency benchmark) -------------------------------------
+
+
+@dataclass
+class Translation:
+    source: list[str]  # the words the model read (after truncation), in the order typed
+    hypotheses: list[Hypothesis]  # best first
+    dropped: int  # words cut from an over-long input
+    unknown: list[str]  # input words outside the source vocabulary (read as <unk>)
+
+    def attention(self, rank: int = 0) -> torch.Tensor:
+        """[output words + EOS, source words] in the order typed."""
+        return self.hypotheses[rank].attention
+
+
+class Translator:
+    """A trained run loaded once; ``translate(text)`` handles any string (empty, unknown words, too long)."""
+
+    def __init__(self, run: Run, which: str = "best", device: str = "cpu") -> None:
+        self.run = run
+        self.device = resolve_device(device)
+        self.model, self.source_vocab, self.target_vocab = load_model(run, which, self.device)
+        self.max_words = run.config.data.max_source
+        self.max_output = output_limit(run.config)
+        self.penalty = run.config.trainer.length_penalty
+
+    def translate(self, text: str, beam: int = 5, nbest: int = 1, search: Any = None) -> Translation | None:
+        """None for a line without words; otherwise the ``max(beam, nbest)`` best hypotheses."""
+        # lone surrogates (undecodable bytes read with surrogateescape) become U+FFFD before anything else
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        words = tokenize(text)
+        if not words:
+            return None
+        dropped = max(0, len(words) - self.max_words)
+        words = words[: self.max_words]
+        unknown = [w for w in words if w not in self.source_vocab.index]
+        ids = self.source_vocab.encode(words)
+        reverse = self.run.config.data.reverse_source
+        search = search or beam_search
+        hypotheses = search(
+            self.model, ids[::-1] if reverse else ids, max(beam, nbest), self.max_output, self.penalty
+        )
+        if reverse:  # attention columns back in the order typed
+            for hypothesis in hypotheses:
+                hypothesis.attention = hypothesis.attention.flip(1)
+        return Translation(words, hypotheses[:nbest], dropped, unknown)
+
+    def text(self, hypothesis: Hypothesis) -> str:
+        return detokenize(self.target_vocab.decode(hypothesis.ids))
+
+    def output_words(self, hypothesis: Hypothesis) -> list[str]:
+        """One label per attention row: the output words as generated, then <eos> if it was reached."""
+        words = [self.target_vocab.words[i] for i in hypothesis.ids]
+        return [*words, "<eos>"][: len(hypothesis.attention)]
