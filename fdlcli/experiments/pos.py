@@ -151,7 +151,8 @@ def tag_sentences(
     model.train(was_training)
     out, start = [], 0
     for sentence in sentences:
-        out.append([(w, tag_names[t]) for w, t in zip(sentence, predicted[start : start + len(sentence)])])
+        chunk = predicted[start : start + len(sentence)]
+        out.append([(w, tag_names[t]) for w, t in zip(sentence, chunk, strict=True)])
         start += len(sentence)
     return out
 

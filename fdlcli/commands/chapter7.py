@@ -1,0 +1,79 @@
+"""Chapter 7 commands: ``fdl tag RUN TEXT`` (part-of-speech tags) and ``fdl sentiment RUN TEXT``.
+
+Both read the text from the arguments, or one text per line from stdin when none is given, and need only
+the run directory (weights and artifacts/vocab.json), not the dataset or the embeddings file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fdlcli.errors import UsageError
+
+
+def _texts(text: tuple[str, ...]) -> list[str]:
+    """The arguments joined as one text, or the non-empty lines of stdin."""
+    if text:
+        joined = " ".join(text).strip()
+        if not joined:
+            raise UsageError("the text is empty")
+        return [joined]
+    if sys.stdin.isatty():
+        raise UsageError("give the text as arguments, or pipe lines into stdin")
+    lines = [line.strip() for line in sys.stdin if line.strip()]
+    if not lines:
+        raise UsageError("stdin held no text")
+    return lines
+
+
+def _load_run(run_dir: Path, experiment: str):  # type: ignore[no-untyped-def]
+    from fdlcli import config, runs
+
+    run_dir = runs.resolve_run_dir(run_dir)
+    run_config = config.load_saved(run_dir / runs.CONFIG_FILE)
+    if run_config.name != experiment:
+        raise UsageError(f"{run_dir} is a {run_config.name} run, not a {experiment} one")
+    return runs.Run(path=run_dir, config=run_config)
+
+
+@click.command("tag")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("text", nargs=-1)
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, init or step-N.")
+def tag_cmd(run_dir: Path, text: tuple[str, ...], checkpoint: str) -> None:
+    """Tag TEXT (or each line of stdin) with a trained pos-tagger run: prints word/TAG pairs."""
+    from fdlcli.data.conll import tokenize
+    from fdlcli.experiments.pos import format_tagged, load_tagger, tag_sentences
+
+    texts = _texts(text)
+    run = _load_run(run_dir, "pos-tagger")
+    model, vocab, tag_names = load_tagger(run, checkpoint)
+    sentences = [tokenize(t) for t in texts]
+    if not all(sentences):
+        raise UsageError("a line holds no words to tag")
+    for tagged in tag_sentences(model, vocab, tag_names, sentences, run.config.model):
+        click.echo(format_tagged(tagged))
+
+
+@click.command("sentiment")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("text", nargs=-1)
+@click.option("--checkpoint", default="best", show_default=True, help="best, last, init or step-N.")
+def sentiment_cmd(run_dir: Path, text: tuple[str, ...], checkpoint: str) -> None:
+    """The sentiment of TEXT (or of each line of stdin) by a trained sentiment-lstm run."""
+    from fdlcli.experiments.sentiment import LABELS, classify, load_classifier
+
+    texts = _texts(text)
+    run = _load_run(run_dir, "sentiment-lstm")
+    model, index = load_classifier(run, checkpoint)
+    positive = classify(model, index, texts, run.config.data.max_len).tolist()
+    for line, p in zip(texts, positive, strict=True):
+        label = LABELS[int(p >= 0.5)]
+        shown = line if len(line) <= 60 else line[:57] + "..."
+        click.echo(f"{label}\t{p:.3f}\t{shown}")
+
+
+COMMANDS = [tag_cmd, sentiment_cmd]
