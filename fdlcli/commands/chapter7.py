@@ -1,6 +1,7 @@
-"""Chapter 7 commands: ``fdl tag RUN TEXT`` (part-of-speech tags) and ``fdl sentiment RUN TEXT``.
+"""Chapter 7 commands: ``fdl tag RUN TEXT`` (part-of-speech tags), ``fdl sentiment RUN TEXT``, ``fdl
+pos-corpus OUT`` (a text corpus for offline word vectors) and ``fdl train-val RUN`` (overfitting curves).
 
-Both read the text from the arguments, or one text per line from stdin when none is given, and need only
+``tag`` and ``sentiment`` read the text from the arguments, or one text per line from stdin when none is given, and need only
 the run directory (weights and artifacts/vocab.json), not the dataset or the embeddings file.
 """
 
@@ -101,4 +102,21 @@ def pos_corpus_cmd(out: Path, imdb: bool) -> None:
     click.echo(f"wrote {out}: {len(lines):,} lines, {sum(len(x.split()) for x in lines):,} words")
 
 
-COMMANDS = [tag_cmd, sentiment_cmd, pos_corpus_cmd]
+@click.command("train-val")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: artifacts/train-val.png."
+)
+def train_val_cmd(run_dir: Path, out: Path | None) -> None:
+    """Training and validation cost per epoch and validation accuracy of a run, in one PNG."""
+    from fdlcli import runs
+    from fdlcli.analysis.train_val import train_val_figure
+
+    run_dir = runs.resolve_run_dir(run_dir)
+    out = out or run_dir / "artifacts" / "train-val.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    best, accuracy = train_val_figure(run_dir, out, f"{run_dir.parent.name}: {run_dir.name}")
+    click.echo(f"best epoch {best}: validation accuracy {accuracy:.4f}; wrote {out}")
+
+
+COMMANDS = [tag_cmd, sentiment_cmd, pos_corpus_cmd, train_val_cmd]
