@@ -41,12 +41,15 @@ def train_val_figure(run_dir: Path, out: Path, title: str) -> tuple[int, float]:
     best = max(range(len(accuracy)), key=accuracy.__getitem__)
     right.plot(epochs, accuracy, marker="o", ms=3, lw=1.3, color="tab:green")
     right.axvline(epochs[best], color="grey", lw=0.8, ls="--")
+    late = best >= len(epochs) / 2  # the label goes left of a late best epoch, so it stays inside
     right.annotate(f"best: epoch {epochs[best]}, {accuracy[best]:.2%}", (epochs[best], accuracy[best]),
-                   textcoords="offset points", xytext=(5, -12), fontsize=8)  # fmt: skip
+                   textcoords="offset points", xytext=(-5 if late else 5, -12), fontsize=8,
+                   ha="right" if late else "left")  # fmt: skip
     right.set_xlabel("epoch")
     right.set_ylabel("validation accuracy")
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     save_png(fig, out)

@@ -1,8 +1,9 @@
 """Chapter 7 commands: ``fdl tag RUN TEXT`` (part-of-speech tags), ``fdl sentiment RUN TEXT``, ``fdl
 pos-corpus OUT`` (a text corpus for offline word vectors) and ``fdl train-val RUN`` (overfitting curves).
 
-``tag`` and ``sentiment`` read the text from the arguments, or one text per line from stdin when none is given, and need only
-the run directory (weights and artifacts/vocab.json), not the dataset or the embeddings file.
+``tag`` and ``sentiment`` read the text from the arguments, or one text per line from stdin when none is
+given, and need only the run directory (weights and artifacts/vocab.json), not the dataset or the
+embeddings file.
 """
 
 from __future__ import annotations
