@@ -160,7 +160,7 @@ register(
         chapter=7,
         dataset="IMDB",
         book_result="about 86% test accuracy at the best epoch, then overfitting",
-        description="embedding -> LSTM (packed) -> last output -> BN layer -> 2 classes, Adam",
+        description="embedding -> LSTM (length-bucketed) -> last output -> BN layer -> 2 classes, Adam",
         model_config=SentimentConfig,
         data_config=ImdbDataConfig,
         train=_train,
