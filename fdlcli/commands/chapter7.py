@@ -81,24 +81,29 @@ def sentiment_cmd(run_dir: Path, text: tuple[str, ...], checkpoint: str) -> None
 @click.command("pos-corpus")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--imdb/--no-imdb", default=True, show_default=True, help="Add the IMDB training reviews.")
-def pos_corpus_cmd(out: Path, imdb: bool) -> None:
-    """Write a lower-cased text corpus for word vectors offline (`fdl train skipgram data.file=OUT`):
-    the CoNLL-2000 training sentences (digits as '#'), PTB's training text and, with --imdb, the 25,000
-    IMDB training reviews, tokenized like CoNLL. No test split of CoNLL-2000 goes in."""
+@click.option(
+    "--lowercase", is_flag=True, help="Lower-case everything (default: keep the case, like Google News)."
+)
+def pos_corpus_cmd(out: Path, imdb: bool, lowercase: bool) -> None:
+    """Write a text corpus for word vectors offline (`fdl train skipgram data.file=OUT data.lowercase=false`):
+    the CoNLL-2000 training sentences (digits as '#'), PTB's training text (lower-case already) and, with
+    --imdb, the 25,000 IMDB training reviews, tokenized like CoNLL. No test sentence of CoNLL-2000 goes in."""
     from fdlcli.config import DataConfig
     from fdlcli.data.conll import ConllDataConfig, load_tagged, normalize, tokenize
     from fdlcli.data.hub import load_split
     from fdlcli.runs import atomic_write_text
 
     train, _ = load_tagged(ConllDataConfig(), "train")
-    lines = [" ".join(s).lower() for s in train.sentences]
+    lines = [" ".join(s) for s in train.sentences]
     ptb = load_split("ptb", "ptb_text_only", "train", DataConfig().dir)
     lines += ptb.data.table.column("sentence").to_pylist()
     if imdb:
         reviews = load_split("imdb", "stanfordnlp/imdb", "train").data.table.column("text").to_pylist()
         for review in reviews:
             text = review.replace("<br />", " ")
-            lines.append(" ".join(normalize(w) for w in tokenize(text)).lower())
+            lines.append(" ".join(normalize(w) for w in tokenize(text)))
+    if lowercase:
+        lines = [line.lower() for line in lines]
     atomic_write_text(out, "\n".join(lines) + "\n")
     click.echo(f"wrote {out}: {len(lines):,} lines, {sum(len(x.split()) for x in lines):,} words")
 
