@@ -13,7 +13,8 @@ News vectors. A word is looked up as written, then (``model.lowercase_fallback``
 in neither form gets its own uniform(-0.25, 0.25) vector drawn from a generator seeded by
 (``model.unknown_seed``, CRC-32 of the word), so the same word always gets the same vector: in training,
 in ``fdl eval`` and in ``fdl tag``. ``model.embeddings=null`` starts from such random vectors for every
-word (``model.dim`` of them) and learns them (``model.freeze=false``).
+word (``model.dim`` of them) and learns them. ``model.freeze`` (default: fixed with a file, learned without)
+overrides either way: ``model.freeze=false`` fine-tunes the vectors of a file.
 
 The table holds every word of the training and test splits (the test words' vectors come from the file or
 the seeded draw, never from test labels) and is saved with the weights, so a run tags text without the
@@ -57,7 +58,7 @@ class PosConfig:
     embeddings: str | None = None  # word2vec-format file (text/binary, .gz ok); null = random, learned
     embeddings_format: str = "auto"  # auto (binary for *.bin[.gz]) | text | binary
     dim: int = 300  # embedding size when model.embeddings is null (else the file's)
-    freeze: bool = True  # keep the embeddings fixed (the book); false = fine-tune them
+    freeze: bool | None = None  # fixed embeddings; null: fixed with a file (the book), learned without
     lowercase_fallback: bool = True  # a word missing as written is looked up lower-cased
     unknown_seed: int = 0  # seeds the uniform(-0.25, 0.25) vectors of words missing from the file
     hidden: list[int] = field(default_factory=lambda: [512, 256])
@@ -72,6 +73,10 @@ class PosConfig:
         if self.embeddings is None and self.freeze:
             return "model.embeddings=null needs model.freeze=false (fixed random vectors learn nothing)"
         return None
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze if self.freeze is not None else self.embeddings is not None
 
 
 def unknown_vector(word: str, dim: int, seed: int) -> np.ndarray:
@@ -103,7 +108,7 @@ class WindowTagger(nn.Module):
 
     def __init__(self, table: torch.Tensor, tags: int, cfg: PosConfig) -> None:
         super().__init__()
-        self.embed = nn.Embedding.from_pretrained(table, freeze=cfg.freeze, padding_idx=0)
+        self.embed = nn.Embedding.from_pretrained(table, freeze=cfg.frozen, padding_idx=0)
         layers: list[nn.Module] = []
         width = cfg.window * table.shape[1]
         for hidden in cfg.hidden:
