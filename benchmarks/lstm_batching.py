@@ -5,8 +5,7 @@ real IMDB reviews (cut to 500 tokens):
 - fdl: the training order of ``SentimentClassification.epoch_order`` (groups of ``data.bucket`` batches
   sorted by length, batches shuffled) and each batch cut to its longest review (``model.sequence=cut``);
 - naive: plain random batches, every one run over all 500 positions (``model.sequence=full``), the last
-  real output gathered afterwards (what a padded TF 1.x graph does, except that the book even read the
-  state after the padding).
+  real output gathered afterwards (what a fixed-shape padded TF 1.x graph computes).
 It prints the seconds per step of each, the share of LSTM steps spent on padding, and ends with
 ``ratio <naive seconds / fdl seconds>``.
 

@@ -8,17 +8,19 @@ overfits.
 Padding costs (almost) nothing: training batches are length-bucketed (``data.bucket``: every group of that
 many batches is sorted by review length before it is cut into batches, and the batches are then shuffled)
 and each batch is cut to its longest review. The last output is the LSTM's output at each review's last
-real token (``model.sequence=cut``; the LSTM is causal, so the padding after a review does not change it;
-the book's padded batches read the state after the padding). ``model.sequence=packed`` feeds
-``pack_padded_sequence`` instead (no step on padding at all: the choice on CUDA, where cuDNN runs packed
-batches well; on CPU PyTorch's packed LSTM backward is ~20x slower than the cut one, measured here);
+real token (``model.sequence=cut``; the LSTM is causal, so the padding after a review does not change it,
+whereas a padded batch run without lengths would read the state after the padding).
+``model.sequence=packed`` feeds ``pack_padded_sequence`` instead (no step on padding at all; meant for
+CUDA, where cuDNN runs packed batches natively, not measured here; on this CPU PyTorch's packed LSTM
+backward was ~20x slower than the cut one);
 ``full`` runs every batch over all ``max_len`` positions (the naive baseline of
 ``benchmarks/lstm_batching.py``, with ``data.bucket=0``). The batch-normalized layer is Linear(hidden, 2)
-followed by BatchNorm1d(2), whose output is the logits (the book's ``layer`` also squashed them with a
-sigmoid before the softmax cross-entropy; we leave that out).
+followed by BatchNorm1d(2), whose output is the logits of the softmax cross-entropy (no squashing
+nonlinearity in between).
 
-CPU default: ``model.embed=128 model.hidden=128`` (the book's 512/512 costs ~16x more per step: minutes per
-hundred steps on one CPU thread; ``model=lstm-book`` restores it). Vocabulary and length cap are the book's.
+CPU default: ``model.embed=128 model.hidden=128`` (the book's 512/512 cost ~12x more per step here, 4.8 s
+against 0.39 s in ``benchmarks/lstm_batching.py``; ``model=lstm-book`` restores it). Vocabulary and length
+cap are the book's.
 """
 
 from __future__ import annotations
