@@ -61,6 +61,16 @@ class SupervisedTask(ABC):
     def evaluate(self, model: nn.Module, arrays: Arrays, batch_size: int) -> dict[str, float]:
         """Metrics of one split, without the split prefix (e.g. {"cost": .., "accuracy": ..})."""
 
+    def epoch_order(self, order: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The training indices of an epoch, given a random permutation; consecutive ``batch_size`` slices
+        are its minibatches. A task may regroup them (length bucketing), drawing only from ``generator``
+        so that the order stays a function of (seed, epoch) and resume stays exact."""
+        return order
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> str | None:
+        """Optional text shown (and logged) after each epoch, e.g. the tagger's sample sentence."""
+        return None
+
 
 class ClassificationTask(SupervisedTask):
     """Cross-entropy training and cost/accuracy/error evaluation for (inputs, labels) arrays."""
@@ -178,7 +188,9 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
         if state.epoch >= trainer.epochs:
             session.message(f"run already complete ({state.epoch}/{trainer.epochs} epochs); nothing to train")
         for epoch in range(state.epoch, trainer.epochs):
-            order = torch.randperm(n_train, generator=epoch_generator(cfg.seed, epoch)).to(device)
+            generator = epoch_generator(cfg.seed, epoch)
+            order = task.epoch_order(torch.randperm(n_train, generator=generator), batch_size, generator)
+            order = order.to(device)
             model.train()
             for batch_index in range(state.batch_in_epoch, steps_per_epoch):
                 indices = order[batch_index * batch_size : (batch_index + 1) * batch_size]
@@ -248,6 +260,9 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
                 + "  ".join(f"val {k} {v:.4f}" for k, v in val.items())
                 + ("  *" if improved else "")
             )
+            note = task.after_epoch(model, state.epoch) if distributed.is_main() else None
+            if note:
+                session.message(note)
 
         # ---- end of training: test the final and the best model ----
         if not distributed.is_main():
