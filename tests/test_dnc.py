@@ -70,7 +70,9 @@ def test_links_precedence_and_reads(g: torch.Generator) -> None:
     assert float(new_link.diagonal(dim1=1, dim2=2).abs().max()) == 0.0
     close(dnc.update_precedence(precedence, ww), ref.update_precedence(precedence, ww))
     reads = simplex(B, R, N, generator=g)
-    for fast, slow in zip(dnc.directional_weights(new_link, reads), ref.directional_weights(new_link, reads)):
+    for fast, slow in zip(
+        dnc.directional_weights(new_link, reads), ref.directional_weights(new_link, reads), strict=True
+    ):
         close(fast, slow)
     backward, forward = dnc.directional_weights(new_link, reads)
     content = simplex(B, R, N, generator=g)
