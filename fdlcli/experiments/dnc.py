@@ -97,8 +97,8 @@ class SequenceTask(ABC):
     def evaluate(self, model: DNC, split: str) -> dict[str, float]:
         """Metrics of a split, without its prefix; must include ``error``."""
 
-    def finish(self, model: DNC, run: Run) -> None:
-        """Figures at the end of training."""
+    def finish(self, model: DNC, run: Run) -> None:  # noqa: B027 (optional hook)
+        """Figures at the end of training (none by default)."""
 
 
 def copy_series(cfg: CopyDataConfig, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -323,7 +323,8 @@ def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
                 if improved:
                     checkpoints.mark_best(ref, trainer.monitor, value, 0)
                 session.message(
-                    f"step {step}/{trainer.steps}  val cost {val['val/cost']:.4f}  val error {val['val/error']:.4f}"
+                    f"step {step}/{trainer.steps}  val cost {val['val/cost']:.4f}  "
+                    f"val error {val['val/error']:.4f}"
                     + (f"  failed tasks {val['val/failed_tasks']:.0f}" if "val/failed_tasks" in val else "")
                     + ("  *" if improved else "")
                 )
