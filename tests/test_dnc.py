@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import fdl, metric_records, read_summary, run_dirs
 
 from fdlcli.models import dnc
 from fdlcli.models import dnc_reference as ref
@@ -109,3 +110,94 @@ def test_module_shapes_and_gradients(controller: str) -> None:
     grads = [p.grad for p in model.parameters()]
     assert all(grad is not None and torch.isfinite(grad).all() for grad in grads)
     assert float(model.interface.weight.grad.abs().sum()) > 0  # the memory path is differentiable
+
+
+# ---- bAbI preprocessing on the mirror ----------------------------------------------------------------
+
+
+def test_babi_preprocessing_follows_the_book(mirror):
+    from fdlcli.data.babi import BabiDataConfig, load_babi, parse_stories
+
+    lines = ["1 Mary moved to the bathroom.", "2 Where is Mary? \tbathroom\t1", "3 How do you go? \ts,e\t1 2"]
+    (story,) = parse_stories(lines)
+    expected = "mary moved to the bathroom . where is mary ? - how do you go ? - -"
+    assert story.tokens == expected.split(" ")
+    assert story.answers == ["bathroom", "s", "e"] and story.question == [0, 1, 1]
+
+    cfg = BabiDataConfig(dir=str(mirror), tasks=[3, 19], train_limit=6, eval_limit=4, val_size=2)
+    babi = load_babi(cfg)
+    assert len(babi.lexicon) == 159  # the book's lexicon, '-' '.' '?' included
+    assert babi.sources[19] == "en-10k"
+    assert babi.sources[3].startswith("en (1k")  # task 3's 10k file is missing from the mirror
+    assert len(babi.train) == 12 and len(babi.val) == 4 and len(babi.test) == 8
+    tokens, targets, questions = babi.test.batch(torch.arange(len(babi.test)))
+    dash = babi.lexicon.index("-")
+    inside = torch.arange(tokens.shape[1]) < babi.test.lengths[:, None]  # padding comes after the story
+    assert bool(((targets >= 0) == ((tokens == dash) & inside)).all())  # the loss sees just the '-' steps
+    # path finding: two '-' per question, one question id for both
+    path = babi.test.task == 19
+    answers = questions[path][targets[path] >= 0]
+    assert len(answers) == 2 * len(answers.unique())
+
+
+def test_bad_task_selection_is_a_config_error():
+    from fdlcli.data.babi import task_list
+    from fdlcli.errors import ConfigError
+
+    assert task_list([20, 1, 20]) == [1, 20]
+    for bad in ([0], [21], []):
+        with pytest.raises(ConfigError):
+            task_list(bad)
+
+
+# ---- the experiments, tiny --------------------------------------------------------------------------
+
+TINY_COPY = [
+    "trainer.steps=6",
+    "trainer.eval_every=3",
+    "trainer.log_every=1",
+    "data.eval_size=20",
+    "data.batch_size=4",
+    "model.hidden=16",
+    "trainer.threads=1",
+]
+
+
+def _train(experiment: str, overrides: list[str]) -> None:
+    from fdlcli import launch
+
+    launch.launch(experiment, overrides, multirun=False)
+
+
+def test_dnc_copy_trains_resumes_exactly_and_draws_the_figure(env):
+    from fdlcli import launch
+
+    _train("dnc-copy", TINY_COPY)
+    _train("dnc-copy", [*TINY_COPY[1:], "trainer.steps=3"])
+    straight, cut = run_dirs(env, "dnc-copy")
+    if (cut / "summary.json").exists() and read_summary(cut)["steps"] == 6:
+        straight, cut = cut, straight
+    launch.resume(cut, ["trainer.steps=6"])
+    assert metric_records(straight) == metric_records(cut)  # same minibatches, same updates
+    summary = read_summary(straight)
+    assert summary["steps"] == 6 and 0 <= summary["final"]["test/error"] <= 1
+    assert (straight / "artifacts" / "weightings.png").stat().st_size > 10_000
+
+
+def test_dnc_babi_trains_and_eval_prints_the_task_table(env):
+    result = fdl(
+        "train", "dnc-babi", "data.tasks=[1,20]", "data.train_limit=8", "data.eval_limit=3", "data.val_size=3",
+        "data.batch_size=4", "model.hidden=16", "model.memory_slots=8", "model.word_size=8",
+        "model.read_heads=2", "trainer.steps=2", "trainer.eval_every=1", "trainer.threads=1",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "dnc-babi")
+    assert "qa1" not in result.stdout.split("sources")[-1].split("\n")[0]  # 10k files for tasks 1 and 20
+    assert read_summary(run)["steps"] == 2
+    shown = fdl("eval", str(run), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "DNC paper" in shown.stderr and "1: single supporting fact" in shown.stderr and "9.0" in shown.stderr
+    )
+    assert "test/error" in shown.stdout and "test/failed_tasks" in shown.stdout

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gzip
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,23 +36,19 @@ class BabiDataConfig(DataConfig):
     name: str = "babi"
     hub_id: str = "facebook/babi_qa"
     variant: str = "en-10k"  # en-10k (the book's) | en (1,000 questions per task)
-    tasks: str = "all"  # "all" or a comma-separated list such as "1,2,20"
+    tasks: list[int] = field(default_factory=lambda: list(TASKS))  # e.g. data.tasks=[1,2,20]
     batch_size: int = 16
     val_size: int = 50  # stories per task held out of training for validation (the tail of each file)
     train_limit: int = 0  # stories per task kept for training (0: all)
     eval_limit: int = 0  # stories per task kept for validation and test (0: all)
 
 
-def task_list(spec: str) -> list[int]:
-    if spec.strip() == "all":
-        return list(TASKS)
-    try:
-        tasks = sorted({int(part) for part in spec.split(",") if part.strip()})
-    except ValueError:
-        raise ConfigError(f"data.tasks={spec!r}: use 'all' or task numbers such as '1,2,20'") from None
+def task_list(tasks: list[int]) -> list[int]:
     if not tasks or any(t not in TASKS for t in tasks):
-        raise ConfigError(f"data.tasks={spec!r}: task numbers run from 1 to 20")
-    return tasks
+        raise ConfigError(
+            f"data.tasks={list(tasks)}: choose task numbers from 1 to 20, e.g. data.tasks=[1,2,20]"
+        )
+    return sorted(set(tasks))
 
 
 def _mirror_lines(folder: Path, task: int, split: str) -> list[str] | None:
