@@ -43,7 +43,7 @@ def plot_weightings(
     gates.plot(time, trace["write_gate"].numpy(), label="write gate", color="tab:blue")
     gates.set_ylim(-0.05, 1.05)
     gates.set_title("gates", fontsize=9, loc="left")
-    gates.legend(fontsize=7, loc="upper right", ncol=3)
+    gates.legend(fontsize=7, loc="lower left", ncol=3, framealpha=0.8)
     usage = axes[6]
     usage.imshow(
         trace["usage"].T.numpy(), aspect="auto", cmap="Purples", interpolation="nearest", vmin=0, vmax=1
