@@ -197,24 +197,24 @@ def load_babi(cfg: BabiDataConfig) -> Babi:
     """Parse the selected tasks; the lexicon always covers all 20 tasks, so models trained on different
     task selections share input and output sizes (159 words with en-10k, as the book says)."""
     tasks = task_list(cfg.tasks)
-    train, val, test, words = [], [], [], set()
+    train, val, test = [], [], []
+    words: set[str] = set()
     sources: dict[int, str] = {}
     for task in TASKS:
         train_lines, sources[task] = raw_lines(cfg, task, "train")
-        train_stories = parse_stories(train_lines)
-        test_stories = parse_stories(raw_lines(cfg, task, "test")[0])
-        for story in train_stories + test_stories:
-            words.update(story.tokens)
-            words.update(story.answers)
+        test_lines = raw_lines(cfg, task, "test")[0]
+        for lines in (train_lines, test_lines):  # every word of the file, answers included
+            words.update(TOKEN.findall("\n".join(lines).lower()))
         if task not in tasks:
             continue
+        train_stories, test_stories = parse_stories(train_lines), parse_stories(test_lines)
         held = min(cfg.val_size, len(train_stories) // 2)
         kept, heldout = train_stories[: len(train_stories) - held], train_stories[len(train_stories) - held :]
         limit = lambda items, n: items[:n] if n else items  # noqa: E731
         train += [(task, s) for s in limit(kept, cfg.train_limit)]
         val += [(task, s) for s in limit(heldout, cfg.eval_limit)]
         test += [(task, s) for s in limit(test_stories, cfg.eval_limit)]
-    lexicon = sorted(words)
+    lexicon = sorted(words | {ANSWER})
     index = {word: i for i, word in enumerate(lexicon)}
     return Babi(
         lexicon=lexicon,
