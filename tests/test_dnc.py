@@ -3,6 +3,8 @@ gradients, the bAbI preprocessing on the mirror, and short dnc-copy / dnc-babi r
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import fdl, metric_records, read_summary, run_dirs
@@ -201,4 +203,5 @@ def test_dnc_babi_trains_and_eval_prints_the_task_table(env, capsys):
     table = capsys.readouterr().err
     assert "DNC paper" in table and "1: single supporting fact" in table and "9.0" in table
     assert 0 <= metrics["test/error"] <= 1 and metrics["test/failed_tasks"] in (0.0, 1.0, 2.0)
-    assert (run / "eval-best-test.json").is_file()
+    saved = json.loads((run / "eval-best-test.json").read_text())["metrics"]
+    assert saved["test/error"] == metrics["test/error"] and "test/error_task20" in saved

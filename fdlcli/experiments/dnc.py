@@ -358,11 +358,11 @@ def evaluate(run: Run, which: str, split: str, task_class: type[SequenceTask]) -
     checkpoints.load_weights(model, ref, device)
     model.eval()
     metrics = {f"{split}/{k}": v for k, v in task.evaluate(model, split).items()}
-    if isinstance(task, BabiTask):
-        print_task_table(metrics, split, task.babi.tasks, ref.name, ref.step)
-        metrics = {k: v for k, v in metrics.items() if "error_task" not in k}  # the table shows them
     record = {"checkpoint": ref.name, "split": split, "time": now_iso(), "metrics": metrics}
     atomic_write_json(run.path / f"eval-{which}-{split}.json", record)
+    if isinstance(task, BabiTask):
+        print_task_table(metrics, split, task.babi.tasks, ref.name, ref.step)
+        return {k: v for k, v in metrics.items() if "error_task" not in k}  # the table shows those
     return metrics
 
 
