@@ -205,3 +205,9 @@ def test_dnc_babi_trains_and_eval_prints_the_task_table(env, capsys):
     assert 0 <= metrics["test/error"] <= 1 and metrics["test/failed_tasks"] in (0.0, 1.0, 2.0)
     saved = json.loads((run / "eval-best-test.json").read_text())["metrics"]
     assert saved["test/error"] == metrics["test/error"] and "test/error_task20" in saved
+
+
+def test_bad_dnc_values_are_one_line_errors(env):
+    result = fdl("train", "dnc-babi", "data.tasks=[0,21]", "trainer.steps=0", env=env)
+    assert result.returncode == 2 and "data.tasks" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(env, "dnc-babi") == []  # rejected before any run directory exists

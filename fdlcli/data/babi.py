@@ -42,6 +42,13 @@ class BabiDataConfig(DataConfig):
     train_limit: int = 0  # stories per task kept for training (0: all)
     eval_limit: int = 0  # stories per task kept for validation and test (0: all)
 
+    def check(self) -> str | None:
+        if self.variant not in ("en-10k", "en"):
+            return f"data.variant={self.variant!r}; choose from: en-10k, en"
+        if not self.tasks or any(t not in TASKS for t in self.tasks):
+            return f"data.tasks={list(self.tasks)}: task numbers run from 1 to 20, e.g. data.tasks=[1,2,20]"
+        return None
+
 
 def task_list(tasks: list[int]) -> list[int]:
     if not tasks or any(t not in TASKS for t in tasks):

@@ -36,7 +36,6 @@ from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
 from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
 from fdlcli.engine.session import run_session
-from fdlcli.errors import ConfigError
 from fdlcli.models.dnc import DNC, DNCConfig
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_json, now_iso
@@ -76,6 +75,11 @@ class DNCTrainerConfig(TrainerConfig):
     monitor: str = "val/error"
     monitor_mode: str = "min"
     histograms: bool = False
+
+    def check(self) -> str | None:
+        if self.steps <= 0 or self.eval_every <= 0:
+            return f"trainer.steps={self.steps} and trainer.eval_every={self.eval_every} must be positive"
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,23 +390,14 @@ def print_task_table(metrics: dict[str, float], split: str, tasks: list[int], na
     Console(stderr=True).print(table)
 
 
-def _check(run_config: RunConfig) -> None:
-    if run_config.trainer.steps <= 0 or run_config.trainer.eval_every <= 0:
-        raise ConfigError("trainer.steps and trainer.eval_every must be positive")
-
-
 def _spec(name: str, task_class: type[SequenceTask], **fields: Any) -> ExperimentSpec:
-    def train_run(run: Run) -> dict[str, Any]:
-        _check(run.config)
-        return train(run, task_class)
-
     return register(
         ExperimentSpec(
             name=name,
             chapter=8,
             model_config=DNCConfig,
             trainer_config=DNCTrainerConfig,
-            train=train_run,
+            train=lambda run: train(run, task_class),
             evaluate=lambda run, which, split: evaluate(run, which, split, task_class),
             **fields,
         )
