@@ -261,6 +261,8 @@ def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
             "train_seconds": 0.0,
             "best": None,
             "history": [],
+            "window_sum": 0.0,  # a logging window cut by an interruption resumes where it was
+            "window_steps": 0,
         }
         if run.resume and checkpoints.latest() is not None:
             latest = checkpoints.latest()
@@ -275,17 +277,18 @@ def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
             writer.rewind(state["metrics_lines"], state["step"])
         session.seconds_before = state["train_seconds"]
         if isinstance(task, BabiTask):
+            other = [f"qa{t} {s}" for t, s in task.babi.sources.items() if s != cfg.data.variant]
             session.message(
                 f"bAbI tasks {task.babi.tasks}: {len(task.babi.train):,} training stories, lexicon "
-                f"{len(task.babi.lexicon)} words; sources "
-                + ", ".join(f"qa{t} {s}" for t, s in task.babi.sources.items() if s != cfg.data.variant)
+                f"{len(task.babi.lexicon)} words; files {cfg.data.variant}"
+                + (f" except {', '.join(other)}" if other else "")
             )
         progress = session.start_progress(trainer.steps, state["step"])
-        window = torch.zeros((), dtype=torch.float64)
-        window_steps = 0
+        window = torch.tensor(state["window_sum"], dtype=torch.float64)
 
         def save(reason: str) -> Any:
             session.check_finite_model(model, state["step"])
+            state["window_sum"] = window.item()
             state["metrics_lines"] = writer.lines
             state["train_seconds"] = session.train_seconds
             payload = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state(), "reason": reason}
@@ -301,15 +304,15 @@ def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
             optimizer.step()
             state["step"] += 1
             window += loss.detach().double().cpu()
-            window_steps += 1
+            state["window_steps"] += 1
             step = state["step"]
             if step % trainer.log_every == 0 or step == trainer.steps:
-                cost = window.item() / window_steps
+                cost = window.item() / state["window_steps"]
                 session.check_finite(cost, step)
                 writer.log({"train/cost": cost}, step, 0)
                 progress.update(step, 0, 1, cost)
                 window.zero_()
-                window_steps = 0
+                state["window_steps"] = 0
             session.stop_if_requested(save)
             if step % trainer.eval_every == 0 or step == trainer.steps:
                 model.eval()
