@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from fdlcli.engine import distributed
 from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef, ReadOnlyCheckpoints
 from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.seed import set_rng_state
 from fdlcli.engine.signals import StopFlag, graceful_stop
 from fdlcli.engine.tracking import ConsoleProgress, MetricsWriter, NullWriter, log, setup_run_logging
 from fdlcli.errors import TrainingDiverged, TrainingInterrupted
@@ -55,6 +57,36 @@ class Session:
         else:
             print(text, flush=True)
             log.info(text)
+
+    def restore_or_start(
+        self,
+        model: torch.nn.Module,
+        state: dict[str, Any],
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> dict[str, Any] | None:
+        """Resume from the latest checkpoint, or start fresh, for loops that keep their counters in a dict.
+
+        On resume: the weights, the optimizer and torch RNG state (when saved), and the saved value of
+        every key of ``state`` (updated in place); on a fresh start (or a resumed run killed before its
+        first checkpoint) the step-0 weights are saved. The metrics log is rewound to the checkpoint
+        and the training time of earlier processes carried over. Returns the saved trainer state, if any.
+        """
+        latest = self.checkpoints.latest() if self.run.resume else None
+        saved = None
+        if latest is not None:
+            self.checkpoints.load_weights(model, latest, self.device)
+            saved = self.checkpoints.load_state(latest)
+            if optimizer is not None:
+                optimizer.load_state_dict(saved["optimizer"])
+            if "rng" in saved:
+                set_rng_state(saved["rng"])
+            state.update({key: saved[key] for key in state if key in saved})
+        else:
+            self.checkpoints.save_initial(model)
+        if self.run.resume:
+            self.writer.rewind(state["metrics_lines"], state["step"])
+        self.seconds_before = state["train_seconds"]
+        return saved
 
     def stop_if_requested(self, save: Callable[[str], CheckpointRef]) -> None:
         """After a Ctrl-C or SIGTERM: checkpoint with ``save`` and stop with a resume hint."""

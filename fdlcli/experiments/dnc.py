@@ -34,7 +34,7 @@ from fdlcli.data.babi import Babi, BabiDataConfig, BabiSplit, load_babi
 from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
-from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
+from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.models.dnc import DNC, DNCConfig
 from fdlcli.registry import ExperimentSpec, register
@@ -264,18 +264,7 @@ def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
             "window_sum": 0.0,  # a logging window cut by an interruption resumes where it was
             "window_steps": 0,
         }
-        if run.resume and checkpoints.latest() is not None:
-            latest = checkpoints.latest()
-            checkpoints.load_weights(model, latest, session.device)
-            saved = checkpoints.load_state(latest)
-            optimizer.load_state_dict(saved["optimizer"])
-            set_rng_state(saved["rng"])
-            state.update({k: saved[k] for k in state if k in saved})
-        else:
-            checkpoints.save_initial(model)
-        if run.resume:
-            writer.rewind(state["metrics_lines"], state["step"])
-        session.seconds_before = state["train_seconds"]
+        session.restore_or_start(model, state, optimizer)
         if isinstance(task, BabiTask):
             other = [f"qa{t} {s}" for t, s in task.babi.sources.items() if s != cfg.data.variant]
             session.message(

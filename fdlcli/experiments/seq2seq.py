@@ -53,7 +53,7 @@ from fdlcli.data.translation import (
 from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
-from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
+from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
@@ -460,18 +460,7 @@ def train(run: Run) -> dict[str, Any]:
             "window_loss": 0.0, "window_batches": 0, "epoch_loss": 0.0, "epoch_batches": 0,
             "decay_losses": [], "decay_loss": 0.0, "lr": cfg.optim.lr, "best_value": None, "history": [],
         }  # fmt: skip
-        latest = checkpoints.latest() if run.resume else None
-        if latest is not None:
-            checkpoints.load_weights(model, latest, device)
-            saved = checkpoints.load_state(latest)
-            optimizer.load_state_dict(saved["optimizer"])
-            set_rng_state(saved["rng"])
-            state.update({k: saved[k] for k in state if k in saved})
-        else:
-            checkpoints.save_initial(model)
-        if run.resume:
-            writer.rewind(state["metrics_lines"], state["step"])
-        session.seconds_before = state["train_seconds"]
+        session.restore_or_start(model, state, optimizer)
         n_params = sum(p.numel() for p in model.parameters())
         session.message(
             f"{len(data.train.source):,} training pairs ({data.dropped} longer than the buckets left out), "

@@ -313,16 +313,7 @@ def train(run: Run) -> dict[str, Any]:
             "window_pairs": 0,
             "history": [],
         }
-        if run.resume and checkpoints.latest() is not None:
-            latest = checkpoints.latest()
-            checkpoints.load_weights(model, latest)
-            saved = checkpoints.load_state(latest)
-            state.update({k: saved[k] for k in state if k in saved})
-        else:
-            checkpoints.save_initial(model)
-        if run.resume:
-            writer.rewind(state["metrics_lines"], state["step"])
-        session.seconds_before = state["train_seconds"]
+        session.restore_or_start(model, state)
         progress = session.start_progress(total_steps, state["step"])
         session.message(
             f"corpus {len(corpus.ids):,} words, vocabulary {len(corpus.words):,}; "
