@@ -196,6 +196,17 @@ class Run:
         meta.update(fields)
         atomic_write_json(path, meta)
 
+    def write_eval(
+        self, which: str, checkpoint: str, metrics: dict[str, Any], split: str | None = None
+    ) -> Path:
+        """Record an ``fdl eval`` result atomically as ``eval-<which>[-<split>].json``; return its path."""
+        record: dict[str, Any] = {"checkpoint": checkpoint, "time": now_iso(), "metrics": metrics}
+        if split is not None:
+            record["split"] = split
+        path = self.path / (f"eval-{which}-{split}.json" if split is not None else f"eval-{which}.json")
+        atomic_write_json(path, record)
+        return path
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / SUMMARY_FILE, summary)
 

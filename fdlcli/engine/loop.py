@@ -38,7 +38,7 @@ from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_json, now_iso
+from fdlcli.runs import Run
 
 
 class SupervisedTask(ABC):
@@ -354,6 +354,5 @@ def evaluate_checkpoint(task: SupervisedTask, run: Run, which: str, split: str) 
     metrics = {
         f"{split}/{k}": v for k, v in task.evaluate(model, arrays, cfg.trainer.eval_batch_size).items()
     }
-    record = {"checkpoint": ref.name, "split": split, "time": now_iso(), "metrics": metrics}
-    atomic_write_json(run.path / f"eval-{which}-{split}.json", record)
+    run.write_eval(which, ref.name, metrics, split)
     return metrics

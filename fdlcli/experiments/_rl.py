@@ -27,7 +27,7 @@ from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.session import Session
 from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_json, now_iso
+from fdlcli.runs import Run
 
 
 @dataclass
@@ -308,8 +308,7 @@ def evaluate_run(run: Run, which: str, split: str) -> dict[str, float]:
         device=device,
     )
     metrics = episode_metrics(episodes)
-    record = {"checkpoint": which, "time": now_iso(), "metrics": metrics}
-    atomic_write_json(run.path / f"eval-{which}-episodes.json", record)
+    run.write_eval(which, which, metrics, "episodes")
     return metrics
 
 

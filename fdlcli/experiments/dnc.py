@@ -38,7 +38,7 @@ from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.models.dnc import DNC, DNCConfig
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_json, now_iso
+from fdlcli.runs import Run
 
 # DNC paper (Graves et al. 2016), Extended Data Table 1: mean test error (%) of 20 runs, bAbI en-10k
 PAPER_MEAN_ERROR = {
@@ -354,8 +354,7 @@ def evaluate(run: Run, which: str, split: str, task_class: type[SequenceTask]) -
     checkpoints.load_weights(model, ref, device)
     model.eval()
     metrics = {f"{split}/{k}": v for k, v in task.evaluate(model, split).items()}
-    record = {"checkpoint": ref.name, "split": split, "time": now_iso(), "metrics": metrics}
-    atomic_write_json(run.path / f"eval-{which}-{split}.json", record)
+    run.write_eval(which, ref.name, metrics, split)
     if isinstance(task, BabiTask):
         print_task_table(metrics, split, task.babi.tasks, ref.name, ref.step)
         return {k: v for k, v in metrics.items() if "error_task" not in k}  # the table shows those

@@ -57,7 +57,7 @@ from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_json, now_iso
+from fdlcli.runs import Run
 
 
 @dataclass
@@ -632,8 +632,7 @@ def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
     metrics |= bleu_metrics(model, arrays, target, cfg.trainer, output_limit(cfg), device, beam=True)
     metrics = {f"{split}/{k}": v for k, v in metrics.items()}
     ref = CheckpointManager(run.checkpoint_dir, cfg.name).resolve(which)
-    record = {"checkpoint": ref.name, "split": split, "time": now_iso(), "metrics": metrics}
-    atomic_write_json(run.path / f"eval-{which}-{split}.json", record)
+    run.write_eval(which, ref.name, metrics, split)
     return metrics
 
 

@@ -36,7 +36,7 @@ from fdlcli.engine.seed import rng_state, seed_everything, set_rng_state
 from fdlcli.engine.session import run_session
 from fdlcli.errors import CheckpointError, ConfigError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_json, now_iso
+from fdlcli.runs import Run
 
 # torchvision's VGG-19 ("vgg19-dcbb9e9d.pth"): the file behind weights=download
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -337,8 +337,7 @@ def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
     checkpoints.load_weights(canvas, ref, device)
     with torch.no_grad():
         metrics = {f"loss/{k}": v.item() for k, v in losses(canvas.pixels).items()}
-    record = {"checkpoint": ref.name, "time": now_iso(), "metrics": metrics}
-    atomic_write_json(run.path / f"eval-{which}.json", record)
+    run.write_eval(which, ref.name, metrics)
     return metrics
 
 

@@ -48,7 +48,7 @@ from fdlcli.engine.seed import epoch_generator, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError, DataUnavailableError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_json, atomic_write_text, now_iso
+from fdlcli.runs import Run, atomic_write_text
 
 EVAL_FOLDER = "word2vec-eval"  # in the data mirror: questions-words.txt and wordsim353.tsv
 
@@ -422,9 +422,7 @@ def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
     if folder is None:
         raise DataUnavailableError("no word2vec-eval folder: set FDL_DATA_DIR or trainer.eval_dir")
     metrics = word_quality(model.embed, corpus.index, folder)
-    atomic_write_json(
-        run.path / f"eval-{which}.json", {"checkpoint": ref.name, "time": now_iso(), "metrics": metrics}
-    )
+    run.write_eval(which, ref.name, metrics)
     return metrics
 
 
