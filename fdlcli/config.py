@@ -64,6 +64,12 @@ class OptimConfig:
     eps: float = 1e-8
     alpha: float = 0.99  # RMSProp decay rate
     initial_accumulator_value: float = 0.0  # AdaGrad
+    # Learning-rate schedule over the whole run, a pure function of the step (so resume stays exact):
+    # constant (the book) | cosine (to min_lr_ratio * lr) | linear (to min_lr_ratio * lr); warmup_steps of
+    # linear warm-up first. Honoured by the epoch loop (``fdl train`` of the supervised experiments).
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -97,6 +103,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "trainer.precision": ("32", "bf16"),
     "trainer.monitor_mode": ("max", "min"),
     "optim.name": ("sgd", "adagrad", "rmsprop", "adam", "adamw"),
+    "optim.schedule": ("constant", "cosine", "linear"),
 }
 _POSITIVE = (
     "trainer.devices",
@@ -116,6 +123,8 @@ _NON_NEGATIVE = (
     "optim.weight_decay",
     "optim.eps",
     "trainer.grad_clip",
+    "optim.warmup_steps",
+    "optim.min_lr_ratio",
     "seed",
 )
 

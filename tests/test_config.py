@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from fdlcli import config, registry
@@ -119,3 +121,28 @@ def test_conf_ships_inside_the_wheel(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for yaml in (REPO / "conf").rglob("*.yaml"):
         assert f"fdlcli/conf/{yaml.relative_to(REPO / 'conf').as_posix()}" in names
+
+
+def test_learning_rate_schedules():
+    from fdlcli.engine.optim import build_optimizer, scheduled_lr
+
+    constant = config.validate(config.compose("cnn-mnist", [])).optim
+    assert constant.schedule == "constant"  # the book's rule stays the default
+    assert {scheduled_lr(constant, step, 100) for step in (0, 50, 99)} == {constant.lr}
+    cosine = config.validate(
+        config.compose(
+            "cnn-mnist", ["optim.schedule=cosine", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1"]
+        )
+    ).optim
+    lrs = [scheduled_lr(cosine, step, 110) for step in range(110)]
+    assert lrs[0] == pytest.approx(cosine.lr / 10) and lrs[9] == pytest.approx(cosine.lr)  # warm-up
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))  # then never rises
+    assert lrs[60] == pytest.approx(cosine.lr * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert lrs[-1] == pytest.approx(cosine.lr * 0.1, rel=1e-2)  # ends at the floor
+    linear = config.validate(config.compose("cnn-mnist", ["optim.schedule=linear"])).optim
+    assert scheduled_lr(linear, 50, 100) == pytest.approx(linear.lr / 2)
+    # a loop with its own lr rule refuses a schedule instead of silently ignoring it
+    with pytest.raises(ConfigError, match=r"optim\.schedule"):
+        build_optimizer(cosine, [torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ConfigError, match=r"optim\.schedule"):
+        config.validate(config.compose("cnn-mnist", ["optim.schedule=exponential"]))

@@ -33,7 +33,7 @@ from fdlcli.data.tensors import Arrays, ArraySplits, minibatches
 from fdlcli.engine import distributed
 from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
 from fdlcli.engine.devices import autocast, configure_threads, resolve_device
-from fdlcli.engine.optim import build_optimizer
+from fdlcli.engine.optim import build_optimizer, scheduled_lr, set_lr
 from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError
@@ -132,7 +132,7 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
         model = task.build_model()  # initialization draws from the freshly seeded global RNG
         data = task.load_data().to(device)
         model.to(device)
-        optimizer = build_optimizer(cfg.optim, model.parameters())
+        optimizer = build_optimizer(cfg.optim, model.parameters(), scheduled=True)
 
         state = TrainState()
         if run.resume:
@@ -168,7 +168,8 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
         n_train = len(data.train[0])
         batch_size = cfg.data.batch_size
         steps_per_epoch = math.ceil(n_train / batch_size)
-        progress = session.start_progress(steps_per_epoch * trainer.epochs, state.step)
+        total_steps = steps_per_epoch * trainer.epochs
+        progress = session.start_progress(total_steps, state.step)
         window_sum = torch.tensor(state.window_cost_sum, dtype=torch.float64, device=device)
 
         def save(reason: str) -> CheckpointRef:
@@ -202,6 +203,7 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
                 (loss * weight if parallel else loss).backward()
                 if trainer.grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
+                set_lr(optimizer, scheduled_lr(cfg.optim, state.step, total_steps))
                 optimizer.step()
                 state.step += 1
                 state.batch_in_epoch = batch_index + 1
@@ -216,7 +218,10 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
                     window_total = window_sum.item()
                     session.check_finite(window_total, state.step)
                     window_cost = window_total / state.window_batches
-                    writer.log({"train/cost": window_cost}, state.step, epoch)
+                    logged = {"train/cost": window_cost}
+                    if cfg.optim.schedule != "constant" or cfg.optim.warmup_steps:
+                        logged["train/lr"] = optimizer.param_groups[0]["lr"]
+                    writer.log(logged, state.step, epoch)
                     state.epoch_cost_sum += window_total
                     state.epoch_batches += state.window_batches
                     window_sum.zero_()

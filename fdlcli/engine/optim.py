@@ -1,15 +1,50 @@
-"""Optimizers from the typed ``optim`` config group (the book's chapter-4 line-up)."""
+"""Optimizers from the typed ``optim`` config group (the book's chapter-4 line-up) and the learning-rate
+schedule.
+
+The schedule is a pure function of the global step rather than a stateful torch scheduler: the
+checkpoint's step is all a resumed run needs to continue on exactly the same learning rates.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 
 from fdlcli.config import OptimConfig
+from fdlcli.errors import ConfigError
 
 
-def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def scheduled_lr(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """The learning rate of minibatch ``step`` (0-based) of a run of ``total_steps`` minibatches."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return floor + (cfg.lr - floor) * (1.0 - progress)  # linear
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def build_optimizer(
+    cfg: OptimConfig, params: Iterable[torch.nn.Parameter], scheduled: bool = False
+) -> torch.optim.Optimizer:
+    """``scheduled``: the caller applies :func:`scheduled_lr` each step; loops that do not refuse a
+    schedule instead of silently training at a constant rate."""
+    if not scheduled and (cfg.schedule != "constant" or cfg.warmup_steps):
+        raise ConfigError(
+            f"optim.schedule={cfg.schedule} / optim.warmup_steps={cfg.warmup_steps}: this experiment's "
+            "training loop has its own learning-rate rule; use optim.schedule=constant optim.warmup_steps=0"
+        )
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
