@@ -17,6 +17,23 @@ MIRROR = Path(os.environ.get("FDL_DATA_DIR") or REPO.parent / "shared" / "data")
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
     os.environ["HF_DATASETS_OFFLINE"] = "1"
+    _pin_xdist_worker()
+
+
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist, give each worker its own share of the CPUs.
+
+    fdl's automatic thread count is the CPUs this process may use; without pinning, two workers on two
+    cores would each start two intra-op threads, and OpenMP threads that share a core with another busy
+    thread slow down 20-40x (docs/RESULTS.md, Speed). The subprocesses a test starts inherit the mask.
+    """
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    index, workers = int(worker.removeprefix("gw")), int(count)
+    if workers > 1 and len(cpus) >= workers:
+        os.sched_setaffinity(0, cpus[index % workers :: workers])
 
 
 @pytest.fixture(scope="session")
