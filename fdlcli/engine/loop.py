@@ -226,7 +226,7 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
                     state.epoch_batches += state.window_batches
                     window_sum.zero_()
                     state.window_batches = 0
-                    progress.update(state.step, epoch, trainer.epochs, window_cost)
+                    progress.update(state.step, window_cost, epoch, trainer.epochs)
                 session.stop_if_requested(save)
                 if (
                     trainer.checkpoint_every

@@ -43,9 +43,16 @@ class Session:
     def train_seconds(self) -> float:
         return self.seconds_before + time.monotonic() - self.started
 
-    def start_progress(self, total_steps: int, done_steps: int) -> ConsoleProgress:
+    def start_progress(
+        self, total_steps: int, done_steps: int, unit: str = "step", value_name: str = "cost"
+    ) -> ConsoleProgress:
         self.progress = ConsoleProgress(
-            total_steps, done_steps, self.run.config.trainer.print_every_s, quiet=not distributed.is_main()
+            total_steps,
+            done_steps,
+            self.run.config.trainer.print_every_s,
+            quiet=not distributed.is_main(),
+            unit=unit,
+            value_name=value_name,
         )
         return self.progress
 

@@ -129,8 +129,11 @@ class ConsoleProgress:
         print_every_s: float,
         console: Console | None = None,
         quiet: bool = False,  # data-parallel ranks other than 0 show nothing
+        unit: str = "step",  # what the count counts: step, episode, iteration
+        value_name: str = "cost",  # what update()'s value is: cost, loss, return
     ):
         self.console = console or Console(stderr=False)
+        self.unit, self.value_name = unit, value_name
         self.quiet = quiet
         self.interactive = sys.stdout.isatty() and self.console.is_terminal and not quiet
         self.total = total_steps
@@ -139,27 +142,32 @@ class ConsoleProgress:
         self._progress: Progress | None = None
         if self.interactive:
             self._progress = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}"),
+                TextColumn("[bold]{task.fields[stage]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("cost {task.fields[cost]}"),
+                TextColumn(value_name + " {task.fields[value]}"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )
             self._task = self._progress.add_task(
-                "train", total=total_steps, completed=start_step, epoch="-", cost="-"
+                "train", total=total_steps, completed=start_step, stage=f"{unit}s", value="-"
             )
             self._progress.start()
 
-    def update(self, step: int, epoch: int, epochs: int, cost: float | None) -> None:
-        cost_text = f"{cost:.4f}" if cost is not None else "-"
+    def update(
+        self, step: int, value: float | None, epoch: int | None = None, epochs: int | None = None
+    ) -> None:
+        """``step`` of the total; ``epoch`` (0-based) of ``epochs`` for loops that have epochs."""
+        value_text = f"{value:.4f}" if value is not None else "-"
+        stage = f"epoch {epoch + 1}/{epochs}" if epoch is not None else f"{self.unit}s"
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, epoch=f"{epoch + 1}/{epochs}", cost=cost_text)
+            self._progress.update(self._task, completed=step, stage=stage, value=value_text)
         elif not self.quiet and time.monotonic() - self._last_print >= self.print_every_s:
             self._last_print = time.monotonic()
-            print(f"epoch {epoch + 1}/{epochs} step {step}/{self.total} cost {cost_text}", flush=True)
+            where = f"{stage} " if epoch is not None else ""
+            print(f"{where}{self.unit} {step}/{self.total} {self.value_name} {value_text}", flush=True)
 
     def message(self, text: str) -> None:
         if self._progress is not None:

@@ -299,7 +299,7 @@ def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
                 cost = window.item() / state["window_steps"]
                 session.check_finite(cost, step)
                 writer.log({"train/cost": cost}, step, 0)
-                progress.update(step, 0, 1, cost)
+                progress.update(step, cost)
                 window.zero_()
                 state["window_steps"] = 0
             session.stop_if_requested(save)

@@ -331,7 +331,7 @@ def train(run: Run) -> dict[str, Any]:
         final = np.zeros(n, dtype=bool)  # obs is the last of an episode: the next step is a reset step
         episode_return = np.zeros(n)
         learn_from = counters.step + trainer.learning_starts
-        progress = session.start_progress(trainer.total_steps, counters.step)
+        progress = session.start_progress(trainer.total_steps, counters.step, value_name="loss")
         loss_sum, q_sum, window = 0.0, 0.0, 0
         clock, cpu_clock, clock_step = time.monotonic(), time.process_time(), counters.step
 
@@ -398,7 +398,7 @@ def train(run: Run) -> dict[str, Any]:
                         )
                         loss_sum, q_sum, window = 0.0, 0.0, 0
                         clock, cpu_clock, clock_step = time.monotonic(), time.process_time(), counters.step
-                        progress.update(counters.step, 0, 1, loss_value)
+                        progress.update(counters.step, loss_value)
             if counters.step // trainer.target_update_every > before // trainer.target_update_every:
                 agent.sync_target(trainer.target_tau)
             session.stop_if_requested(save)

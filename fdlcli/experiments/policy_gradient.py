@@ -181,7 +181,9 @@ def train(run: Run) -> dict[str, Any]:
             return save_checkpoint(session, net, optimizer, tracker, tracker.episodes, reason, **counters)
 
         envs = make_vector_env(trainer.env, trainer.batch_episodes, trainer.max_episode_steps)
-        progress = session.start_progress(trainer.episodes, tracker.episodes)
+        progress = session.start_progress(
+            trainer.episodes, tracker.episodes, unit="episode", value_name="mean return"
+        )
 
         def done() -> bool:
             solved = trainer.stop_when_solved and tracker.solved_at is not None
@@ -222,7 +224,7 @@ def train(run: Run) -> dict[str, Any]:
                 tracker.episodes,
                 0,
             )
-            progress.update(tracker.episodes, 0, 1, tracker.average)
+            progress.update(tracker.episodes, tracker.average)
             session.stop_if_requested(save)
 
             if batch % math.ceil(trainer.eval_every / trainer.batch_episodes) == 0 or done():

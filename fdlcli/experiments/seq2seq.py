@@ -500,7 +500,7 @@ def train(run: Run) -> dict[str, Any]:
                     cost = total / state["window_batches"]
                     writer.log({"train/cost": cost, "train/perplexity": math.exp(min(cost, 50.0)),
                                 "train/lr": state["lr"]}, state["step"], epoch)  # fmt: skip
-                    progress.update(state["step"], epoch, trainer.epochs, cost)
+                    progress.update(state["step"], cost, epoch, trainer.epochs)
                     state["epoch_loss"] += total
                     state["epoch_batches"] += state["window_batches"]
                     state["decay_loss"] += total

@@ -289,7 +289,7 @@ def train(run: Run) -> dict[str, Any]:
             }
             return checkpoints.save(canvas, state, step)
 
-        progress = session.start_progress(cfg.iterations, step)
+        progress = session.start_progress(cfg.iterations, step, unit="iteration", value_name="loss")
         log_every = run.config.trainer.log_every
         while step < cfg.iterations:
             terms = losses(canvas.pixels)
@@ -301,7 +301,7 @@ def train(run: Run) -> dict[str, Any]:
             session.check_finite(total, step)
             if step % log_every == 0 or step == cfg.iterations:
                 writer.log({f"loss/{k}": v.item() for k, v in terms.items()}, step, 0)
-                progress.update(step, 0, 1, total)
+                progress.update(step, total)
             session.stop_if_requested(save)
             if cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.iterations:
                 save_image(canvas.pixels, artifacts / f"iter-{step:05d}.png")

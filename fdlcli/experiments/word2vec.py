@@ -353,7 +353,7 @@ def train(run: Run) -> dict[str, Any]:
                     cost = window_loss.item() / state["window_pairs"]
                     session.check_finite(cost, state["step"])
                     writer.log({"train/cost": cost, "train/lr": lr}, state["step"], epoch)
-                    progress.update(state["step"], epoch, trainer.epochs, cost)
+                    progress.update(state["step"], cost, epoch, trainer.epochs)
                     window_loss.zero_()
                     state["window_pairs"] = 0
                 if trainer.neighbours_every and state["step"] % trainer.neighbours_every == 0 and not last:
