@@ -39,6 +39,21 @@ def test_augment_then_whiten_and_eval_preprocessing():
     assert torch.equal(cnn.preprocess_eval(images, cfg), evaluated)  # no randomness at test time
 
 
+def test_shift_translates_each_digit_by_at_most_shift_pixels():
+    images = torch.zeros(256, 28, 28, dtype=torch.uint8)
+    images[:, 10:18, 12:16] = 200  # a blob well inside the 4-pixel empty border, as MNIST digits are
+    cfg = cnn.ImageDataConfig(shift=2)
+    torch.manual_seed(0)
+    out = cnn.augment(images, cfg)
+    assert out.shape == (256, 1, 28, 28)
+    ink = cnn.to_float(images).sum(dim=(1, 2, 3))
+    assert torch.allclose(out.sum(dim=(1, 2, 3)), ink)  # moved, never cut
+    rows = out[:, 0].amax(dim=2).nonzero()  # (image, row) pairs holding ink
+    first_row = torch.full((256,), 99).scatter_reduce(0, rows[:, 0], rows[:, 1], "amin")
+    assert set(first_row.tolist()) == {8, 9, 10, 11, 12}  # every offset in [-2, 2] occurs, and no other
+    assert torch.equal(cnn.preprocess_eval(images, cfg), cnn.to_float(images))  # evaluation never moves
+
+
 def test_flip_and_contrast_follow_tf_semantics():
     x = torch.rand(2, 3, 4, 4)
     cfg = cnn.ImageDataConfig(contrast=[2.0, 2.0])  # a fixed factor: (x - channel mean) * 2 + mean

@@ -55,6 +55,7 @@ class ImageDataConfig(DataConfig):
     # mirror is stored sorted by class, so its first 5,000 rows are all airplanes. null = take the head.
     val_shuffle_seed: int | None = None
     crop: int = 0  # random crop size for training, center crop for evaluation; 0 = whole images
+    shift: int = 0  # random translation by up to this many pixels (zero fill) in training; not in the book
     flip: bool = False  # random horizontal flips
     brightness: float = 0.0  # max brightness shift, in units of the [0, 1] pixel range (TF: 63/255)
     contrast: list[float] | None = None  # [lower, upper] random contrast factor (TF: [0.2, 1.8])
@@ -166,6 +167,8 @@ def augment(images: torch.Tensor, cfg: ImageDataConfig) -> torch.Tensor:
     random crop, horizontal flip, brightness, contrast (in that order), then per-image whitening."""
     x = to_float(images)
     n = x.shape[0]
+    if cfg.shift:  # pad, then a random window of the original size: each image moves by <= shift pixels
+        x = random_crop(F.pad(x, (cfg.shift,) * 4), x.shape[-1])
     if cfg.crop:
         x = random_crop(x, cfg.crop)
     if cfg.flip:
@@ -212,7 +215,7 @@ class ImageClassification(ClassificationTask):
     @property
     def augments(self) -> bool:
         cfg = self.data_cfg
-        return bool(cfg.crop or cfg.flip or cfg.brightness or cfg.contrast)
+        return bool(cfg.shift or cfg.crop or cfg.flip or cfg.brightness or cfg.contrast)
 
     def loss(self, model: nn.Module, batch: Arrays) -> torch.Tensor:
         # loss() only runs on training minibatches, so this is where training-time augmentation goes
