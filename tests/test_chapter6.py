@@ -146,6 +146,13 @@ def test_subsampling_keeps_gensims_fraction_of_frequent_words():
     assert int((epoch.targets != 0).sum()) == 4 * 1000  # words rarer than t are never dropped
 
 
+def test_skipgram_config_rejects_unknown_options():
+    assert "choose from: sample, dynamic" in w2v.SkipGramConfig(contexts="all").check()
+    assert "choose from: sgd, damped" in w2v.SkipGramConfig(update="adam").check()
+    assert "[0, 1)" in w2v.SkipGramConfig(subsample=1.5).check()
+    assert w2v.SkipGramConfig(contexts="dynamic", update="damped", subsample=1e-3).check() is None
+
+
 def test_dynamic_windows_take_every_word_within_a_random_reach():
     corpus = torch.arange(1000)  # ids are positions
     cfg = w2v.SkipGramConfig(window=3, contexts="dynamic", negatives=5, share=1)
@@ -183,6 +190,10 @@ def test_skipgram_trains_exports_and_evaluates(env):
         "model.loss=neg",
         "model.sampler=unigram",
         "model.init=small",
+        "model.subsample=1e-3",  # gensim's recipe: the epochs' pair counts vary, the lr decays over both
+        "model.contexts=dynamic",
+        "model.update=damped",
+        "model.lr_decay=true",
         "trainer.epochs=2",
         "trainer.tsne=false",
         "trainer.neighbours_every=100",
@@ -206,7 +217,10 @@ def test_skipgram_trains_exports_and_evaluates(env):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("data.file={tmp}/nope.txt", "no such file"), ("data.batch_size=100", "multiple of model.share")],
+    [
+        ("data.file={tmp}/nope.txt", "no such file"),
+        ("data.batch_size=100", "multiple of model.share"),
+    ],
 )
 def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
     result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)

@@ -23,6 +23,13 @@ cross-entropy against 1 for the true context and 0 for each sample; ``neg`` is M
 sampling (no bias, no log q correction). Noise (``model.sampler``): ``log_uniform`` (TensorFlow's
 default candidate sampler, Zipfian over frequency ranks) or ``unigram`` (counts ** ``model.power``).
 
+Beyond the book, gensim's recipe (for ``benchmarks/skipgram_vs_gensim.py``): ``model.subsample`` drops each
+occurrence of a frequent word with gensim's probability before the epoch's pairs are drawn;
+``model.contexts=dynamic`` trains every word within a window shrunk at random to 1..window per target
+(word2vec.c's reduced window) instead of the book's 4 sampled words; ``model.update=damped`` divides each
+row's summed step by 1 + lr x its curvature in the step, so that the many simultaneous updates a minibatch
+gives a frequent word cannot overshoot (see ``sgd_step``).
+
 Quality is measured at every epoch end on the analogy questions (``questions-words.txt``, restricted to
 questions whose four words are in the vocabulary; 3CosAdd, the three question words excluded) and on
 WordSim-353 (Spearman rho of cosine against the human scores, pairs in the vocabulary).
