@@ -103,6 +103,71 @@ def test_epoch_pairs_stay_inside_the_window_and_are_reproducible():
     assert all(len(set(row)) == 4 for row in per_target.tolist())  # distinct context words per target
 
 
+def test_damped_step_divides_each_rows_summed_step_by_one_plus_its_curvature():
+    """model.update=damped: row r moves by -step * sum(grad) / (1 + step * sum(sigmoid'(z) |other|^2)),
+    summed over the terms (pair logits) that touch r, written here one pair and one noise word at a time."""
+    torch.manual_seed(0)
+    cfg = w2v.SkipGramConfig(dim=6, negatives=3, loss="neg", init="book", share=2)
+    model = w2v.SkipGram(12, cfg)
+    model.out.normal_()
+    targets, contexts = torch.tensor([1, 1, 2, 7]), torch.tensor([3, 5, 9, 1])
+    negatives = torch.tensor([[4, 4, 5], [3, 0, 2]])
+    embed, out = model.embed.clone(), model.out.clone()
+    lr, share = 0.8, 2
+    step = lr / share
+    grad_in, grad_out = torch.zeros_like(embed), torch.zeros_like(out)
+    h_in, h_out = torch.zeros(12), torch.zeros(12)
+    for i, (t, c) in enumerate(zip(targets.tolist(), contexts.tolist(), strict=True)):
+        for word, label in [(c, 1.0), *[(n, 0.0) for n in negatives[i // share].tolist()]]:
+            p = torch.sigmoid(embed[t] @ out[word])
+            grad_in[t] += (p - label) * out[word]
+            grad_out[word] += (p - label) * embed[t]
+            h_in[t] += p * (1 - p) * out[word].square().sum()
+            h_out[word] += p * (1 - p) * embed[t].square().sum()
+    w2v.sgd_step(model, targets, contexts, negatives, None, lr, damped=True)
+    expected_in = embed - step * grad_in / (1 + step * h_in)[:, None]
+    expected_out = out - step * grad_out / (1 + step * h_out)[:, None]
+    assert torch.allclose(model.embed, expected_in, atol=1e-5)
+    assert torch.allclose(model.out, expected_out, atol=1e-5)
+    assert not torch.allclose(expected_out, out - step * grad_out, atol=1e-3)  # the damping did something
+
+
+def test_subsampling_keeps_gensims_fraction_of_frequent_words():
+    # gensim's keep probability, t = sample * corpus words: (sqrt(c / t) + 1) * t / c, capped at 1
+    keep = w2v.keep_probability(torch.tensor([810, 160, 20, 10]), sample=0.01)  # t = 10
+    assert torch.allclose(keep, torch.tensor([(9 + 1) * 10 / 810, (4 + 1) * 10 / 160, 1.0, 1.0]))
+    corpus = torch.cat([torch.zeros(9000, dtype=torch.int64), torch.arange(1, 1001)])  # word 0: 90%
+    corpus = corpus[torch.randperm(len(corpus), generator=torch.Generator().manual_seed(0))]
+    cfg = w2v.SkipGramConfig(window=3, contexts_per_target=4, subsample=1e-3, negatives=5, share=4)
+    epoch = w2v.draw_epoch(corpus, cfg, w2v.noise_distribution(torch.ones(1001), cfg), seed=0, epoch=0)
+    kept_zeros = int((epoch.targets == 0).sum()) / 4  # 4 pairs per kept target
+    expected = 9000 * (math.sqrt(900) + 1) * 10 / 9000  # t = 1e-3 * 10,000 words = 10: about 310 kept
+    assert abs(kept_zeros - expected) < 4 * math.sqrt(expected)
+    assert int((epoch.targets != 0).sum()) == 4 * 1000  # words rarer than t are never dropped
+
+
+def test_skipgram_config_rejects_unknown_options():
+    assert "choose from: sample, dynamic" in w2v.SkipGramConfig(contexts="all").check()
+    assert "choose from: sgd, damped" in w2v.SkipGramConfig(update="adam").check()
+    assert "[0, 1)" in w2v.SkipGramConfig(subsample=1.5).check()
+    assert w2v.SkipGramConfig(contexts="dynamic", update="damped", subsample=1e-3).check() is None
+
+
+def test_dynamic_windows_take_every_word_within_a_random_reach():
+    corpus = torch.arange(1000)  # ids are positions
+    cfg = w2v.SkipGramConfig(window=3, contexts="dynamic", negatives=5, share=1)
+    epoch = w2v.draw_epoch(corpus, cfg, w2v.noise_distribution(torch.ones(1000), cfg), seed=0, epoch=0)
+    gap = (epoch.contexts - epoch.targets + 500) % 1000 - 500
+    assert set(gap.unique().tolist()) == {-3, -2, -1, 1, 2, 3}
+    for target in epoch.targets.unique()[:50].tolist():  # each target: all of -b..-1, 1..b for one b
+        offsets = sorted(gap[epoch.targets == target].tolist())
+        reach = offsets[-1]
+        assert offsets == [*range(-reach, 0), *range(1, reach + 1)]
+    assert 3.7 < len(epoch.targets) / 1000 < 4.3  # b ~ U{1, 2, 3}: 4 context words on average
+    again = w2v.draw_epoch(corpus, cfg, w2v.noise_distribution(torch.ones(1000), cfg), seed=0, epoch=0)
+    assert torch.equal(epoch.contexts, again.contexts)
+
+
 def test_analogy_and_wordsim_scoring(tmp_path):
     words = ["king", "queen", "man", "woman", "apple"]
     index = {w: i for i, w in enumerate(words)}
@@ -125,6 +190,10 @@ def test_skipgram_trains_exports_and_evaluates(env):
         "model.loss=neg",
         "model.sampler=unigram",
         "model.init=small",
+        "model.subsample=1e-3",  # gensim's recipe: the epochs' pair counts vary, the lr decays over both
+        "model.contexts=dynamic",
+        "model.update=damped",
+        "model.lr_decay=true",
         "trainer.epochs=2",
         "trainer.tsne=false",
         "trainer.neighbours_every=100",
@@ -148,7 +217,10 @@ def test_skipgram_trains_exports_and_evaluates(env):
 
 @pytest.mark.parametrize(
     ("override", "message"),
-    [("data.file={tmp}/nope.txt", "no such file"), ("data.batch_size=100", "multiple of model.share")],
+    [
+        ("data.file={tmp}/nope.txt", "no such file"),
+        ("data.batch_size=100", "multiple of model.share"),
+    ],
 )
 def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
     result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)

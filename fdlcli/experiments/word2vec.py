@@ -23,6 +23,13 @@ cross-entropy against 1 for the true context and 0 for each sample; ``neg`` is M
 sampling (no bias, no log q correction). Noise (``model.sampler``): ``log_uniform`` (TensorFlow's
 default candidate sampler, Zipfian over frequency ranks) or ``unigram`` (counts ** ``model.power``).
 
+Beyond the book, gensim's recipe (for ``benchmarks/skipgram_vs_gensim.py``): ``model.subsample`` drops each
+occurrence of a frequent word with gensim's probability before the epoch's pairs are drawn;
+``model.contexts=dynamic`` trains every word within a window shrunk at random to 1..window per target
+(word2vec.c's reduced window) instead of the book's 4 sampled words; ``model.update=damped`` divides each
+row's summed step by 1 + lr x its curvature in the step, so that the many simultaneous updates a minibatch
+gives a frequent word cannot overshoot (see ``sgd_step``).
+
 Quality is measured at every epoch end on the analogy questions (``questions-words.txt``, restricted to
 questions whose four words are in the vocabulary; 3CosAdd, the three question words excluded) and on
 WordSim-353 (Spearman rho of cosine against the human scores, pairs in the vocabulary).
@@ -65,6 +72,9 @@ class SkipGramConfig:
     power: float = 0.75  # exponent of the unigram noise distribution
     lr_decay: bool = False  # linear decay of the learning rate to 0 over training (gensim's schedule)
     init: str = "book"  # book (uniform(-1, 1) inputs) | small (word2vec.c: uniform(+-0.5/dim), zero outputs)
+    contexts: str = "sample"  # sample (the book) | dynamic (word2vec.c/gensim: all words of a shrunk window)
+    subsample: float = 0.0  # gensim's `sample`: frequent-word downsampling threshold; 0 = off (the book)
+    update: str = "sgd"  # sgd (the book) | damped (each row's step divided by 1 + lr x its curvature)
 
     def check(self) -> str | None:
         if self.loss not in ("nce", "neg"):
@@ -73,6 +83,12 @@ class SkipGramConfig:
             return f"model.sampler={self.sampler!r}; choose from: log_uniform, unigram"
         if self.init not in ("book", "small"):
             return f"model.init={self.init!r}; choose from: book, small"
+        if self.contexts not in ("sample", "dynamic"):
+            return f"model.contexts={self.contexts!r}; choose from: sample, dynamic"
+        if self.update not in ("sgd", "damped"):
+            return f"model.update={self.update!r}; choose from: sgd, damped"
+        if not 0 <= self.subsample < 1:
+            return f"model.subsample={self.subsample} must be in [0, 1)"
         if min(self.dim, self.window, self.contexts_per_target, self.negatives, self.share) <= 0:
             return "model.dim, window, contexts_per_target, negatives and share must be positive"
         if self.contexts_per_target > 2 * self.window:
@@ -124,23 +140,50 @@ class Epoch:
     negatives: torch.Tensor  # [pairs / cfg.share, K]: one draw per group of `share` pairs
 
 
+def keep_probability(counts: torch.Tensor, sample: float) -> torch.Tensor:
+    """gensim's (and word2vec.c's) chance to keep each occurrence of a word when subsampling: with
+    t = sample * corpus words, a word seen c times is kept with probability (sqrt(c / t) + 1) * t / c, capped
+    at 1, so words rarer than about t are never dropped and "the" mostly is."""
+    if sample <= 0:
+        return torch.ones(len(counts))
+    threshold = sample * float(counts.sum())
+    c = counts.double().clamp_min(1)
+    return ((c / threshold).sqrt() + 1).mul(threshold / c).clamp(max=1.0).float()
+
+
+def expected_pairs(counts: torch.Tensor, cfg: SkipGramConfig) -> float:
+    """Pairs an epoch trains on average (for the progress bar): kept words x contexts per word."""
+    kept = float((keep_probability(counts, cfg.subsample) * counts).sum())
+    # a dynamic window of b ~ U{1..window} words each side holds 2 * (window + 1) / 2 context words
+    return kept * (cfg.window + 1 if cfg.contexts == "dynamic" else cfg.contexts_per_target)
+
+
 def draw_epoch(
     corpus: torch.Tensor, cfg: SkipGramConfig, noise: torch.Tensor, seed: int, epoch: int
 ) -> Epoch:
     generator = epoch_generator(seed, epoch)
-    n, per_target = len(corpus), cfg.contexts_per_target
+    if cfg.subsample > 0:  # as gensim: dropped words leave the stream, so windows reach past them
+        counts = torch.bincount(corpus, minlength=len(noise))
+        keep = keep_probability(counts, cfg.subsample)
+        corpus = corpus[torch.rand(len(corpus), generator=generator) < keep[corpus]]
+    n = len(corpus)
     positions = torch.randperm(n, generator=generator)
-    # distinct offsets per target: the first `per_target` of a random ordering of the 2*window offsets
     offsets = torch.cat([torch.arange(-cfg.window, 0), torch.arange(1, cfg.window + 1)])
-    choice = torch.rand(n, 2 * cfg.window, generator=generator).argsort(dim=1)[:, :per_target]
-    context_positions = (positions[:, None] + offsets[choice]) % n  # the corpus wraps around at its ends
-    groups = n * per_target // cfg.share  # the last < share pairs of the epoch are left out
+    if cfg.contexts == "dynamic":  # every word within b ~ U{1..window} of the target, b drawn per target
+        reach = torch.randint(1, cfg.window + 1, (n,), generator=generator)
+        inside = offsets.abs()[None, :] <= reach[:, None]  # [n, 2 * window]
+        targets = corpus[positions].repeat_interleave(inside.sum(dim=1))
+        contexts = corpus[(positions[:, None] + offsets) % n][inside]  # row-major: grouped by target
+    else:  # the book: distinct offsets, the first `per_target` of a random ordering of the 2*window
+        per_target = cfg.contexts_per_target
+        choice = torch.rand(n, 2 * cfg.window, generator=generator).argsort(dim=1)[:, :per_target]
+        targets = corpus[positions].repeat_interleave(per_target)
+        contexts = corpus[(positions[:, None] + offsets[choice]) % n].flatten()  # the corpus wraps around
+    groups = len(targets) // cfg.share  # the last < share pairs of the epoch are left out
     pairs = groups * cfg.share
     negatives = torch.multinomial(noise, groups * cfg.negatives, replacement=True, generator=generator)
     return Epoch(
-        targets=corpus[positions].repeat_interleave(per_target)[:pairs],
-        contexts=corpus[context_positions].flatten()[:pairs],
-        negatives=negatives.view(groups, cfg.negatives),
+        targets=targets[:pairs], contexts=contexts[:pairs], negatives=negatives.view(groups, cfg.negatives)
     )
 
 
@@ -152,9 +195,15 @@ def sgd_step(
     negatives: torch.Tensor,
     log_kq: torch.Tensor | None,
     lr: float,
+    damped: bool = False,
 ) -> torch.Tensor:
     """SGD on G groups of S pairs at once (``negatives``: [G, K], one draw per group); each group takes
-    the step of the mean loss of its pairs. Returns the summed loss (a tensor: no host sync)."""
+    the step of the mean loss of its pairs. Returns the summed loss (a tensor: no host sync).
+
+    ``damped``: each row's summed step is divided by 1 + (lr per pair) x h, h the sum over the row's terms
+    in this step of sigmoid'(logit) x |other vector|^2 (the curvature of the loss along the row). A row
+    touched once moves as with SGD; "the", drawn as a noise word for all S pairs of a group, takes about
+    a Newton step instead of S full steps at once, which is what diverges at gensim's rate per pair."""
     groups, _ = negatives.shape
     flat_negatives = negatives.flatten()
     d = model.embed.shape[1]
@@ -167,18 +216,33 @@ def sgd_step(
         positive = positive + (model.bias - log_kq)[contexts].view(groups, -1)
         negative = negative + (model.bias - log_kq)[negatives][:, None, :]
     loss = nn.functional.softplus(-positive).sum() + nn.functional.softplus(negative).sum()
-    g_pos = torch.sigmoid(positive) - 1.0  # d loss / d positive logit
+    p_pos = torch.sigmoid(positive)
+    g_pos = p_pos - 1.0  # d loss / d positive logit
     g_neg = torch.sigmoid(negative)  # d loss / d negative logits
-    scale = -lr * groups / len(targets)  # each group's loss is the mean over its pairs, as in the book
+    step = lr * groups / len(targets)  # per pair: each group's loss is the mean over its pairs, as the book
     grad_u = (g_pos[..., None] * v + torch.bmm(g_neg, noise)).view(-1, d)
     grad_v = (g_pos[..., None] * u).view(-1, d)
     grad_n = torch.bmm(g_neg.transpose(1, 2), u).view(-1, d)
-    model.embed.index_add_(0, targets, grad_u, alpha=scale)
-    model.out.index_add_(0, contexts, grad_v, alpha=scale)
-    model.out.index_add_(0, flat_negatives, grad_n, alpha=scale)
+    grad_b = g_pos.flatten(), g_neg.sum(dim=1).flatten()
+    if damped:
+        h_pos, h_neg = p_pos * (1 - p_pos), g_neg * (1 - g_neg)  # sigmoid' of every logit
+        uu, vv, nn_ = (u * u).sum(2, keepdim=True), (v * v).sum(2), (noise * noise).sum(2, keepdim=True)
+        h_in = torch.zeros(len(model.embed)).index_add_(
+            0, targets, (h_pos * vv + torch.bmm(h_neg, nn_).squeeze(2)).flatten()
+        )
+        h_out = torch.zeros(len(model.out)).index_add_(0, contexts, (h_pos * uu.squeeze(2)).flatten())
+        h_out.index_add_(0, flat_negatives, torch.bmm(h_neg.transpose(1, 2), uu).flatten())
+        damp_in, damp_out = 1 / (1 + step * h_in), 1 / (1 + step * h_out)
+        grad_u = grad_u * damp_in[targets, None]
+        grad_v, grad_n = grad_v * damp_out[contexts, None], grad_n * damp_out[flat_negatives, None]
+        # a word's bias takes its output row's damping
+        grad_b = grad_b[0] * damp_out[contexts], grad_b[1] * damp_out[flat_negatives]
+    model.embed.index_add_(0, targets, grad_u, alpha=-step)
+    model.out.index_add_(0, contexts, grad_v, alpha=-step)
+    model.out.index_add_(0, flat_negatives, grad_n, alpha=-step)
     if log_kq is not None:
-        model.bias.index_add_(0, contexts, g_pos.flatten(), alpha=scale)
-        model.bias.index_add_(0, flat_negatives, g_neg.sum(dim=1).flatten(), alpha=scale)
+        model.bias.index_add_(0, contexts, grad_b[0], alpha=-step)
+        model.bias.index_add_(0, flat_negatives, grad_b[1], alpha=-step)
     return loss
 
 
@@ -299,9 +363,9 @@ def train(run: Run) -> dict[str, Any]:
         ]
 
         batch, share = cfg.data.batch_size, model_cfg.share
-        pairs_per_epoch = len(corpus.ids) * model_cfg.contexts_per_target // share * share
-        steps_per_epoch = math.ceil(pairs_per_epoch / batch)
-        total_steps = steps_per_epoch * trainer.epochs
+        damped = model_cfg.update == "damped"
+        # subsampling and dynamic windows make each epoch's pair count a draw: the bar shows the mean
+        expected_steps = math.ceil(expected_pairs(corpus.counts, model_cfg) / batch)
         state: dict[str, Any] = {
             "step": 0,
             "epoch": 0,
@@ -314,10 +378,11 @@ def train(run: Run) -> dict[str, Any]:
             "history": [],
         }
         session.restore_or_start(model, state)
-        progress = session.start_progress(total_steps, state["step"])
+        progress = session.start_progress(expected_steps * trainer.epochs, state["step"])
         session.message(
             f"corpus {len(corpus.ids):,} words, vocabulary {len(corpus.words):,}; "
-            f"{steps_per_epoch:,} minibatches of {batch} pairs per epoch"
+            f"{expected_steps:,} minibatches of {batch} pairs per epoch"
+            + (" (on average)" if model_cfg.subsample or model_cfg.contexts == "dynamic" else "")
         )
 
         def save(reason: str) -> Any:
@@ -334,16 +399,20 @@ def train(run: Run) -> dict[str, Any]:
 
         for epoch in range(state["epoch"], trainer.epochs):
             draws = draw_epoch(corpus.ids, model_cfg, noise, cfg.seed, epoch)
+            pairs_per_epoch = len(draws.targets)
+            steps_per_epoch = math.ceil(pairs_per_epoch / batch)
             window_loss = torch.tensor(state["window_loss"], dtype=torch.float64)
             epoch_started = time.monotonic()
             first_batch = state["batch_in_epoch"]
             for b in range(first_batch, steps_per_epoch):
                 lr = cfg.optim.lr
-                if model_cfg.lr_decay:
-                    lr *= max(1e-4, 1.0 - state["step"] / total_steps)
+                if model_cfg.lr_decay:  # linear in the fraction of training done, as gensim
+                    lr *= max(1e-4, 1.0 - (epoch + b / steps_per_epoch) / trainer.epochs)
                 lo, hi = b * batch, min((b + 1) * batch, pairs_per_epoch)
                 negatives = draws.negatives[lo // share : hi // share]
-                loss = sgd_step(model, draws.targets[lo:hi], draws.contexts[lo:hi], negatives, log_kq, lr)
+                loss = sgd_step(
+                    model, draws.targets[lo:hi], draws.contexts[lo:hi], negatives, log_kq, lr, damped
+                )
                 window_loss += loss.double()
                 state["window_pairs"] += hi - lo
                 state["step"] += 1
@@ -361,13 +430,15 @@ def train(run: Run) -> dict[str, Any]:
                 session.stop_if_requested(save)
                 if trainer.checkpoint_every and state["step"] % trainer.checkpoint_every == 0 and not last:
                     save("periodic")
-            # words/s counts corpus words whose pairs were trained, over the loop's own time
-            state["word_seconds"] += time.monotonic() - epoch_started
+            # words/s counts raw corpus words (subsampled ones included, as gensim counts them) over the
+            # loop's own time
+            epoch_seconds = time.monotonic() - epoch_started
+            state["word_seconds"] += epoch_seconds
             state["words_trained"] = (epoch + 1) * len(corpus.ids)
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
             metrics = {**word_quality(model.embed, index, folder)}
             if first_batch == 0:
-                metrics["train/words_per_s"] = len(corpus.ids) / max(1e-9, time.monotonic() - epoch_started)
+                metrics["train/words_per_s"] = len(corpus.ids) / max(1e-9, epoch_seconds)  # no eval time
             writer.log(metrics, state["step"], state["epoch"])
             state["history"].append({"epoch": state["epoch"], "step": state["step"], **metrics})
             save("epoch")
