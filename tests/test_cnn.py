@@ -123,11 +123,14 @@ def test_cnn_mnist_trains_and_draws_its_figures(env):
         "data.train_limit=2000",
         "data.eval_limit=500",
         "trainer.epochs=1",
+        "optim.schedule=constant",  # the default cosine would spend half of these 20 steps near lr 0
         env=env,
     )
     assert result.returncode == 0, result.stderr
     (run,) = run_dirs(env, "cnn-mnist")
-    assert read_summary(run)["final"]["test/accuracy"] >= 0.80  # 20 Adam steps of the book's CNN
+    assert (
+        read_summary(run)["final"]["test/accuracy"] >= 0.80
+    )  # 20 Adam steps of the book's CNN, shifted digits
     figures = fdl("conv-figures", str(run), "--points", "60", env=env)
     assert figures.returncode == 0, figures.stderr
     curves = fdl("plot", str(run), "--metric", "train/cost", env=env)
