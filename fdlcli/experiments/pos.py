@@ -16,6 +16,10 @@ in ``fdl eval`` and in ``fdl tag``. ``model.embeddings=null`` starts from such r
 word (``model.dim`` of them) and learns them. ``model.freeze`` (default: fixed with a file, learned without)
 overrides either way: ``model.freeze=false`` fine-tunes the vectors of a file.
 
+Beyond the book, all off by default: ``model.after`` adds the words after the tagged one to its window (a
+centered window), ``model.dropout`` drops out window vectors in training, and ``model.embed_lr`` gives
+fine-tuned vectors a fraction of the learning rate (see WindowTagger).
+
 The table holds every word of the training and test splits (the test words' vectors come from the file or
 the seeded draw, never from test labels) and is saved with the weights, so a run tags text without the
 embeddings file; its word list goes to ``artifacts/vocab.json``.
