@@ -14,10 +14,10 @@ from conftest import fdl, read_summary, run_dirs
 
 from fdlcli import launch
 from fdlcli.cli import cli
-from fdlcli.data.conll import normalize, tokenize, windows
+from fdlcli.data.conll import TaggedSentences, normalize, ptb_without_conll_test, tokenize, windows
 from fdlcli.data.word2vec_format import read_word2vec, write_word2vec_binary
 from fdlcli.errors import DataUnavailableError, UsageError
-from fdlcli.experiments.pos import BOOK_SENTENCE, unknown_vector
+from fdlcli.experiments.pos import BOOK_SENTENCE, PosConfig, WindowTagger, tag_sentences, unknown_vector
 
 WORDS = ["the", "bank", "woman", "went"]
 
@@ -62,6 +62,42 @@ def test_windows_tokens_and_unknown_vectors():
     a, b = unknown_vector("umbrella", 8, 0), unknown_vector("umbrella", 8, 0)
     assert np.array_equal(a, b) and np.abs(a).max() <= 0.25
     assert not np.array_equal(a, unknown_vector("umbrellas", 8, 0))
+
+
+def test_centered_window_offset_vectors_and_ptb_cut():
+    # model.after: the following words, padding after the sentence end; tagging uses the same window
+    assert windows([[5, 6, 7], [8]], 2, after=2).tolist() == [
+        [0, 5, 6, 7],
+        [5, 6, 7, 0],
+        [6, 7, 0, 0],
+        [0, 8, 0, 0],
+    ]
+    torch.manual_seed(0)
+    table = torch.randn(6, 4)
+    table[0] = 0
+    cfg = PosConfig(window=2, after=1, hidden=[8], embeddings="file", freeze=False, embed_lr=0.1, dropout=0.5)
+    model = WindowTagger(table, 3, cfg).eval()
+    vocab = {w: i for i, w in enumerate(["<pad>", "a", "b", "c", "d", "e"])}
+    words = ["a", "c", "b", "e"]
+    expected = model(windows([[vocab[w] for w in words]], 2, after=1)).argmax(1).tolist()
+    (tagged,) = tag_sentences(model, vocab, ["X", "Y", "Z"], [words], cfg)
+    assert [t for _, t in tagged] == [["X", "Y", "Z"][i] for i in expected]
+
+    # model.embed_lr: the table stays fixed, a zero offset learns, and Adam moves the vectors by ~lr * 0.1
+    assert not model.embed.weight.requires_grad and model.offset.weight.requires_grad
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()  # eval mode: no dropout zeros in the gradient
+    optimizer.step()
+    moved = (model.table() - table)[1:4].abs()
+    assert torch.allclose(moved, torch.full_like(moved, 0.001), rtol=1e-3)
+    assert torch.equal(model.embed.weight, table) and torch.equal(model.table()[4:], table[4:])
+
+    # PTB's training text ends with CoNLL-2000's test sentences (WSJ section 20): they are cut off
+    test = TaggedSentences([["Rockwell", "International", "Corp."], ["It", "rose", "#", "%"]], [[0], [0]])
+    ptb = ["the market fell", "rockwell international corp.", "it rose N N"]
+    assert ptb_without_conll_test(ptb, test) == ["the market fell"]
+    with pytest.raises(DataUnavailableError, match="does not end with"):
+        ptb_without_conll_test(ptb[:2], test)
 
 
 @pytest.fixture()
@@ -111,6 +147,9 @@ def test_pos_tagger_trains_tags_the_book_sentence_and_serves_fdl_tag(env, embedd
 def test_pos_tagger_rejects_bad_config(env):
     result = CliRunner().invoke(cli, ["train", "pos-tagger", "model.embeddings=null", "model.freeze=true"])
     assert isinstance(result.exception, UsageError) and "freeze" in str(result.exception)
+    for bad in ("model.after=-1", "model.dropout=1", "model.embed_lr=0"):
+        result = CliRunner().invoke(cli, ["train", "pos-tagger", bad])
+        assert isinstance(result.exception, UsageError) and bad.split("=")[0] in str(result.exception), bad
 
 
 def test_length_buckets_are_a_seeded_permutation_of_similar_lengths(env):

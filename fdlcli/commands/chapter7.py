@@ -81,24 +81,28 @@ def sentiment_cmd(run_dir: Path, text: tuple[str, ...], checkpoint: str) -> None
 @click.command("pos-corpus")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--imdb/--no-imdb", default=True, show_default=True, help="Add the IMDB training reviews.")
+@click.option("--imdb-test", is_flag=True, help="Also the 25,000 IMDB test reviews (unlabelled text).")
 @click.option(
     "--lowercase", is_flag=True, help="Lower-case everything (default: keep the case, like Google News)."
 )
-def pos_corpus_cmd(out: Path, imdb: bool, lowercase: bool) -> None:
+def pos_corpus_cmd(out: Path, imdb: bool, imdb_test: bool, lowercase: bool) -> None:
     """Write a text corpus for word vectors offline (`fdl train skipgram data.file=OUT data.lowercase=false`):
-    the CoNLL-2000 training sentences (digits as '#'), PTB's training text (lower-case already) and, with
-    --imdb, the 25,000 IMDB training reviews, tokenized like CoNLL. No test sentence of CoNLL-2000 goes in."""
+    the CoNLL-2000 training sentences (digits as '#'), PTB's training text (lower-case already) less WSJ
+    section 20 (= CoNLL-2000's test set) and, with --imdb, the 25,000 IMDB training reviews, tokenized like
+    CoNLL. No test sentence of CoNLL-2000 goes in."""
     from fdlcli.config import DataConfig
-    from fdlcli.data.conll import ConllDataConfig, load_tagged, normalize, tokenize
+    from fdlcli.data.conll import ConllDataConfig, load_tagged, normalize, ptb_without_conll_test, tokenize
     from fdlcli.data.hub import load_split
     from fdlcli.runs import atomic_write_text
 
     train, _ = load_tagged(ConllDataConfig(), "train")
+    test, _ = load_tagged(ConllDataConfig(), "test")
     lines = [" ".join(s) for s in train.sentences]
     ptb = load_split("ptb", "ptb_text_only", "train", DataConfig().dir)
-    lines += ptb.data.table.column("sentence").to_pylist()
-    if imdb:
-        reviews = load_split("imdb", "stanfordnlp/imdb", "train").data.table.column("text").to_pylist()
+    lines += ptb_without_conll_test(ptb.data.table.column("sentence").to_pylist(), test)
+    splits = (["train"] if imdb else []) + (["test"] if imdb_test else [])
+    for split in splits:
+        reviews = load_split("imdb", "stanfordnlp/imdb", split).data.table.column("text").to_pylist()
         for review in reviews:
             text = review.replace("<br />", " ")
             lines.append(" ".join(normalize(w) for w in tokenize(text)))

@@ -74,16 +74,37 @@ def build_vocabulary(*splits: TaggedSentences) -> list[str]:
     return list(seen)
 
 
-def windows(sentences: list[list[int]], n: int) -> torch.Tensor:
-    """[tokens, n] word ids: column n-1 is the word itself, column n-1-k the word k places before it
-    (0 = padding before the sentence start). Built with tensor ops over the flat corpus."""
+def ptb_without_conll_test(ptb_lines: list[str], test: TaggedSentences) -> list[str]:
+    """PTB's language-model training text less its last part, which is CoNLL-2000's test set.
+
+    Mikolov's PTB training text is WSJ sections 00-20 in order, one sentence a line, lower-cased, numbers
+    as N and rare words as <unk>; CoNLL-2000 tests on section 20, so the last len(test) lines are exactly
+    the test sentences in that form (checked on the mirror: 1,468 of the 2,012 match word for word after
+    the same mapping, the rest differ only where PTB dropped or split punctuation). They must not reach a
+    corpus for word vectors that the tagger is tested with. Fails if the first cut line is not the first
+    test sentence, so another PTB copy cannot silently leak."""
+    cut = len(ptb_lines) - len(test.sentences)
+    first = [w.lower() for w in test.sentences[0] if re.fullmatch(r"[A-Za-z]+", w)][:2]
+    if cut < 0 or ptb_lines[cut].split()[: len(first)] != first:
+        raise DataUnavailableError("this PTB text does not end with the CoNLL-2000 test sentences")
+    return ptb_lines[:cut]
+
+
+def windows(sentences: list[list[int]], n: int, after: int = 0) -> torch.Tensor:
+    """[tokens, n + after] word ids: column n-1 is the word itself, column n-1-k the word k places before it
+    and column n-1+k the word k places after it (0 = padding outside the sentence). ``after=0`` is the
+    book's window, the word and the n - 1 before it. Built with tensor ops over the flat corpus."""
     lengths = torch.tensor([len(s) for s in sentences], dtype=torch.int64)
     flat = torch.tensor([i for s in sentences for i in s], dtype=torch.int64)
-    # the position of each token inside its sentence
+    # the position of each token inside its sentence, and how many words follow it there
     starts = torch.cumsum(lengths, 0) - lengths
     position = torch.arange(len(flat)) - torch.repeat_interleave(starts, lengths)
+    following = torch.repeat_interleave(lengths, lengths) - position - 1
     columns = []
     for back in range(n - 1, -1, -1):
         shifted = torch.roll(flat, back)
         columns.append(torch.where(position >= back, shifted, torch.zeros_like(shifted)))
+    for ahead in range(1, after + 1):
+        shifted = torch.roll(flat, -ahead)
+        columns.append(torch.where(following >= ahead, shifted, torch.zeros_like(shifted)))
     return torch.stack(columns, dim=1)

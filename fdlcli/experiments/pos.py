@@ -16,6 +16,10 @@ in ``fdl eval`` and in ``fdl tag``. ``model.embeddings=null`` starts from such r
 word (``model.dim`` of them) and learns them. ``model.freeze`` (default: fixed with a file, learned without)
 overrides either way: ``model.freeze=false`` fine-tunes the vectors of a file.
 
+Beyond the book, all off by default: ``model.after`` adds the words after the tagged one to its window (a
+centered window), ``model.dropout`` drops out window vectors in training, and ``model.embed_lr`` gives
+fine-tuned vectors a fraction of the learning rate (see WindowTagger).
+
 The table holds every word of the training and test splits (the test words' vectors come from the file or
 the seeded draw, never from test labels) and is saved with the weights, so a run tags text without the
 embeddings file; its word list goes to ``artifacts/vocab.json``.
@@ -62,10 +66,18 @@ class PosConfig:
     lowercase_fallback: bool = True  # a word missing as written is looked up lower-cased
     unknown_seed: int = 0  # seeds the uniform(-0.25, 0.25) vectors of words missing from the file
     hidden: list[int] = field(default_factory=lambda: [512, 256])
+    # beyond the book (its recipe: after=0, dropout=0, embed_lr=1)
+    after: int = 0  # words after the tagged one that the window also sees (the book: none)
+    dropout: float = 0.0  # dropout on the concatenated window vectors, in training
+    embed_lr: float = 1.0  # fine-tuning only: the vectors' learning rate as a fraction of optim.lr
 
     def check(self) -> str | None:
-        if self.window < 1:
-            return f"model.window={self.window}: it must be at least 1"
+        if self.window < 1 or self.after < 0:
+            return f"model.window={self.window}, model.after={self.after}: need window >= 1 and after >= 0"
+        if not 0 <= self.dropout < 1:
+            return f"model.dropout={self.dropout}: it must be in [0, 1)"
+        if self.embed_lr <= 0:
+            return f"model.embed_lr={self.embed_lr}: it must be positive (freeze=true fixes the vectors)"
         if self.embeddings_format not in FORMATS:
             return f"model.embeddings_format={self.embeddings_format!r}; choose from: {', '.join(FORMATS)}"
         if self.dim < 1 or any(h < 1 for h in self.hidden):
@@ -104,21 +116,44 @@ def embedding_table(words: list[str], cfg: PosConfig) -> tuple[torch.Tensor, int
 
 
 class WindowTagger(nn.Module):
-    """Embeddings of the window, concatenated -> [Linear -> BatchNorm -> ReLU] per hidden layer -> tags."""
+    """Embeddings of the window, concatenated -> [Linear -> BatchNorm -> ReLU] per hidden layer -> tags.
+
+    Fine-tuned with ``embed_lr`` != 1, the vectors are the fixed table plus ``embed_lr`` times a learned
+    offset that starts at zero: Adam's steps do not scale with the gradient, so this is how the vectors
+    get ``embed_lr`` times the learning rate of the rest, and ``optim.weight_decay`` pulls them back
+    towards the pretrained ones rather than towards zero."""
 
     def __init__(self, table: torch.Tensor, tags: int, cfg: PosConfig) -> None:
         super().__init__()
-        self.embed = nn.Embedding.from_pretrained(table, freeze=cfg.frozen, padding_idx=0)
+        offset = not cfg.frozen and cfg.embed_lr != 1.0
+        self.embed = nn.Embedding.from_pretrained(table, freeze=cfg.frozen or offset, padding_idx=0)
+        zeros = torch.zeros_like(table)
+        self.offset = nn.Embedding.from_pretrained(zeros, freeze=False, padding_idx=0) if offset else None
+        self.embed_lr = cfg.embed_lr
+        self.dropout = nn.Dropout(cfg.dropout)
         layers: list[nn.Module] = []
-        width = cfg.window * table.shape[1]
+        width = (cfg.window + cfg.after) * table.shape[1]
         for hidden in cfg.hidden:
             layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
             width = hidden
         layers.append(nn.Linear(width, tags))
         self.net = nn.Sequential(*layers)
 
+    def table(self) -> torch.Tensor:
+        """The word vectors in use (the fixed table plus the scaled offset when there is one)."""
+        if self.offset is None:
+            return self.embed.weight
+        return self.embed.weight + self.embed_lr * self.offset.weight
+
+    def head(self, vectors: torch.Tensor) -> torch.Tensor:
+        """[tokens, window, dim] vectors -> tag logits."""
+        return self.net(self.dropout(vectors.flatten(1)))
+
     def forward(self, window_ids: torch.Tensor) -> torch.Tensor:
-        return self.net(self.embed(window_ids).flatten(1))
+        vectors = self.embed(window_ids)
+        if self.offset is not None:
+            vectors = vectors + self.embed_lr * self.offset(window_ids)
+        return self.head(vectors)
 
 
 @torch.no_grad()
@@ -132,7 +167,7 @@ def tag_sentences(
     """(word, tag) pairs of tokenized sentences. Words outside the run's table get their seeded vector."""
     was_training = model.training
     model.eval()
-    table = model.embed.weight
+    table = model.table()
     extra: dict[str, int] = {}
     extra_rows: list[np.ndarray] = []
     ids: list[list[int]] = []
@@ -150,8 +185,8 @@ def tag_sentences(
     if extra_rows:
         added = torch.from_numpy(np.stack(extra_rows)).to(table)
         table = torch.cat([table, added])
-    x = windows(ids, cfg.window).to(table.device)
-    logits = model.net(nn.functional.embedding(x, table).flatten(1))
+    x = windows(ids, cfg.window, cfg.after).to(table.device)
+    logits = model.head(nn.functional.embedding(x, table))
     predicted = logits.argmax(dim=1).tolist()
     model.train(was_training)
     out, start = [], 0
@@ -196,10 +231,10 @@ class PosTagging(ClassificationTask):
     def load_data(self) -> ArraySplits:
         train, test, words, _ = self._prepare()
         index = {w: i for i, w in enumerate(words)}
-        n = self.config.model.window
+        n, after = self.config.model.window, self.config.model.after
 
         def arrays(split: TaggedSentences) -> tuple[torch.Tensor, torch.Tensor]:
-            x = windows([[index[w] for w in s] for s in split.sentences], n)
+            x = windows([[index[w] for w in s] for s in split.sentences], n, after)
             y = torch.tensor([t for tags in split.tags for t in tags], dtype=torch.int64)
             return x, y
 
