@@ -24,6 +24,9 @@ class MLPConfig:
     activation: str = "relu"  # relu | sigmoid | tanh
     init: str = "he_normal"  # he_normal | zeros | torch (PyTorch's default)
     dropout: float = 0.0
+    # The book's companion script builds the output layer with the same layer() as the hidden ones, so
+    # its logits pass through a ReLU too; true reproduces that quirk (no parameters, same state dict).
+    output_relu: bool = False
 
     def check(self) -> str | None:
         if self.activation not in _ACTIVATIONS:
@@ -53,6 +56,8 @@ class MLP(nn.Module):
                 layers.append(nn.Dropout(cfg.dropout))
             width = hidden
         layers.append(nn.Linear(width, outputs))
+        if cfg.output_relu:
+            layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
         for module in self.net:
             if isinstance(module, nn.Linear):
