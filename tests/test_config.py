@@ -126,7 +126,7 @@ def test_conf_ships_inside_the_wheel(tmp_path):
 def test_learning_rate_schedules():
     from fdlcli.engine.optim import build_optimizer, scheduled_lr
 
-    constant = config.validate(config.compose("cnn-mnist", [])).optim
+    constant = config.validate(config.compose("mlp-mnist", [])).optim
     assert constant.schedule == "constant"  # the book's rule stays the default
     assert {scheduled_lr(constant, step, 100) for step in (0, 50, 99)} == {constant.lr}
     cosine = config.validate(
