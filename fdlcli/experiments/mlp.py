@@ -26,7 +26,7 @@ class MLPConfig:
     dropout: float = 0.0
     # The book's companion script builds the output layer with the same layer() as the hidden ones, so
     # its logits pass through a ReLU too; true reproduces that quirk (no parameters, same state dict).
-    output_relu: bool = False  # conf/model/mlp.yaml turns it on for the book's MLP
+    output_relu: bool = False
 
     def check(self) -> str | None:
         if self.activation not in _ACTIVATIONS:
