@@ -107,7 +107,9 @@ class JPEGDataset(torch.utils.data.Dataset):
         mean = x.mean(axis=(0, 1), keepdims=True)
         x = (x - mean) * rng.uniform(0.2, 1.8) + mean
         x = (x - x.mean()) / max(x.std(), 1 / np.sqrt(x.size))
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), self.labels[index]
+        # float32 again: a near-flat image divides by the float64 floor, which numpy 2 promotes to float64
+        x = np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
+        return torch.from_numpy(x), self.labels[index]
 
 
 def tutorial_model() -> nn.Module:
