@@ -33,7 +33,7 @@ from fdlcli.data.tensors import Arrays, ArraySplits, minibatches
 from fdlcli.engine import distributed
 from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
 from fdlcli.engine.devices import autocast, configure_threads, resolve_device
-from fdlcli.engine.optim import build_optimizer, scheduled_lr, set_lr
+from fdlcli.engine.optim import build_optimizer, has_schedule, scheduled_lr, set_lr
 from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything, set_rng_state
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError
@@ -219,7 +219,7 @@ def fit(task: SupervisedTask, run: Run) -> dict[str, Any]:
                     session.check_finite(window_total, state.step)
                     window_cost = window_total / state.window_batches
                     logged = {"train/cost": window_cost}
-                    if cfg.optim.schedule != "constant" or cfg.optim.warmup_steps:
+                    if has_schedule(cfg.optim):
                         logged["train/lr"] = optimizer.param_groups[0]["lr"]
                     writer.log(logged, state.step, epoch)
                     state.epoch_cost_sum += window_total

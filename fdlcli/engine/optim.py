@@ -30,6 +30,20 @@ def scheduled_lr(cfg: OptimConfig, step: int, total_steps: int) -> float:
     return floor + (cfg.lr - floor) * (1.0 - progress)  # linear
 
 
+def has_schedule(cfg: OptimConfig) -> bool:
+    """Whether the config asks for anything but the constant learning rate."""
+    return cfg.schedule != "constant" or cfg.warmup_steps > 0
+
+
+def refuse_schedule(cfg: OptimConfig) -> None:
+    """For loops with their own learning-rate rule: a schedule they would ignore is an error instead."""
+    if has_schedule(cfg):
+        raise ConfigError(
+            f"optim.schedule={cfg.schedule} / optim.warmup_steps={cfg.warmup_steps}: this experiment's "
+            "training loop has its own learning-rate rule; use optim.schedule=constant optim.warmup_steps=0"
+        )
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -40,11 +54,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """``scheduled``: the caller applies :func:`scheduled_lr` each step; loops that do not refuse a
     schedule instead of silently training at a constant rate."""
-    if not scheduled and (cfg.schedule != "constant" or cfg.warmup_steps):
-        raise ConfigError(
-            f"optim.schedule={cfg.schedule} / optim.warmup_steps={cfg.warmup_steps}: this experiment's "
-            "training loop has its own learning-rate rule; use optim.schedule=constant optim.warmup_steps=0"
-        )
+    if not scheduled:
+        refuse_schedule(cfg)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay

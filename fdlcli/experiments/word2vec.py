@@ -51,6 +51,7 @@ from fdlcli.data.hub import mirror_root
 from fdlcli.data.text import TextDataConfig, load_corpus
 from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads
+from fdlcli.engine.optim import refuse_schedule
 from fdlcli.engine.seed import epoch_generator, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError, DataUnavailableError
@@ -343,6 +344,7 @@ def train(run: Run) -> dict[str, Any]:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} must be a multiple of model.share={model_cfg.share}"
         )
+    refuse_schedule(cfg.optim)  # its SGD follows model.lr_decay, not optim.schedule
     with run_session(run) as session:
         checkpoints, writer = session.checkpoints, session.writer
         seed_everything(cfg.seed)
