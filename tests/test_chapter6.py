@@ -46,6 +46,16 @@ def test_autoencoder_rejects_bad_values(env):
     assert result.returncode == 2 and "sparsity_rho" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_autoencoder_init_follows_the_books_layer():
+    torch.manual_seed(0)
+    book = ae.Autoencoder(ae.AutoencoderConfig(hidden=[1000, 500], code_size=2))
+    first, batch_norm = book.encoder[0], book.encoder[1]
+    assert abs(first.weight.std().item() - 784**-0.5) < 0.02 * 784**-0.5  # N(0, 1/fan_in)
+    assert torch.count_nonzero(first.bias) == 0 and batch_norm.eps == 1e-3
+    default = ae.Autoencoder(ae.AutoencoderConfig(hidden=[1000, 500], code_size=2, init="torch"))
+    assert default.encoder[0].weight.std().item() < 0.7 * 784**-0.5  # PyTorch's U(+-1/sqrt(fan_in))
+
+
 def test_pca_matches_svd_reconstruction_and_kl_is_zero_at_target():
     torch.manual_seed(0)
     x = torch.randn(200, 12) @ torch.randn(12, 12)

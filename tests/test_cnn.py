@@ -206,3 +206,23 @@ def test_neural_style_random_weights_on_tiny_images(env, images):
     summary = read_summary(run)
     losses = [r["value"] for r in metric_records(run) if r["name"] == "loss/total"]
     assert summary["steps"] == 6 and losses[-1] < losses[0]  # Adam on the pixels lowers the loss
+
+
+def test_mlp_shift_moves_each_training_digit_and_keeps_its_ink():
+    from fdlcli import config
+    from fdlcli.experiments.mlp import MNISTClassification
+
+    task = MNISTClassification(config.validate(config.compose("mlp-mnist", ["data.shift=2"])))
+    images = torch.zeros(64, 28 * 28)
+    images.view(64, 28, 28)[:, 10:18, 12:16] = 0.8  # a blob inside MNIST's empty border
+    seen: list[torch.Tensor] = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return torch.zeros(len(x), 10, requires_grad=True)
+
+    torch.manual_seed(0)
+    task.loss(model, (images, torch.zeros(64, dtype=torch.long)))
+    (shifted,) = seen
+    assert shifted.shape == images.shape and torch.allclose(shifted.sum(1), images.sum(1))  # moved, not cut
+    assert (shifted != images).any(dim=1).sum() > 32  # most digits moved, each by its own offset

@@ -52,6 +52,11 @@ class AutoencoderConfig:
     sparsity_rho: float = 0.05  # target mean activation of a code unit
     eval_corruption: float = 0.5  # fraction of pixels zeroed for the val/test corrupted_cost metric
     knn_neighbours: int = 5  # k-NN on the codes after training
+    # The book's layer(): weights N(0, 1/fan_in), zero biases, batch norm epsilon 1e-3. Behind batch norm
+    # the weight scale sets the effective step of Adam, so PyTorch's smaller default init ("torch") is not
+    # a neutral substitute.
+    init: str = "book"  # book | torch
+    bn_eps: float = 1e-3
 
     def check(self) -> str | None:
         if self.code_size <= 0 or any(width <= 0 for width in self.hidden):
@@ -61,16 +66,24 @@ class AutoencoderConfig:
                 return f"model.{key}={getattr(self, key)}: it must lie in [0, 1)"
         if not 0.0 < self.sparsity_rho < 1.0:
             return f"model.sparsity_rho={self.sparsity_rho}: it must lie in (0, 1)"
+        if self.init not in ("book", "torch"):
+            return f"model.init={self.init!r}; choose from: book, torch"
+        if self.bn_eps <= 0:
+            return f"model.bn_eps={self.bn_eps}: it must be positive"
         if self.sparsity_beta < 0 or self.knn_neighbours <= 0:
             return "model.sparsity_beta must not be negative and model.knn_neighbours must be positive"
         return None
 
 
-def _stack(widths: list[int]) -> nn.Sequential:
+def _stack(widths: list[int], cfg: AutoencoderConfig) -> nn.Sequential:
     """Linear -> batch norm -> sigmoid for each consecutive pair of widths (the book's layer())."""
     layers: list[nn.Module] = []
     for fan_in, fan_out in itertools.pairwise(widths):
-        layers += [nn.Linear(fan_in, fan_out), nn.BatchNorm1d(fan_out), nn.Sigmoid()]
+        linear = nn.Linear(fan_in, fan_out)
+        if cfg.init == "book":  # tf.random_normal_initializer(stddev=sqrt(1 / fan_in)), zero bias
+            nn.init.normal_(linear.weight, std=fan_in**-0.5)
+            nn.init.zeros_(linear.bias)
+        layers += [linear, nn.BatchNorm1d(fan_out, eps=cfg.bn_eps), nn.Sigmoid()]
     return nn.Sequential(*layers)
 
 
@@ -78,8 +91,8 @@ class Autoencoder(nn.Module):
     def __init__(self, cfg: AutoencoderConfig) -> None:
         super().__init__()
         widths = [PIXELS, *cfg.hidden, cfg.code_size]
-        self.encoder = _stack(widths)
-        self.decoder = _stack(widths[::-1])
+        self.encoder = _stack(widths, cfg)
+        self.decoder = _stack(widths[::-1], cfg)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         code = self.encoder(x)

@@ -25,6 +25,7 @@ from torch import nn
 
 from fdlcli.config import DataConfig
 from fdlcli.data import ArraySplits, image_classification_arrays
+from fdlcli.data.images import center_crop, random_crop, random_shift
 from fdlcli.data.tensors import Arrays
 from fdlcli.engine.loop import ClassificationTask, register_supervised
 
@@ -144,31 +145,13 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    top, left = (x.shape[2] - size) // 2, (x.shape[3] - size) // 2
-    return x[:, :, top : top + size, left : left + size]
-
-
-def random_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    """A different random size x size window of every image, gathered in one indexing op."""
-    n, c, h, w = x.shape
-    top = torch.randint(0, h - size + 1, (n,), device=x.device)
-    left = torch.randint(0, w - size + 1, (n,), device=x.device)
-    offsets = torch.arange(size, device=x.device)
-    rows = (top[:, None] + offsets)[:, None, :, None]  # [n,1,size,1]
-    cols = (left[:, None] + offsets)[:, None, None, :]  # [n,1,1,size]
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return x[batch, channel, rows, cols]
-
-
 def augment(images: torch.Tensor, cfg: ImageDataConfig) -> torch.Tensor:
     """Training-time distortions of a uint8 minibatch, as the book's (TF CIFAR-10 tutorial) pipeline:
     random crop, horizontal flip, brightness, contrast (in that order), then per-image whitening."""
     x = to_float(images)
     n = x.shape[0]
-    if cfg.shift:  # pad, then a random window of the original size: each image moves by <= shift pixels
-        x = random_crop(F.pad(x, (cfg.shift,) * 4), x.shape[-1])
+    if cfg.shift:
+        x = random_shift(x, cfg.shift)
     if cfg.crop:
         x = random_crop(x, cfg.crop)
     if cfg.flip:

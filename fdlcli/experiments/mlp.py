@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from fdlcli.config import DataConfig
 from fdlcli.data import ArraySplits, image_classification_arrays
+from fdlcli.data.images import random_shift
+from fdlcli.data.tensors import Arrays
 from fdlcli.engine.loop import ClassificationTask, register_supervised
+
+SIDE = 28  # MNIST images are 28 x 28
 
 
 @dataclass
@@ -37,6 +42,17 @@ class MLPConfig:
             return f"model.hidden={self.hidden}: every layer width must be positive"
         if not 0.0 <= self.dropout < 1.0:
             return f"model.dropout={self.dropout}: it must lie in [0, 1)"
+        return None
+
+
+@dataclass
+class MNISTDataConfig(DataConfig):
+    # random translation of training images by up to this many pixels (zero fill); not in the book
+    shift: int = 0
+
+    def check(self) -> str | None:
+        if self.shift < 0:
+            return f"data.shift={self.shift}: it must not be negative"
         return None
 
 
@@ -78,13 +94,19 @@ def _initialize(layer: nn.Linear, scheme: str) -> None:
 
 class MNISTClassification(ClassificationTask):
     def build_model(self) -> nn.Module:
-        return MLP(28 * 28, 10, self.config.model)
+        return MLP(SIDE * SIDE, 10, self.config.model)
 
     def load_data(self) -> ArraySplits:
         # uint8 images -> float pixels in [0, 1], flattened once for the whole dataset
         return image_classification_arrays(self.config.data).map(
             lambda arrays: (arrays[0].flatten(1).float().div_(255.0), arrays[1])
         )
+
+    def loss(self, model: nn.Module, batch: Arrays) -> torch.Tensor:
+        images, labels = batch
+        if self.config.data.shift:  # loss() sees only training minibatches: augmentation goes here
+            images = random_shift(images.view(-1, 1, SIDE, SIDE), self.config.data.shift).flatten(1)
+        return super().loss(model, (images, labels))
 
 
 register_supervised(
@@ -95,6 +117,7 @@ register_supervised(
     book_result="91.9% test accuracy (100 epochs)",
     description="softmax regression 784->10, SGD",
     model_config=MLPConfig,
+    data_config=MNISTDataConfig,
 )
 register_supervised(
     MNISTClassification,
@@ -104,4 +127,5 @@ register_supervised(
     book_result="98.2% test accuracy (300 epochs)",
     description="784-256-256-10 ReLU network, He init, SGD",
     model_config=MLPConfig,
+    data_config=MNISTDataConfig,
 )
