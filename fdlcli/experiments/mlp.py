@@ -4,6 +4,10 @@ Book (TF 1.x): logistic regression 784->10, weights and biases initialized to ze
 batch 100, 100 epochs: 91.9% test accuracy. MLP 784-256-256-10, ReLU, He-normal weights
 (std sqrt(2/fan_in)) and zero biases, SGD lr 0.01, batch 100, 300 epochs: 98.2%.
 Both use the first 5,000 training images for validation (TF's ``read_data_sets``), pixels in [0, 1].
+
+That MLP recipe lands at 97.96% +- 0.06 here (5 seeds), so ``mlp-mnist``'s defaults (its YAML) go past
+the book with momentum, a cosine decay and random 2-pixel shifts (``data.shift``); the network and its
+init stay the book's.
 """
 
 from __future__ import annotations
@@ -125,7 +129,7 @@ register_supervised(
     chapter=3,
     dataset="MNIST",
     book_result="98.2% test accuracy (300 epochs)",
-    description="784-256-256-10 ReLU network, He init, SGD",
+    description="784-256-256-10 ReLU network, He init; momentum, cosine decay, 2-pixel shifts",
     model_config=MLPConfig,
     data_config=MNISTDataConfig,
 )
