@@ -3,8 +3,24 @@ so training-time augmentation never loops over images in Python."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from fdlcli.config import DataConfig
+
+
+@dataclass
+class ShiftDataConfig(DataConfig):
+    """Data keys of image experiments that can translate their training images (on top of DataConfig)."""
+
+    shift: int = 0  # random translation by up to this many pixels (zero fill) in training; not in the book
+
+    def check(self) -> str | None:
+        if self.shift < 0:
+            return f"data.shift={self.shift}: it must not be negative"
+        return None
 
 
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:

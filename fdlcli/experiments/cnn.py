@@ -23,9 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fdlcli.config import DataConfig
 from fdlcli.data import ArraySplits, image_classification_arrays
-from fdlcli.data.images import center_crop, random_crop, random_shift
+from fdlcli.data.images import ShiftDataConfig, center_crop, random_crop, random_shift
 from fdlcli.data.tensors import Arrays
 from fdlcli.engine.loop import ClassificationTask, register_supervised
 
@@ -49,14 +48,13 @@ class CNNConfig:
 
 
 @dataclass
-class ImageDataConfig(DataConfig):
+class ImageDataConfig(ShiftDataConfig):
     """Image data keys of the chapter-5 experiments (on top of fdl's DataConfig)."""
 
     # Permute the training rows with this fixed seed before carving the validation set: the CIFAR-10
     # mirror is stored sorted by class, so its first 5,000 rows are all airplanes. null = take the head.
     val_shuffle_seed: int | None = None
     crop: int = 0  # random crop size for training, center crop for evaluation; 0 = whole images
-    shift: int = 0  # random translation by up to this many pixels (zero fill) in training; not in the book
     flip: bool = False  # random horizontal flips
     brightness: float = 0.0  # max brightness shift, in units of the [0, 1] pixel range (TF: 63/255)
     contrast: list[float] | None = None  # [lower, upper] random contrast factor (TF: [0.2, 1.8])

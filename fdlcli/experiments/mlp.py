@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fdlcli.config import DataConfig
 from fdlcli.data import ArraySplits, image_classification_arrays
-from fdlcli.data.images import random_shift
+from fdlcli.data.images import ShiftDataConfig, random_shift
 from fdlcli.data.tensors import Arrays
 from fdlcli.engine.loop import ClassificationTask, register_supervised
 
@@ -46,17 +45,6 @@ class MLPConfig:
             return f"model.hidden={self.hidden}: every layer width must be positive"
         if not 0.0 <= self.dropout < 1.0:
             return f"model.dropout={self.dropout}: it must lie in [0, 1)"
-        return None
-
-
-@dataclass
-class MNISTDataConfig(DataConfig):
-    # random translation of training images by up to this many pixels (zero fill); not in the book
-    shift: int = 0
-
-    def check(self) -> str | None:
-        if self.shift < 0:
-            return f"data.shift={self.shift}: it must not be negative"
         return None
 
 
@@ -121,7 +109,7 @@ register_supervised(
     book_result="91.9% test accuracy (100 epochs)",
     description="softmax regression 784->10, SGD",
     model_config=MLPConfig,
-    data_config=MNISTDataConfig,
+    data_config=ShiftDataConfig,
 )
 register_supervised(
     MNISTClassification,
@@ -131,5 +119,5 @@ register_supervised(
     book_result="98.2% test accuracy (300 epochs)",
     description="784-256-256-10 ReLU network, He init; momentum, cosine decay, 2-pixel shifts",
     model_config=MLPConfig,
-    data_config=MNISTDataConfig,
+    data_config=ShiftDataConfig,
 )
