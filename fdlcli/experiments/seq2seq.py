@@ -52,7 +52,7 @@ from fdlcli.data.translation import (
 )
 from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads, resolve_device
-from fdlcli.engine.optim import build_optimizer
+from fdlcli.engine.optim import build_optimizer, set_lr
 from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
 from fdlcli.engine.session import run_session
 from fdlcli.errors import ConfigError
@@ -587,8 +587,7 @@ def _decay_rule(
     previous = state["decay_losses"]
     if trainer.lr_decay < 1.0 and len(previous) > 2 and loss > max(previous[-3:]):
         state["lr"] *= trainer.lr_decay
-        for group in optimizer.param_groups:
-            group["lr"] = state["lr"]
+        set_lr(optimizer, state["lr"])
     state["decay_losses"] = [*previous[-2:], loss]
 
 
