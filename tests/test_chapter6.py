@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import fdl, read_summary, run_dirs
@@ -223,6 +224,101 @@ def test_skipgram_trains_exports_and_evaluates(env):
     assert evaluated.returncode == 0, evaluated.stderr
     record = json.loads((run / "eval-best.json").read_text())
     assert record["metrics"]["eval/analogy"] == pytest.approx(summary["final"]["eval/analogy"])
+
+
+def _hogwild_step(inputs, outputs, stream, sentence, noise, span, window, per_target, lr, seed=1):
+    from fdlcli.experiments import word2vec_hogwild as hw
+
+    tables = hw.sigmoid_tables()
+    args = (stream, sentence, noise, *tables, *span, window, per_target, 4, lr, lr, seed)
+    return hw.train_chunk(inputs, outputs, *args)
+
+
+def test_hogwild_kernel_takes_one_sgd_step_per_target_with_negatives_shared_by_its_contexts():
+    """Target w=1 between contexts 0 and 2 (window 1, both taken), 4 negatives all drawn as word 3 (the
+    noise table holds only it): in(c) += lr (labels - sigmoid(S)) V, out(v) += lr (labels - sigmoid(S))^T U,
+    the four copies of out(3) adding up, the loss the sum of -log sigmoid(+-S)."""
+    torch.manual_seed(0)
+    inputs, outputs = torch.randn(5, 8) * 0.5, torch.randn(5, 8) * 0.5
+    expected_in, expected_out = inputs.clone(), outputs.clone()
+    u, v = inputs[[0, 2]], outputs[[1, 3, 3, 3, 3]]
+    scores = u @ v.T
+    labels = torch.tensor([1.0, 0, 0, 0, 0])
+    g = 0.1 * (labels - torch.sigmoid(scores))
+    expected_in[[0, 2]] += g @ v
+    expected_out[1] += g[:, 0] @ u
+    expected_out[3] += g[:, 1:].sum(dim=1) @ u
+    expected_loss = -torch.nn.functional.logsigmoid(torch.where(labels.bool(), scores, -scores)).sum()
+    a, b = inputs.numpy().copy(), outputs.numpy().copy()
+    stream, sentence, noise = np.array([0, 1, 2, 4]), np.zeros(4, np.int64), np.array([3])
+    loss, pairs = _hogwild_step(a, b, stream, sentence, noise, (1, 2), 1, 2, 0.1)
+    assert pairs == 2
+    assert loss == pytest.approx(float(expected_loss), rel=0.02)  # the sigmoid comes from a 1,000-cell table
+    assert torch.allclose(torch.from_numpy(a), expected_in, atol=2e-3)
+    assert torch.allclose(torch.from_numpy(b), expected_out, atol=2e-3)
+    assert not torch.allclose(torch.from_numpy(b), outputs, atol=1e-2)  # the step did something
+    untouched = [1, 3, 4]  # the target's and the noise word's input rows: only contexts' inputs move
+    assert torch.equal(torch.from_numpy(a)[untouched], inputs[untouched])
+
+
+def test_hogwild_windows_stay_inside_a_sentence_and_are_reproducible():
+    inputs = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    stream, sentence, noise = np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1]), np.array([5])
+    runs = []
+    for _ in range(2):
+        a, b = inputs.copy(), np.zeros((6, 8), np.float32) + 0.1
+        _hogwild_step(a, b, stream, sentence, noise, (0, 4), 3, 0, 0.1, seed=7)  # dynamic windows
+        runs.append((a, b))
+    assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
+    a = inputs.copy()
+    _hogwild_step(a, np.zeros((6, 8), np.float32) + 0.1, stream, sentence, noise, (0, 1), 3, 0, 0.1)
+    changed = [row for row in range(6) if not np.array_equal(a[row], inputs[row])]
+    assert changed == [1]  # target 0's only context in its sentence; 2 and 3 are in the next one
+
+
+def test_hogwild_engine_resumes_exactly_and_respects_its_config(env):
+    overrides = [
+        "model.engine=hogwild",
+        "model.loss=neg",
+        "model.sampler=unigram",
+        "model.init=small",
+        "model.subsample=1e-3",
+        "model.contexts=dynamic",
+        "optim.lr=0.05",
+        "data.train_limit=20000",
+        "trainer.chunk_words=3000",
+        "trainer.threads=1",  # one thread: bit-identical runs (two race on shared rows, as gensim's)
+        "trainer.tsne=false",
+        "seed=3",
+    ]
+    assert fdl("train", "skipgram", *overrides, "trainer.epochs=2", env=env).returncode == 0
+    (full,) = run_dirs(env, "skipgram")
+    first = fdl("train", "skipgram", *overrides, "trainer.epochs=1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "steps of 3,000 target words" in first.stdout
+    (half,) = [run for run in run_dirs(env, "skipgram") if run != full]
+    resumed = fdl("train", "--resume", str(half), "trainer.epochs=2", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    final_full, final_resumed = read_summary(full)["final"], read_summary(half)["final"]
+    assert final_full["eval/analogy_questions"] > 0
+    assert final_resumed["eval/wordsim"] == final_full["eval/wordsim"]
+    embeddings = [(run / "artifacts" / "embeddings.txt").read_text() for run in (full, half)]
+    assert embeddings[0] == embeddings[1]
+    refused = fdl("train", "skipgram", "model.engine=hogwild", env=env)  # the book's NCE loss
+    assert refused.returncode != 0 and "model.loss=neg" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_corpus_keeps_its_line_lengths_through_a_train_limit(tmp_path):
+    from fdlcli.data.text import TextDataConfig, load_corpus
+
+    text = tmp_path / "c.txt"
+    text.write_text("a b c\n\nd e\nf g h i\n")
+    corpus = load_corpus(TextDataConfig(file=str(text)))
+    assert corpus.line_lengths.tolist() == [3, 0, 2, 4] and len(corpus.ids) == 9
+    assert corpus.sentence_ids.tolist() == [0, 0, 0, 2, 2, 3, 3, 3, 3]
+    cut = load_corpus(TextDataConfig(file=str(text), train_limit=6))
+    assert cut.line_lengths.tolist() == [3, 0, 2, 1] and len(cut.ids) == 6
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,12 @@ class Corpus:
     ids: torch.Tensor  # int64 [n_tokens]
     words: list[str]  # id -> word, most frequent first
     counts: torch.Tensor  # int64 [vocab] occurrences of each id in ids
+    line_lengths: torch.Tensor  # int64 [lines]: words per line of the source, summing to len(ids)
+
+    @property
+    def sentence_ids(self) -> torch.Tensor:
+        """int64 [n_tokens]: the source line of each word (PTB: one sentence a line)."""
+        return torch.repeat_interleave(torch.arange(len(self.line_lengths)), self.line_lengths)
 
     @property
     def index(self) -> dict[str, int]:
@@ -74,10 +80,19 @@ def _lines(cfg: TextDataConfig) -> list[str]:
 def load_corpus(cfg: TextDataConfig) -> Corpus:
     """Tokenize, count, keep the ``vocab_size`` most frequent words, and map the corpus to ids."""
     tokens: list[str] = []
+    lengths: list[int] = []
     for line in _lines(cfg):
-        tokens.extend((line.lower() if cfg.lowercase else line).split())
-    if cfg.train_limit:
+        words = (line.lower() if cfg.lowercase else line).split()
+        tokens.extend(words)
+        lengths.append(len(words))
+    line_lengths = torch.tensor(lengths, dtype=torch.int64)
+    if cfg.train_limit and cfg.train_limit < len(tokens):
         tokens = tokens[: cfg.train_limit]
+        # the line that the cut falls in keeps only its first words
+        ends = line_lengths.cumsum(0)
+        last = int(torch.searchsorted(ends, cfg.train_limit))
+        line_lengths = line_lengths[: last + 1].clone()
+        line_lengths[last] -= int(ends[last]) - cfg.train_limit
     if len(tokens) < 2:
         raise DataUnavailableError("the corpus holds fewer than two words")
     counts = Counter(tokens)
@@ -92,4 +107,9 @@ def load_corpus(cfg: TextDataConfig) -> Corpus:
     order = torch.argsort(id_counts, descending=True, stable=True)
     remap = torch.empty_like(order)
     remap[order] = torch.arange(len(order))
-    return Corpus(ids=remap[ids], words=[words[i] for i in order.tolist()], counts=id_counts[order])
+    return Corpus(
+        ids=remap[ids],
+        words=[words[i] for i in order.tolist()],
+        counts=id_counts[order],
+        line_lengths=line_lengths,
+    )

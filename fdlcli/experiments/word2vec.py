@@ -43,12 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from fdlcli.config import TrainerConfig
 from fdlcli.data.hub import mirror_root
-from fdlcli.data.text import TextDataConfig, load_corpus
+from fdlcli.data.text import Corpus, TextDataConfig, load_corpus
 from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import configure_threads
 from fdlcli.engine.optim import refuse_schedule
@@ -76,6 +77,7 @@ class SkipGramConfig:
     contexts: str = "sample"  # sample (the book) | dynamic (word2vec.c/gensim: all words of a shrunk window)
     subsample: float = 0.0  # gensim's `sample`: frequent-word downsampling threshold; 0 = off (the book)
     update: str = "sgd"  # sgd (the book) | damped (each row's step divided by 1 + lr x its curvature)
+    engine: str = "minibatch"  # minibatch (the book, PyTorch) | hogwild (compiled, word2vec_hogwild.py)
 
     def check(self) -> str | None:
         if self.loss not in ("nce", "neg"):
@@ -88,6 +90,10 @@ class SkipGramConfig:
             return f"model.contexts={self.contexts!r}; choose from: sample, dynamic"
         if self.update not in ("sgd", "damped"):
             return f"model.update={self.update!r}; choose from: sgd, damped"
+        if self.engine not in ("minibatch", "hogwild"):
+            return f"model.engine={self.engine!r}; choose from: minibatch, hogwild"
+        if self.engine == "hogwild" and (self.loss, self.update) != ("neg", "sgd"):
+            return "model.engine=hogwild needs model.loss=neg and model.update=sgd"
         if not 0 <= self.subsample < 1:
             return f"model.subsample={self.subsample} must be in [0, 1)"
         if min(self.dim, self.window, self.contexts_per_target, self.negatives, self.share) <= 0:
@@ -103,6 +109,10 @@ class SkipGramTrainerConfig(TrainerConfig):
     neighbour_words: int = 20  # words shown, drawn among the 500 most frequent
     eval_dir: str | None = None  # analogy/WordSim files; default: <data mirror>/word2vec-eval, if present
     tsne: bool = True  # t-SNE figure of the 500 most frequent words at the end
+    chunk_words: int = 10000  # model.engine=hogwild: target words per step (one call of the kernel)
+
+    def check(self) -> str | None:
+        return None if self.chunk_words > 0 else f"trainer.chunk_words={self.chunk_words} must be positive"
 
 
 class SkipGram(nn.Module):
@@ -334,6 +344,98 @@ def nearest_neighbours(
     ]
 
 
+# ---- the two engines: what one step of an epoch trains -------------------------------------------
+
+
+class MinibatchEngine:
+    """The book's engine: the epoch's (target, context) pairs in minibatches of ``data.batch_size``, each
+    ``model.share`` pairs sharing one draw of negatives, SGD written out in PyTorch (``sgd_step``)."""
+
+    def __init__(self, model: SkipGram, corpus: Corpus, cfg: SkipGramConfig, noise: torch.Tensor, batch: int):
+        self.model, self.corpus, self.cfg, self.noise, self.batch = model, corpus, cfg, noise, batch
+        self.log_kq = (noise * cfg.negatives).log() if cfg.loss == "nce" else None
+        self.expected_steps = math.ceil(expected_pairs(corpus.counts, cfg) / batch)
+        self.draws: Epoch | None = None
+
+    def start_epoch(self, seed: int, epoch: int) -> int:
+        """Draw the epoch; returns its number of steps."""
+        self.draws = draw_epoch(self.corpus.ids, self.cfg, self.noise, seed, epoch)
+        return math.ceil(len(self.draws.targets) / self.batch)
+
+    def step(self, index: int, lr: tuple[float, float]) -> tuple[torch.Tensor, int]:
+        """Train step ``index`` at lr[0]; returns (summed loss, a tensor: no host sync; pairs)."""
+        assert self.draws is not None
+        share, pairs = self.cfg.share, len(self.draws.targets)
+        lo, hi = index * self.batch, min((index + 1) * self.batch, pairs)
+        loss = sgd_step(
+            self.model,
+            self.draws.targets[lo:hi],
+            self.draws.contexts[lo:hi],
+            self.draws.negatives[lo // share : hi // share],
+            self.log_kq,
+            lr[0],
+            self.cfg.update == "damped",
+        )
+        return loss, hi - lo
+
+
+class HogwildEngine:
+    """word2vec.c's SGD, one step per target word, in the compiled kernel of ``word2vec_hogwild.py``: a step
+    is ``trainer.chunk_words`` target words of the epoch's subsampled stream, the lr decaying through it."""
+
+    def __init__(
+        self,
+        model: SkipGram,
+        corpus: Corpus,
+        cfg: SkipGramConfig,
+        noise: torch.Tensor,
+        chunk: int,
+        threads: int,
+    ) -> None:
+        from fdlcli.experiments.word2vec_hogwild import HogwildSkipGram
+
+        self.corpus, self.cfg, self.chunk = corpus, cfg, chunk
+        self.kernel = HogwildSkipGram(model.embed.data, model.out.data, noise, threads)
+        self.sentences = corpus.sentence_ids
+        kept = float((keep_probability(corpus.counts, cfg.subsample) * corpus.counts).sum())
+        self.expected_steps = math.ceil(kept / self.chunk)
+        self.stream: np.ndarray | None = None
+        self.sentence: np.ndarray | None = None
+        self.seed, self.epoch = 0, 0
+
+    def start_epoch(self, seed: int, epoch: int) -> int:
+        ids, sentences = self.corpus.ids, self.sentences
+        if self.cfg.subsample > 0:  # as draw_epoch: dropped words leave the stream
+            keep = keep_probability(self.corpus.counts, self.cfg.subsample)
+            kept = torch.rand(len(ids), generator=epoch_generator(seed, epoch)) < keep[ids]
+            ids, sentences = ids[kept], sentences[kept]
+        self.stream, self.sentence = ids.numpy(), sentences.numpy()
+        self.seed, self.epoch = seed, epoch
+        return math.ceil(len(self.stream) / self.chunk)
+
+    def step(self, index: int, lr: tuple[float, float]) -> tuple[float, int]:
+        from fdlcli.experiments.word2vec_hogwild import chunk_seed
+
+        assert self.stream is not None
+        span = (index * self.chunk, min((index + 1) * self.chunk, len(self.stream)))
+        per_target = 0 if self.cfg.contexts == "dynamic" else self.cfg.contexts_per_target
+        return self.kernel.train(
+            self.stream,
+            self.sentence,
+            span,
+            self.cfg.window,
+            per_target,
+            self.cfg.negatives,
+            lr,
+            chunk_seed(self.seed, self.epoch, index),
+        )
+
+
+def decayed_lr(lr: float, decay: bool, epochs_done: float, epochs: int) -> float:
+    """The rate after ``epochs_done`` (fractional) epochs: constant, or linear to 0 as gensim's."""
+    return lr * max(1e-4, 1.0 - epochs_done / epochs) if decay else lr
+
+
 # ---- the training loop ---------------------------------------------------------------------------
 
 
@@ -357,17 +459,20 @@ def train(run: Run) -> dict[str, Any]:
             )
         model = SkipGram(len(corpus.words), model_cfg)
         noise = noise_distribution(corpus.counts, model_cfg)
-        log_kq = (noise * model_cfg.negatives).log() if model_cfg.loss == "nce" else None
         # the words whose neighbours are printed: drawn once from the seed among the 500 most frequent
         top = min(500, len(corpus.words))
         shown = torch.randperm(top, generator=torch.Generator().manual_seed(cfg.seed))[
             : trainer.neighbour_words
         ]
-
-        batch, share = cfg.data.batch_size, model_cfg.share
-        damped = model_cfg.update == "damped"
-        # subsampling and dynamic windows make each epoch's pair count a draw: the bar shows the mean
-        expected_steps = math.ceil(expected_pairs(corpus.counts, model_cfg) / batch)
+        hogwild = model_cfg.engine == "hogwild"
+        engine: MinibatchEngine | HogwildEngine
+        if hogwild:
+            threads = torch.get_num_threads()  # trainer.threads, as run_session configured it
+            engine = HogwildEngine(model, corpus, model_cfg, noise, trainer.chunk_words, threads)
+        else:
+            engine = MinibatchEngine(model, corpus, model_cfg, noise, cfg.data.batch_size)
+        # subsampling and dynamic windows make each epoch's step count a draw: the bar shows the mean
+        expected_steps = engine.expected_steps
         state: dict[str, Any] = {
             "step": 0,
             "epoch": 0,
@@ -383,7 +488,12 @@ def train(run: Run) -> dict[str, Any]:
         progress = session.start_progress(expected_steps * trainer.epochs, state["step"])
         session.message(
             f"corpus {len(corpus.ids):,} words, vocabulary {len(corpus.words):,}; "
-            f"{expected_steps:,} minibatches of {batch} pairs per epoch"
+            + (
+                f"{expected_steps:,} steps of {trainer.chunk_words:,} target words per epoch, "
+                f"{torch.get_num_threads()} Hogwild threads"
+                if hogwild
+                else f"{expected_steps:,} minibatches of {cfg.data.batch_size} pairs per epoch"
+            )
             + (" (on average)" if model_cfg.subsample or model_cfg.contexts == "dynamic" else "")
         )
 
@@ -400,28 +510,24 @@ def train(run: Run) -> dict[str, Any]:
             session.message(f"nearest neighbours ({label}):\n  " + "\n  ".join(lines))
 
         for epoch in range(state["epoch"], trainer.epochs):
-            draws = draw_epoch(corpus.ids, model_cfg, noise, cfg.seed, epoch)
-            pairs_per_epoch = len(draws.targets)
-            steps_per_epoch = math.ceil(pairs_per_epoch / batch)
+            steps_per_epoch = engine.start_epoch(cfg.seed, epoch)
             window_loss = torch.tensor(state["window_loss"], dtype=torch.float64)
             epoch_started = time.monotonic()
             first_batch = state["batch_in_epoch"]
+
             for b in range(first_batch, steps_per_epoch):
-                lr = cfg.optim.lr
-                if model_cfg.lr_decay:  # linear in the fraction of training done, as gensim
-                    lr *= max(1e-4, 1.0 - (epoch + b / steps_per_epoch) / trainer.epochs)
-                lo, hi = b * batch, min((b + 1) * batch, pairs_per_epoch)
-                negatives = draws.negatives[lo // share : hi // share]
-                loss = sgd_step(
-                    model, draws.targets[lo:hi], draws.contexts[lo:hi], negatives, log_kq, lr, damped
+                lr = decayed_lr(cfg.optim.lr, model_cfg.lr_decay, epoch + b / steps_per_epoch, trainer.epochs)
+                next_lr = decayed_lr(
+                    cfg.optim.lr, model_cfg.lr_decay, epoch + (b + 1) / steps_per_epoch, trainer.epochs
                 )
-                window_loss += loss.double()
-                state["window_pairs"] += hi - lo
+                loss, pairs = engine.step(b, (lr, next_lr))
+                window_loss += loss
+                state["window_pairs"] += pairs
                 state["step"] += 1
                 state["batch_in_epoch"] = b + 1
                 last = b + 1 == steps_per_epoch
                 if state["step"] % trainer.log_every == 0 or last:
-                    cost = window_loss.item() / state["window_pairs"]
+                    cost = window_loss.item() / max(1, state["window_pairs"])
                     session.check_finite(cost, state["step"])
                     writer.log({"train/cost": cost, "train/lr": lr}, state["step"], epoch)
                     progress.update(state["step"], cost, epoch, trainer.epochs)
@@ -499,17 +605,21 @@ def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
     return metrics
 
 
-register(
-    ExperimentSpec(
-        name="skipgram",
-        chapter=6,
-        dataset="PTB (text8 / any text file by config)",
-        book_result="neighbours such as eight -> six, seven, five, nine (text8, 5 epochs)",
-        description="skip-gram word2vec, NCE with 64 shared negatives, SGD",
-        model_config=SkipGramConfig,
-        data_config=TextDataConfig,
-        trainer_config=SkipGramTrainerConfig,
-        train=train,
-        evaluate=evaluate,
+for name, description in [
+    ("skipgram", "skip-gram word2vec, NCE with 64 shared negatives, SGD"),
+    ("skipgram-word2vec", "skip-gram, word2vec.c's recipe in a compiled Hogwild kernel (beyond the book)"),
+]:
+    register(
+        ExperimentSpec(
+            name=name,
+            chapter=6,
+            dataset="PTB (text8 / any text file by config)",
+            book_result="neighbours such as eight -> six, seven, five, nine (text8, 5 epochs)",
+            description=description,
+            model_config=SkipGramConfig,
+            data_config=TextDataConfig,
+            trainer_config=SkipGramTrainerConfig,
+            train=train,
+            evaluate=evaluate,
+        )
     )
-)
