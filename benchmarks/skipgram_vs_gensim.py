@@ -37,18 +37,10 @@ from fdlcli.data.text import load_corpus
 from fdlcli.experiments import word2vec
 from fdlcli.runs import Run
 
-# fdl's fast settings: word2vec.c's algorithm (negative sampling, unigram^0.75 noise, subsampling, shrunk
-# windows, linear lr decay from gensim's 0.025) in the compiled Hogwild engine, negatives shared by the
-# context words of each target (Ji et al. 2016), 2 threads as gensim's 2 workers
+# fdl runs its `skipgram-word2vec` experiment (conf/experiment/skipgram-word2vec.yaml: word2vec.c's recipe
+# in the compiled Hogwild engine) with 2 threads, as gensim's 2 workers
+EXPERIMENT = "skipgram-word2vec"
 FDL_OVERRIDES = [
-    "model.engine=hogwild",
-    "model.loss=neg",
-    "model.sampler=unigram",
-    "model.init=small",
-    "model.lr_decay=true",
-    "optim.lr=0.025",  # gensim's alpha, per (context, target) pair as in gensim
-    "model.subsample=1e-3",  # gensim's default `sample`; the benchmark gives gensim the same value
-    "model.contexts=dynamic",  # every word within a window shrunk at random to 1..5, as gensim
     "trainer.threads=2",
     "trainer.device=cpu",
     "trainer.tsne=false",
@@ -93,7 +85,7 @@ def run_gensim(
 
 
 def run_fdl(overrides: list[str]) -> dict:
-    run_config = fdl_config.validate(fdl_config.compose("skipgram", overrides))
+    run_config = fdl_config.validate(fdl_config.compose(EXPERIMENT, overrides))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         summary = word2vec.train(Run(path=Path(tmp), config=run_config))
@@ -114,7 +106,7 @@ def main() -> None:
             repeats = int(args[1])
         args = args[2:]
     overrides = [*FDL_OVERRIDES, *args, f"trainer.epochs={epochs}"]
-    run_config = fdl_config.validate(fdl_config.compose("skipgram", overrides))
+    run_config = fdl_config.validate(fdl_config.compose(EXPERIMENT, overrides))
     corpus = load_corpus(run_config.data)
     words, index = corpus.words, corpus.index
     flat = [words[i] for i in corpus.ids.tolist()]
@@ -127,7 +119,7 @@ def main() -> None:
             start += length
     print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, torch {torch.__version__}")
     print(f"corpus: {len(corpus.ids):,} words, vocabulary {len(words):,}")
-    print(f"epochs: {epochs}; fdl overrides: {' '.join(overrides)}")
+    print(f"epochs: {epochs}; fdl: {EXPERIMENT} {' '.join(overrides)}")
     print("words/s: raw corpus words x epochs / training seconds (subsampled words count, as in gensim)")
     results: dict[str, list[dict]] = {"gensim": [], "fdl": []}
     for seed in range(repeats):

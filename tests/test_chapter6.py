@@ -226,52 +226,91 @@ def test_skipgram_trains_exports_and_evaluates(env):
     assert record["metrics"]["eval/analogy"] == pytest.approx(summary["final"]["eval/analogy"])
 
 
-def _hogwild_step(inputs, outputs, stream, sentence, noise, span, window, per_target, lr, seed=1):
+def _hogwild_step(
+    inputs, outputs, stream, sentence, noise_word, span, window, per_target, lr, group=1, seed=1
+):
+    """One kernel call with 4 negatives that are all ``noise_word`` (every alias bucket points to it)."""
     from fdlcli.experiments import word2vec_hogwild as hw
 
-    tables = hw.sigmoid_tables()
-    args = (stream, sentence, noise, *tables, *span, window, per_target, 4, lr, lr, seed)
+    vocab = len(outputs)
+    accept, alias = np.zeros(vocab, np.float32), np.full(vocab, noise_word, np.int64)
+    args = (
+        stream,
+        sentence,
+        accept,
+        alias,
+        *hw.sigmoid_tables(),
+        *span,
+        window,
+        per_target,
+        4,
+        group,
+        lr,
+        lr,
+        seed,
+    )
     return hw.train_chunk(inputs, outputs, *args)
 
 
-def test_hogwild_kernel_takes_one_sgd_step_per_target_with_negatives_shared_by_its_contexts():
-    """Target w=1 between contexts 0 and 2 (window 1, both taken), 4 negatives all drawn as word 3 (the
-    noise table holds only it): in(c) += lr (labels - sigmoid(S)) V, out(v) += lr (labels - sigmoid(S))^T U,
-    the four copies of out(3) adding up, the loss the sum of -log sigmoid(+-S)."""
+@pytest.mark.parametrize("group", [1, 2])
+def test_hogwild_kernel_takes_one_sgd_step_per_group_of_targets_sharing_negatives(group):
+    """Stream 0 1 2 4, window 1 with both neighbours taken, 4 negatives all drawn as word 3. group=1: target 1
+    with contexts 0 and 2; group=2: targets 1 and 2 (contexts 1 and 4) share the negatives. With U the
+    contexts' input rows and V the output rows of the targets, then the negatives:
+    in(c) += lr (labels - sigmoid(U V^T)) V, out(v) += lr (labels - sigmoid(U V^T))^T U, where a context's
+    label is 1 for its own target, 0 for the negatives and it has no term for the other target; the four
+    copies of out(3) add up, and the loss is the sum of -log sigmoid(+-score) over the terms."""
     torch.manual_seed(0)
     inputs, outputs = torch.randn(5, 8) * 0.5, torch.randn(5, 8) * 0.5
-    expected_in, expected_out = inputs.clone(), outputs.clone()
-    u, v = inputs[[0, 2]], outputs[[1, 3, 3, 3, 3]]
+    contexts, owners = ([0, 2], [0, 0]) if group == 1 else ([0, 2, 1, 4], [0, 0, 1, 1])
+    targets = [1] if group == 1 else [1, 2]
+    rows = [*targets, 3, 3, 3, 3]
+    u, v = inputs[contexts], outputs[rows]
     scores = u @ v.T
-    labels = torch.tensor([1.0, 0, 0, 0, 0])
-    g = 0.1 * (labels - torch.sigmoid(scores))
-    expected_in[[0, 2]] += g @ v
-    expected_out[1] += g[:, 0] @ u
-    expected_out[3] += g[:, 1:].sum(dim=1) @ u
-    expected_loss = -torch.nn.functional.logsigmoid(torch.where(labels.bool(), scores, -scores)).sum()
+    labels = torch.zeros_like(scores)
+    present = torch.ones_like(scores)
+    for row, owner in enumerate(owners):
+        labels[row, owner] = 1.0
+        present[row, :group] = 0.0
+        present[row, owner] = 1.0
+    g = 0.1 * (labels - torch.sigmoid(scores)) * present
+    expected_in, expected_out = inputs.clone(), outputs.clone()
+    expected_in.index_add_(0, torch.tensor(contexts), g @ v)
+    expected_out.index_add_(0, torch.tensor(rows), g.T @ u)
+    terms = torch.nn.functional.logsigmoid(torch.where(labels.bool(), scores, -scores))
+    expected_loss = -(terms * present).sum()
     a, b = inputs.numpy().copy(), outputs.numpy().copy()
-    stream, sentence, noise = np.array([0, 1, 2, 4]), np.zeros(4, np.int64), np.array([3])
-    loss, pairs = _hogwild_step(a, b, stream, sentence, noise, (1, 2), 1, 2, 0.1)
-    assert pairs == 2
+    stream, sentence = np.array([0, 1, 2, 4]), np.zeros(4, np.int64)
+    loss, pairs = _hogwild_step(a, b, stream, sentence, 3, (1, 1 + group), 1, 2, 0.1, group=group)
+    assert pairs == len(contexts)
     assert loss == pytest.approx(float(expected_loss), rel=0.02)  # the sigmoid comes from a 1,000-cell table
     assert torch.allclose(torch.from_numpy(a), expected_in, atol=2e-3)
     assert torch.allclose(torch.from_numpy(b), expected_out, atol=2e-3)
     assert not torch.allclose(torch.from_numpy(b), outputs, atol=1e-2)  # the step did something
-    untouched = [1, 3, 4]  # the target's and the noise word's input rows: only contexts' inputs move
-    assert torch.equal(torch.from_numpy(a)[untouched], inputs[untouched])
+
+
+def test_alias_table_draws_the_noise_distribution_exactly():
+    from fdlcli.experiments import word2vec_hogwild as hw
+
+    noise = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    accept, alias = hw.alias_table(noise)
+    # P(i) = (accept[i] + sum of (1 - accept[j]) over the buckets j whose alias is i) / vocabulary
+    probability = torch.from_numpy(accept.astype(np.float64)).clone()
+    probability.index_add_(0, torch.from_numpy(alias), torch.from_numpy(1.0 - accept.astype(np.float64)))
+    assert torch.allclose(probability / len(noise), noise.double(), atol=1e-6)
 
 
 def test_hogwild_windows_stay_inside_a_sentence_and_are_reproducible():
     inputs = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
-    stream, sentence, noise = np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1]), np.array([5])
+    stream, sentence = np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1])
     runs = []
     for _ in range(2):
         a, b = inputs.copy(), np.zeros((6, 8), np.float32) + 0.1
-        _hogwild_step(a, b, stream, sentence, noise, (0, 4), 3, 0, 0.1, seed=7)  # dynamic windows
+        _hogwild_step(a, b, stream, sentence, 5, (0, 4), 3, 0, 0.1, seed=7)  # dynamic windows
         runs.append((a, b))
     assert np.array_equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
     a = inputs.copy()
-    _hogwild_step(a, np.zeros((6, 8), np.float32) + 0.1, stream, sentence, noise, (0, 1), 3, 0, 0.1)
+    _hogwild_step(a, np.zeros((6, 8), np.float32) + 0.1, stream, sentence, 5, (0, 1), 3, 0, 0.1)
     changed = [row for row in range(6) if not np.array_equal(a[row], inputs[row])]
     assert changed == [1]  # target 0's only context in its sentence; 2 and 3 are in the next one
 
@@ -284,6 +323,7 @@ def test_hogwild_engine_resumes_exactly_and_respects_its_config(env):
         "model.init=small",
         "model.subsample=1e-3",
         "model.contexts=dynamic",
+        "model.shared_targets=2",
         "optim.lr=0.05",
         "data.train_limit=20000",
         "trainer.chunk_words=3000",

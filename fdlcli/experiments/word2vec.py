@@ -30,6 +30,11 @@ occurrence of a frequent word with gensim's probability before the epoch's pairs
 row's summed step by 1 + lr x its curvature in the step, so that the many simultaneous updates a minibatch
 gives a frequent word cannot overshoot (see ``sgd_step``).
 
+Two engines (``model.engine``): ``minibatch`` (above, the book's; PyTorch) and ``hogwild``, word2vec.c's
+one-SGD-step-per-target training in a compiled kernel (``word2vec_hogwild.py``), which ``skipgram-word2vec``
+runs with word2vec.c's recipe. The training loop, checkpoints, resumption, logging and evaluation below are
+the same for both; an engine only says how many steps an epoch has and what one step trains.
+
 Quality is measured at every epoch end on the analogy questions (``questions-words.txt``, restricted to
 questions whose four words are in the vocabulary; 3CosAdd, the three question words excluded) and on
 WordSim-353 (Spearman rho of cosine against the human scores, pairs in the vocabulary).
@@ -78,6 +83,9 @@ class SkipGramConfig:
     subsample: float = 0.0  # gensim's `sample`: frequent-word downsampling threshold; 0 = off (the book)
     update: str = "sgd"  # sgd (the book) | damped (each row's step divided by 1 + lr x its curvature)
     engine: str = "minibatch"  # minibatch (the book, PyTorch) | hogwild (compiled, word2vec_hogwild.py)
+    shared_targets: int = (
+        1  # hogwild: consecutive target words whose context words share one draw of negatives
+    )
 
     def check(self) -> str | None:
         if self.loss not in ("nce", "neg"):
@@ -96,8 +104,20 @@ class SkipGramConfig:
             return "model.engine=hogwild needs model.loss=neg and model.update=sgd"
         if not 0 <= self.subsample < 1:
             return f"model.subsample={self.subsample} must be in [0, 1)"
-        if min(self.dim, self.window, self.contexts_per_target, self.negatives, self.share) <= 0:
-            return "model.dim, window, contexts_per_target, negatives and share must be positive"
+        if (
+            min(
+                self.dim,
+                self.window,
+                self.contexts_per_target,
+                self.negatives,
+                self.share,
+                self.shared_targets,
+            )
+            <= 0
+        ):
+            return (
+                "model.dim, window, contexts_per_target, negatives, share and shared_targets must be positive"
+            )
         if self.contexts_per_target > 2 * self.window:
             return f"model.contexts_per_target={self.contexts_per_target} exceeds the 2*window context words"
         return None
@@ -426,6 +446,7 @@ class HogwildEngine:
             self.cfg.window,
             per_target,
             self.cfg.negatives,
+            self.cfg.shared_targets,
             lr,
             chunk_seed(self.seed, self.epoch, index),
         )
