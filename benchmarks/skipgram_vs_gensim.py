@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 import torch
 
@@ -134,6 +134,13 @@ def main() -> None:
     if repeats > 1:
         report(f"gensim, mean of {repeats}", means["gensim"])
         report(f"fdl, mean of {repeats}", means["fdl"])
+        for key, scale, unit in (("analogy", 100, "%"), ("wordsim", 1, "")):
+            spread = {
+                name: f"{scale * means[name][f'eval/{key}']:.3f}{unit} +- "
+                f"{scale * stdev(r[f'eval/{key}'] for r in runs) / len(runs) ** 0.5:.3f}"
+                for name, runs in results.items()
+            }
+            print(f"{key} (mean +- standard error): fdl {spread['fdl']}, gensim {spread['gensim']}")
     better = {
         key: means["fdl"][f"eval/{key}"] >= means["gensim"][f"eval/{key}"] for key in ("analogy", "wordsim")
     }
@@ -149,8 +156,8 @@ def load() -> str:
 def report(name: str, result: dict) -> None:
     print(
         f"{name:7s} {result['words_per_s']:10,.0f} words/s  ({result['seconds']:.1f} s)  "
-        f"analogy {result['eval/analogy']:.4f} ({result['eval/analogy_questions']} questions)  "
-        f"wordsim rho {result['eval/wordsim']:.3f} ({result['eval/wordsim_pairs']} pairs)",
+        f"analogy {100 * result['eval/analogy']:.2f}% ({result['eval/analogy_questions']:.0f} questions)  "
+        f"wordsim rho {result['eval/wordsim']:.3f} ({result['eval/wordsim_pairs']:.0f} pairs)",
         flush=True,
     )
 

@@ -230,7 +230,7 @@ def _hogwild_step(
     inputs, outputs, stream, sentence, noise_word, span, window, per_target, lr, group=1, seed=1
 ):
     """One kernel call with 4 negatives that are all ``noise_word`` (every alias bucket points to it)."""
-    from fdlcli.experiments import word2vec_hogwild as hw
+    from fdlcli.experiments import _word2vec_hogwild as hw
 
     vocab = len(outputs)
     accept, alias = np.zeros(vocab, np.float32), np.full(vocab, noise_word, np.int64)
@@ -290,7 +290,7 @@ def test_hogwild_kernel_takes_one_sgd_step_per_group_of_targets_sharing_negative
 
 
 def test_alias_table_draws_the_noise_distribution_exactly():
-    from fdlcli.experiments import word2vec_hogwild as hw
+    from fdlcli.experiments import _word2vec_hogwild as hw
 
     noise = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
     accept, alias = hw.alias_table(noise)

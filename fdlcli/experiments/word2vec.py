@@ -31,7 +31,7 @@ row's summed step by 1 + lr x its curvature in the step, so that the many simult
 gives a frequent word cannot overshoot (see ``sgd_step``).
 
 Two engines (``model.engine``): ``minibatch`` (above, the book's; PyTorch) and ``hogwild``, word2vec.c's
-one-SGD-step-per-target training in a compiled kernel (``word2vec_hogwild.py``), which ``skipgram-word2vec``
+one-SGD-step-per-target training in a compiled kernel (``_word2vec_hogwild.py``), which ``skipgram-word2vec``
 runs with word2vec.c's recipe. The training loop, checkpoints, resumption, logging and evaluation below are
 the same for both; an engine only says how many steps an epoch has and what one step trains.
 
@@ -82,7 +82,7 @@ class SkipGramConfig:
     contexts: str = "sample"  # sample (the book) | dynamic (word2vec.c/gensim: all words of a shrunk window)
     subsample: float = 0.0  # gensim's `sample`: frequent-word downsampling threshold; 0 = off (the book)
     update: str = "sgd"  # sgd (the book) | damped (each row's step divided by 1 + lr x its curvature)
-    engine: str = "minibatch"  # minibatch (the book, PyTorch) | hogwild (compiled, word2vec_hogwild.py)
+    engine: str = "minibatch"  # minibatch (the book, PyTorch) | hogwild (compiled, _word2vec_hogwild.py)
     shared_targets: int = (
         1  # hogwild: consecutive target words whose context words share one draw of negatives
     )
@@ -400,7 +400,7 @@ class MinibatchEngine:
 
 
 class HogwildEngine:
-    """word2vec.c's SGD, one step per target word, in the compiled kernel of ``word2vec_hogwild.py``: a step
+    """word2vec.c's SGD, one step per target word, in the compiled kernel of ``_word2vec_hogwild.py``: a step
     is ``trainer.chunk_words`` target words of the epoch's subsampled stream, the lr decaying through it."""
 
     def __init__(
@@ -412,7 +412,7 @@ class HogwildEngine:
         chunk: int,
         threads: int,
     ) -> None:
-        from fdlcli.experiments.word2vec_hogwild import HogwildSkipGram
+        from fdlcli.experiments._word2vec_hogwild import HogwildSkipGram
 
         self.corpus, self.cfg, self.chunk = corpus, cfg, chunk
         self.kernel = HogwildSkipGram(model.embed.data, model.out.data, noise, threads)
@@ -434,7 +434,7 @@ class HogwildEngine:
         return math.ceil(len(self.stream) / self.chunk)
 
     def step(self, index: int, lr: tuple[float, float]) -> tuple[float, int]:
-        from fdlcli.experiments.word2vec_hogwild import chunk_seed
+        from fdlcli.experiments._word2vec_hogwild import chunk_seed
 
         assert self.stream is not None
         span = (index * self.chunk, min((index + 1) * self.chunk, len(self.stream)))
