@@ -371,3 +371,20 @@ def test_corpus_keeps_its_line_lengths_through_a_train_limit(tmp_path):
 def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
     result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_skipgram_on_a_tiny_text_file(env, tmp_path):
+    """A 7-word vocabulary: fewer than 8 neighbours and a t-SNE perplexity below sklearn's 30; a corpus with
+    fewer pairs than one minibatch's share is refused in one line."""
+    small = tmp_path / "small.txt"
+    small.write_text("the cat sat on the mat\nthe dog sat on the log\n" * 300)
+    result = fdl("train", "skipgram-word2vec", f"data.file={small}", "trainer.epochs=1", env=env)
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "skipgram-word2vec")
+    assert (run / "artifacts" / "tsne.png").is_file()
+    assert "nearest neighbours" in result.stdout
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("a b a\n")
+    refused = fdl("train", "skipgram", f"data.file={tiny}", env=env)
+    assert refused.returncode != 0 and "fewer than model.share=32" in refused.stderr
+    assert "Traceback" not in refused.stderr

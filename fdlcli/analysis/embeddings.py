@@ -8,7 +8,8 @@ import torch
 
 
 def tsne_plot(vectors: torch.Tensor, words: list[str], path: Path, seed: int = 0) -> None:
-    """2-D t-SNE of the (cosine-normalized) vectors, each point labelled with its word."""
+    """2-D t-SNE of the (cosine-normalized) vectors, each point labelled with its word. The perplexity is
+    30 (sklearn's default), lowered for a vocabulary too small for it (t-SNE needs it below the count)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +17,9 @@ def tsne_plot(vectors: torch.Tensor, words: list[str], path: Path, seed: int = 0
     from sklearn.manifold import TSNE
 
     unit = vectors.float() / vectors.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-    points = TSNE(n_components=2, perplexity=30, init="pca", random_state=seed).fit_transform(unit.numpy())
+    perplexity = min(30.0, max(1.0, (len(words) - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    points = tsne.fit_transform(unit.numpy())
     fig, ax = plt.subplots(figsize=(16, 16))
     ax.scatter(points[:, 0], points[:, 1], s=4, color="tab:blue")
     for (x, y), word in zip(points, words, strict=True):

@@ -211,6 +211,10 @@ def draw_epoch(
         targets = corpus[positions].repeat_interleave(per_target)
         contexts = corpus[(positions[:, None] + offsets[choice]) % n].flatten()  # the corpus wraps around
     groups = len(targets) // cfg.share  # the last < share pairs of the epoch are left out
+    if groups == 0:
+        raise DataUnavailableError(
+            f"the corpus gives {len(targets)} (target, context) pairs, fewer than model.share={cfg.share}"
+        )
     pairs = groups * cfg.share
     negatives = torch.multinomial(noise, groups * cfg.negatives, replacement=True, generator=generator)
     return Epoch(
@@ -357,7 +361,7 @@ def nearest_neighbours(
     unit = unit_rows(vectors.float())
     scores = unit[queries] @ unit.T
     scores[torch.arange(len(queries)), queries] = float("-inf")
-    best = scores.topk(k, dim=1).indices
+    best = scores.topk(min(k, len(vectors) - 1), dim=1).indices  # a tiny vocabulary has fewer words
     return [
         f"{words[q]} -> {', '.join(words[i] for i in row)}"
         for q, row in zip(queries.tolist(), best.tolist(), strict=True)
@@ -591,7 +595,7 @@ def train(run: Run) -> dict[str, Any]:
             "history": state["history"],
         }
     export_word2vec(model.embed, corpus.words, run.artifacts_dir / "embeddings.txt")
-    if trainer.tsne:
+    if trainer.tsne and top >= 3:  # t-SNE needs a few points
         from fdlcli.analysis.embeddings import tsne_plot
 
         tsne_plot(model.embed[:top], corpus.words[:top], run.artifacts_dir / "tsne.png", cfg.seed)
