@@ -83,9 +83,7 @@ class SkipGramConfig:
     subsample: float = 0.0  # gensim's `sample`: frequent-word downsampling threshold; 0 = off (the book)
     update: str = "sgd"  # sgd (the book) | damped (each row's step divided by 1 + lr x its curvature)
     engine: str = "minibatch"  # minibatch (the book, PyTorch) | hogwild (compiled, _word2vec_hogwild.py)
-    shared_targets: int = (
-        1  # hogwild: consecutive target words whose context words share one draw of negatives
-    )
+    shared_targets: int = 1  # hogwild: consecutive targets whose contexts share one draw of negatives
 
     def check(self) -> str | None:
         if self.loss not in ("nce", "neg"):
@@ -104,20 +102,9 @@ class SkipGramConfig:
             return "model.engine=hogwild needs model.loss=neg and model.update=sgd"
         if not 0 <= self.subsample < 1:
             return f"model.subsample={self.subsample} must be in [0, 1)"
-        if (
-            min(
-                self.dim,
-                self.window,
-                self.contexts_per_target,
-                self.negatives,
-                self.share,
-                self.shared_targets,
-            )
-            <= 0
-        ):
-            return (
-                "model.dim, window, contexts_per_target, negatives, share and shared_targets must be positive"
-            )
+        names = ("dim", "window", "contexts_per_target", "negatives", "share", "shared_targets")
+        if min(getattr(self, name) for name in names) <= 0:
+            return f"model.{', '.join(names)} must be positive"
         if self.contexts_per_target > 2 * self.window:
             return f"model.contexts_per_target={self.contexts_per_target} exceeds the 2*window context words"
         return None
