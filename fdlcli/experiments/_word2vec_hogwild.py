@@ -219,13 +219,14 @@ class HogwildSkipGram:
         negatives: int,
         group: int,
         lr: tuple[float, float],
-        seed: int,
+        draw: tuple[int, int, int],
     ) -> tuple[float, int]:
-        """One SGD step per target in stream[span[0]:span[1]] (context words anywhere in ``stream``, within
-        the target's sentence), the rate moving linearly from lr[0] to lr[1]; returns (summed loss, pairs)."""
+        """One SGD step per group of targets in stream[span[0]:span[1]] (context words anywhere in
+        ``stream``, within the target's sentence), the rate moving linearly from lr[0] to lr[1], the random
+        draws seeded by ``draw`` = (seed, epoch, chunk); returns (summed loss, pairs)."""
         loss, pairs = train_chunk(
             self.inputs, self.outputs, stream, sentence, *self.noise, *self.tables,
-            span[0], span[1], window, contexts_per_target, negatives, group, lr[0], lr[1], seed,
+            span[0], span[1], window, contexts_per_target, negatives, group, lr[0], lr[1], chunk_seed(*draw),
         )  # fmt: skip
         return float(loss), int(pairs)
 

@@ -169,9 +169,22 @@ def keep_probability(counts: torch.Tensor, sample: float) -> torch.Tensor:
     return ((c / threshold).sqrt() + 1).mul(threshold / c).clamp(max=1.0).float()
 
 
+def expected_kept(counts: torch.Tensor, sample: float) -> float:
+    """Words an epoch keeps on average after subsampling."""
+    return float((keep_probability(counts, sample) * counts).sum())
+
+
+def subsample_mask(
+    corpus: torch.Tensor, counts: torch.Tensor, sample: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Which occurrences an epoch keeps (as gensim: dropped words leave the stream, so windows reach past
+    them); one uniform draw per word from ``generator``."""
+    return torch.rand(len(corpus), generator=generator) < keep_probability(counts, sample)[corpus]
+
+
 def expected_pairs(counts: torch.Tensor, cfg: SkipGramConfig) -> float:
     """Pairs an epoch trains on average (for the progress bar): kept words x contexts per word."""
-    kept = float((keep_probability(counts, cfg.subsample) * counts).sum())
+    kept = expected_kept(counts, cfg.subsample)
     # a dynamic window of b ~ U{1..window} words each side holds 2 * (window + 1) / 2 context words
     return kept * (cfg.window + 1 if cfg.contexts == "dynamic" else cfg.contexts_per_target)
 
@@ -180,10 +193,9 @@ def draw_epoch(
     corpus: torch.Tensor, cfg: SkipGramConfig, noise: torch.Tensor, seed: int, epoch: int
 ) -> Epoch:
     generator = epoch_generator(seed, epoch)
-    if cfg.subsample > 0:  # as gensim: dropped words leave the stream, so windows reach past them
+    if cfg.subsample > 0:
         counts = torch.bincount(corpus, minlength=len(noise))
-        keep = keep_probability(counts, cfg.subsample)
-        corpus = corpus[torch.rand(len(corpus), generator=generator) < keep[corpus]]
+        corpus = corpus[subsample_mask(corpus, counts, cfg.subsample, generator)]
     n = len(corpus)
     positions = torch.randperm(n, generator=generator)
     offsets = torch.cat([torch.arange(-cfg.window, 0), torch.arange(1, cfg.window + 1)])
@@ -408,38 +420,34 @@ class HogwildEngine:
         self.corpus, self.cfg, self.chunk = corpus, cfg, chunk
         self.kernel = HogwildSkipGram(model.embed.data, model.out.data, noise, threads)
         self.sentences = corpus.sentence_ids
-        kept = float((keep_probability(corpus.counts, cfg.subsample) * corpus.counts).sum())
-        self.expected_steps = math.ceil(kept / self.chunk)
+        self.per_target = 0 if cfg.contexts == "dynamic" else cfg.contexts_per_target  # 0: shrunk windows
+        self.expected_steps = math.ceil(expected_kept(corpus.counts, cfg.subsample) / self.chunk)
         self.stream: np.ndarray | None = None
         self.sentence: np.ndarray | None = None
         self.seed, self.epoch = 0, 0
 
     def start_epoch(self, seed: int, epoch: int) -> int:
         ids, sentences = self.corpus.ids, self.sentences
-        if self.cfg.subsample > 0:  # as draw_epoch: dropped words leave the stream
-            keep = keep_probability(self.corpus.counts, self.cfg.subsample)
-            kept = torch.rand(len(ids), generator=epoch_generator(seed, epoch)) < keep[ids]
+        if self.cfg.subsample > 0:
+            kept = subsample_mask(ids, self.corpus.counts, self.cfg.subsample, epoch_generator(seed, epoch))
             ids, sentences = ids[kept], sentences[kept]
         self.stream, self.sentence = ids.numpy(), sentences.numpy()
         self.seed, self.epoch = seed, epoch
         return math.ceil(len(self.stream) / self.chunk)
 
     def step(self, index: int, lr: tuple[float, float]) -> tuple[float, int]:
-        from fdlcli.experiments._word2vec_hogwild import chunk_seed
-
         assert self.stream is not None
         span = (index * self.chunk, min((index + 1) * self.chunk, len(self.stream)))
-        per_target = 0 if self.cfg.contexts == "dynamic" else self.cfg.contexts_per_target
         return self.kernel.train(
             self.stream,
             self.sentence,
             span,
             self.cfg.window,
-            per_target,
+            self.per_target,
             self.cfg.negatives,
             self.cfg.shared_targets,
             lr,
-            chunk_seed(self.seed, self.epoch, index),
+            (self.seed, self.epoch, index),
         )
 
 
