@@ -59,6 +59,8 @@ def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.Monke
         "HF_HOME": str(tmp_path / "hf"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # the subprocesses run this checkout's code, also from a git worktree beside an editable install
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
