@@ -296,7 +296,45 @@ def validate(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         raise ConfigError(f"invalid value for 'seed': {seed!r} is not an integer")
     run_config = RunConfig(seed=seed, **typed)
     _check_values(run_config)
+    _refuse_unsupported(run_config, spec)
     return run_config
+
+
+def requested_features(run_config: RunConfig) -> dict[str, str]:
+    """The optional trainer features (engine/task.py FEATURES) this config asks for, each with the
+    setting that asks for it."""
+    trainer, data, optim = run_config.trainer, run_config.data, run_config.optim
+    asked = {
+        "precision": trainer.precision != "32" and f"trainer.precision={trainer.precision}",
+        "compile": trainer.compile and "trainer.compile=true",
+        "devices": trainer.devices > 1 and f"trainer.devices={trainer.devices}",
+        "schedule": (optim.schedule != "constant" or optim.warmup_steps > 0)
+        and f"optim.schedule={optim.schedule} optim.warmup_steps={optim.warmup_steps}",
+        "checkpoint_every": trainer.checkpoint_every > 0
+        and f"trainer.checkpoint_every={trainer.checkpoint_every}",
+        "data_limits": (data.train_limit or data.eval_limit)
+        and f"data.train_limit={data.train_limit} data.eval_limit={data.eval_limit}",
+    }
+    return {feature: str(setting) for feature, setting in asked.items() if setting}
+
+
+def _refuse_unsupported(run_config: RunConfig, spec: registry.ExperimentSpec) -> None:
+    """A trainer key the experiment cannot honour is an error, never silently ignored."""
+    task = spec.task
+    if task is None:
+        return
+    for feature, setting in requested_features(run_config).items():
+        if feature not in task.supports:
+            raise ConfigError(
+                f"{setting}: experiment {spec.name} does not support {feature.replace('_', ' ')}"
+            )
+    if task.unit == "steps":
+        default = (spec.trainer_config or TrainerConfig)().epochs
+        if run_config.trainer.epochs != default:
+            raise ConfigError(
+                f"trainer.epochs={run_config.trainer.epochs}: experiment {spec.name} "
+                "trains in steps, not epochs"
+            )
 
 
 def _typed_section(section: str, schema: type, values: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fdlcli.errors import UnknownExperimentError
 
 if TYPE_CHECKING:
-    from fdlcli.config import RunConfig
+    from fdlcli.engine.task import Task
     from fdlcli.runs import Run
 
 
@@ -24,11 +24,11 @@ if TYPE_CHECKING:
 class ExperimentSpec:
     """What the runner knows about one experiment.
 
-    ``train(run)`` trains (or resumes) the run and returns its summary; ``evaluate(run, checkpoint, split)``
-    reloads a finished run and returns metrics. ``model_config`` is the dataclass that validates the
-    ``model`` config group of this experiment; ``data_config`` and ``trainer_config`` may name subclasses
-    of :class:`fdlcli.config.DataConfig` / :class:`fdlcli.config.TrainerConfig` with extra keys (a text
-    dataset's vocabulary size, an RL run's environment steps), validated the same way.
+    ``task`` is the experiment's :class:`fdlcli.engine.task.Task` subclass: the engine trains it
+    (:meth:`train`) and evaluates its checkpoints (:meth:`evaluate`). ``model_config`` is the dataclass
+    that validates the ``model`` config group of this experiment; ``data_config`` and ``trainer_config``
+    may name subclasses of :class:`fdlcli.config.DataConfig` / :class:`fdlcli.config.TrainerConfig` with
+    extra keys (a text dataset's vocabulary size, an RL run's environment steps), validated the same way.
     ``model_shortcuts`` names model keys a user may also give at the top level (``content=IMG`` for
     ``model.content=IMG``); the experiment's overlay declares them (``content: null``).
     """
@@ -39,14 +39,31 @@ class ExperimentSpec:
     book_result: str
     description: str
     model_config: type
-    train: Callable[[Run], dict[str, Any]]
-    evaluate: Callable[[Run, str, str], dict[str, float]]
+    task: type[Task] | None = None
     data_config: type | None = None
     trainer_config: type | None = None
-    # the SupervisedTask subclass of experiments trained by engine.loop.fit (None for custom loops):
-    # analyses that rebuild a run's model and data from its config (`fdl interpolate`) need it
-    task_class: type | None = None
     model_shortcuts: tuple[str, ...] = ()
+    # TRANSITIONAL (issue 18): experiments not yet moved onto the engine keep their own loops here
+    custom_train: Callable[[Run], dict[str, Any]] | None = None
+    custom_evaluate: Callable[[Run, str, str], dict[str, float]] | None = None
+
+    def train(self, run: Run) -> dict[str, Any]:
+        """Train (or resume) ``run``; returns its summary."""
+        from fdlcli.engine.loop import train
+
+        if self.custom_train is not None:
+            return self.custom_train(run)
+        assert self.task is not None
+        return train(self.task, run)
+
+    def evaluate(self, run: Run, which: str, split: str) -> dict[str, float]:
+        """Metrics of a saved checkpoint of ``run`` (``fdl eval``), recorded in the run."""
+        from fdlcli.engine.loop import evaluate_checkpoint
+
+        if self.custom_evaluate is not None:
+            return self.custom_evaluate(run, which, split)
+        assert self.task is not None
+        return evaluate_checkpoint(self.task, run, which, split)
 
 
 _REGISTRY: dict[str, ExperimentSpec] = {}
@@ -94,7 +111,3 @@ def get(name: str) -> ExperimentSpec:
         raise UnknownExperimentError(
             f"unknown experiment {name!r}; {hint}choose from: {', '.join(sorted(_REGISTRY))}"
         ) from None
-
-
-def spec_for(config: RunConfig) -> ExperimentSpec:
-    return get(config.name)

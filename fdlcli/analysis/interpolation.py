@@ -7,7 +7,7 @@ the way from the initialization to the solution? With two trained runs as the en
 barrier separates two solutions.
 
 The model and data come from the run's saved config through its experiment's :class:`SupervisedTask`, and
-each point is evaluated by the task's own ``evaluate``, so a = 0 and a = 1 reproduce exactly what
+each point is evaluated by the task's own ``metrics``, so a = 0 and a = 1 reproduce exactly what
 ``fdl eval --checkpoint init/last`` reports on the same examples (the mix is written a*end + (1-a)*start,
 which is exact at both ends; ``torch.lerp`` would not be). One evaluation per point over a few thousand
 examples is one large matrix product per layer; the 400-point sweep takes seconds on a CPU.
@@ -28,7 +28,7 @@ from torch import nn
 
 from fdlcli.analysis.artifacts import pyplot, save_png, write_csv
 from fdlcli.data.tensors import Arrays, minibatches
-from fdlcli.engine.loop import SupervisedTask
+from fdlcli.engine.supervised import SupervisedTask
 from fdlcli.errors import UsageError
 
 
@@ -64,7 +64,7 @@ class InterpolationConfig:
 @dataclass
 class PathResult:
     alphas: list[float]
-    metrics: list[dict[str, float]]  # one dict per alpha, keys as the task's evaluate returns them
+    metrics: list[dict[str, float]]  # one dict per alpha, keys as the task's metrics returns them
     batch_norm: bool  # whether BN statistics were re-estimated along the path
     examples: int
     bn_examples: int = 0
@@ -134,7 +134,7 @@ def interpolate_path(
         if batch_norm:
             assert bn_arrays is not None
             reestimate_batch_norm(model, bn_arrays, batch_size)
-        metrics.append(task.evaluate(model, arrays, batch_size))
+        metrics.append(task.metrics(model, arrays, batch_size))
     return PathResult(
         alphas=list(alphas),
         metrics=metrics,

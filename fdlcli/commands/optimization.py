@@ -72,9 +72,11 @@ def interpolate_cmd(
     run_dirs = [resolve_run_dir(r) for r in runs]
     run_config = config_module.load_saved(run_dirs[0] / "config.yaml")
     spec = registry.get(run_config.name)
-    if spec.task_class is None:
+    from fdlcli.engine.supervised import SupervisedTask
+
+    if spec.task is None or not issubclass(spec.task, SupervisedTask):
         raise UsageError(f"experiment {spec.name!r} has no supervised task to interpolate")
-    task = spec.task_class(run_config)
+    task = spec.task(run_config)
     device = resolve_device(run_config.trainer.device)
     configure_threads(run_config.trainer.threads if threads is None else threads)
     model = task.build_model().to(device)

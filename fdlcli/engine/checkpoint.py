@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
@@ -24,6 +25,7 @@ from fdlcli.runs import atomic_write_json, fsync_dir, read_json
 
 WEIGHTS = "model.safetensors"
 STATE = "trainer.pt"
+ARRAYS = "arrays.npz"  # a task's large state (a replay buffer): beside the latest checkpoint only
 INIT = "init"
 
 
@@ -47,7 +49,14 @@ class CheckpointManager:
 
     # ---- writing ---------------------------------------------------------------------------------
 
-    def _write_dir(self, name: str, model: torch.nn.Module, state: dict[str, Any] | None, step: int) -> Path:
+    def _write_dir(
+        self,
+        name: str,
+        model: torch.nn.Module,
+        state: dict[str, Any] | None,
+        step: int,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / name
         tmp = self.directory / f".tmp-{name}-{os.getpid()}"
@@ -57,6 +66,8 @@ class CheckpointManager:
         save_model(unwrap(model), str(tmp / WEIGHTS), metadata=metadata)
         if state is not None:
             torch.save({**state, "fdl_experiment": self.experiment, "step": step}, tmp / STATE)
+        if arrays:  # plain numpy arrays (np.load(allow_pickle=False) reads them back)
+            np.savez(tmp / ARRAYS, **arrays)
         for file in tmp.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -74,12 +85,34 @@ class CheckpointManager:
         if not (self.directory / INIT / WEIGHTS).exists():
             self._write_dir(INIT, model, None, 0)
 
-    def save(self, model: torch.nn.Module, state: dict[str, Any], step: int) -> CheckpointRef:
+    def save(
+        self,
+        model: torch.nn.Module,
+        state: dict[str, Any],
+        step: int,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> CheckpointRef:
+        """A step checkpoint; ``arrays`` (large task state) are kept with the newest checkpoint only."""
         name = f"step-{step:09d}"
-        path = self._write_dir(name, model, state, step)
+        path = self._write_dir(name, model, state, step, arrays)
         atomic_write_json(self.directory / "latest.json", {"name": name, "step": step})
+        if arrays:
+            for older in self.directory.glob(f"step-*/{ARRAYS}"):
+                if older.parent.name != name:
+                    older.unlink(missing_ok=True)
         self._prune()
         return CheckpointRef(name, step, path)
+
+    def load_arrays(self, ref: CheckpointRef) -> dict[str, np.ndarray]:
+        """The large task state saved with ``ref`` (empty if none), never unpickling anything."""
+        path = ref.path / ARRAYS
+        if not path.is_file():
+            return {}
+        try:
+            with np.load(path, allow_pickle=False) as loaded:
+                return {key: loaded[key] for key in loaded.files}
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"corrupt or foreign arrays {path}: {str(exc).splitlines()[0]}") from None
 
     def mark_best(self, ref: CheckpointRef, metric: str, value: float, epoch: int) -> None:
         atomic_write_json(

@@ -314,4 +314,4 @@ def evaluate_run(run: Run, which: str, split: str) -> dict[str, float]:
 
 def register_rl(build_network: Callable[[RunConfig], nn.Module], **spec_fields: Any) -> ExperimentSpec:
     NETWORKS[spec_fields["name"]] = build_network
-    return register(ExperimentSpec(evaluate=evaluate_run, **spec_fields))
+    return register(ExperimentSpec(custom_evaluate=evaluate_run, **spec_fields))

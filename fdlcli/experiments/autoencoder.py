@@ -16,7 +16,7 @@ the mean activation of code unit j over the minibatch.
 Every variant reports the same validation metrics, so they compare directly: ``cost`` (clean input),
 ``corrupted_cost`` (input with ``eval_corruption`` of its pixels zeroed by a fixed mask, clean target),
 ``mean_activation`` of the code units and ``near_zero`` (the fraction of code activations below 0.05).
-Training runs through the shared supervised loop (:func:`fdlcli.engine.loop.fit`); the PCA comparison and
+Training runs through the engine's supervised task (:mod:`fdlcli.engine.supervised`); the PCA comparison and
 the figures run on the best checkpoint once training is over, and land in ``summary.json["codes"]`` and
 the run's ``artifacts/``.
 """
@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +35,7 @@ from torch import nn
 from fdlcli.data import ArraySplits, image_classification_arrays, minibatches
 from fdlcli.data.tensors import Arrays
 from fdlcli.engine.checkpoint import CheckpointManager
-from fdlcli.engine.loop import SupervisedTask, evaluate_checkpoint, fit
+from fdlcli.engine.supervised import SupervisedTask
 from fdlcli.engine.tracking import log
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run
@@ -140,7 +141,7 @@ class AutoencoderTask(SupervisedTask):
         return cost
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, arrays: Arrays, batch_size: int) -> dict[str, float]:
+    def metrics(self, model: nn.Module, arrays: Arrays, batch_size: int) -> dict[str, float]:
         cfg: AutoencoderConfig = self.config.model
         was_training = model.training
         model.eval()
@@ -161,6 +162,18 @@ class AutoencoderTask(SupervisedTask):
             "mean_activation": activation,
             "near_zero": near_zero,
         }
+
+    def finish(self, artifacts: Path) -> dict[str, Any]:
+        """The codes of the best checkpoint against PCA's, and the chapter's figures."""
+        assert self.run is not None
+        codes = analyze(self, self.run)
+        ae, pca = codes["autoencoder"], codes["pca"]
+        self.message(
+            f"codes (k={self.config.model.code_size}, test): autoencoder cost {ae['test_cost']:.3f}, "
+            f"k-NN {ae['knn_accuracy']:.4f}, logistic {ae['logistic_accuracy']:.4f} | PCA cost "
+            f"{pca['test_cost']:.3f}, k-NN {pca['knn_accuracy']:.4f}, logistic {pca['logistic_accuracy']:.4f}"
+        )
+        return {"codes": codes}
 
 
 # ---- after training: PCA with the same k, class separation of the codes, figures ----------------
@@ -267,21 +280,6 @@ def _best(run: Run) -> Any:
     return CheckpointManager(run.checkpoint_dir, run.config.name).resolve("best")
 
 
-def train(run: Run) -> dict[str, Any]:
-    task = AutoencoderTask(run.config)
-    summary = fit(task, run)
-    summary["codes"] = analyze(task, run)
-    run.write_summary(summary)
-    ae, pca = summary["codes"]["autoencoder"], summary["codes"]["pca"]
-    print(
-        f"codes (k={run.config.model.code_size}, test): autoencoder cost {ae['test_cost']:.3f}, "
-        f"k-NN {ae['knn_accuracy']:.4f}, logistic {ae['logistic_accuracy']:.4f} | PCA cost "
-        f"{pca['test_cost']:.3f}, k-NN {pca['knn_accuracy']:.4f}, logistic {pca['logistic_accuracy']:.4f}",
-        flush=True,
-    )
-    return summary
-
-
 def _register(name: str, book_result: str, description: str) -> None:
     register(
         ExperimentSpec(
@@ -291,10 +289,7 @@ def _register(name: str, book_result: str, description: str) -> None:
             book_result=book_result,
             description=description,
             model_config=AutoencoderConfig,
-            train=train,
-            evaluate=lambda run, which, split: evaluate_checkpoint(
-                AutoencoderTask(run.config), run, which, split
-            ),
+            task=AutoencoderTask,
         )
     )
 

@@ -26,7 +26,8 @@ from torch import nn
 from fdlcli.data import ArraySplits, image_classification_arrays
 from fdlcli.data.images import ShiftDataConfig, center_crop, random_crop, random_shift
 from fdlcli.data.tensors import Arrays
-from fdlcli.engine.loop import ClassificationTask, register_supervised
+from fdlcli.engine.supervised import ClassificationTask
+from fdlcli.registry import ExperimentSpec, register
 
 # --------------------------------------------------------------------------------------------------
 # Configuration
@@ -174,7 +175,7 @@ def preprocess_eval(images: torch.Tensor, cfg: ImageDataConfig) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# The task: fit() drives it
+# The task: the engine (fdlcli/engine/supervised.py) drives it
 
 
 class ImageClassification(ClassificationTask):
@@ -227,13 +228,15 @@ for name, dataset, book_result, description in (
         "cnn-cifar10 with batch normalization on every layer, lr x10, no dropout",
     ),
 ):
-    register_supervised(
-        ImageClassification,
-        name=name,
-        chapter=5,
-        dataset=dataset,
-        book_result=book_result,
-        description=description,
-        model_config=CNNConfig,
-        data_config=ImageDataConfig,
+    register(
+        ExperimentSpec(
+            name=name,
+            chapter=5,
+            dataset=dataset,
+            book_result=book_result,
+            description=description,
+            model_config=CNNConfig,
+            task=ImageClassification,
+            data_config=ImageDataConfig,
+        )
     )

@@ -388,8 +388,8 @@ def _spec(name: str, task_class: type[SequenceTask], **fields: Any) -> Experimen
             chapter=8,
             model_config=DNCConfig,
             trainer_config=DNCTrainerConfig,
-            train=lambda run: train(run, task_class),
-            evaluate=lambda run, which, split: evaluate(run, which, split, task_class),
+            custom_train=lambda run: train(run, task_class),
+            custom_evaluate=lambda run, which, split: evaluate(run, which, split, task_class),
             **fields,
         )
     )

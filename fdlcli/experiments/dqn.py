@@ -452,7 +452,7 @@ def summary(
     }
 
 
-_COMMON = dict(chapter=9, model_config=QNetworkConfig, trainer_config=DQNTrainerConfig, train=train)
+_COMMON = dict(chapter=9, model_config=QNetworkConfig, trainer_config=DQNTrainerConfig, custom_train=train)
 register_rl(
     build_agent,
     name="dqn-breakout",

@@ -21,7 +21,8 @@ from torch import nn
 from fdlcli.data import ArraySplits, image_classification_arrays
 from fdlcli.data.images import ShiftDataConfig, random_shift
 from fdlcli.data.tensors import Arrays
-from fdlcli.engine.loop import ClassificationTask, register_supervised
+from fdlcli.engine.supervised import ClassificationTask
+from fdlcli.registry import ExperimentSpec, register
 
 SIDE = 28  # MNIST images are 28 x 28
 
@@ -101,23 +102,23 @@ class MNISTClassification(ClassificationTask):
         return super().loss(model, (images, labels))
 
 
-register_supervised(
-    MNISTClassification,
-    name="logreg-mnist",
-    chapter=3,
-    dataset="MNIST",
-    book_result="91.9% test accuracy (100 epochs)",
-    description="softmax regression 784->10, SGD",
-    model_config=MLPConfig,
-    data_config=ShiftDataConfig,
-)
-register_supervised(
-    MNISTClassification,
-    name="mlp-mnist",
-    chapter=3,
-    dataset="MNIST",
-    book_result="98.2% test accuracy (300 epochs)",
-    description="784-256-256-10 ReLU network, He init; momentum, cosine decay, 2-pixel shifts",
-    model_config=MLPConfig,
-    data_config=ShiftDataConfig,
-)
+for name, book_result, description in (
+    ("logreg-mnist", "91.9% test accuracy (100 epochs)", "softmax regression 784->10, SGD"),
+    (
+        "mlp-mnist",
+        "98.2% test accuracy (300 epochs)",
+        "784-256-256-10 ReLU network, He init; momentum, cosine decay, 2-pixel shifts",
+    ),
+):
+    register(
+        ExperimentSpec(
+            name=name,
+            chapter=3,
+            dataset="MNIST",
+            book_result=book_result,
+            description=description,
+            model_config=MLPConfig,
+            task=MNISTClassification,
+            data_config=ShiftDataConfig,
+        )
+    )

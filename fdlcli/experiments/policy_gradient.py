@@ -280,5 +280,5 @@ register_rl(
     description="REINFORCE, MLP 4-16-16-2, 8 exploration settings (explore=...)",
     model_config=PolicyConfig,
     trainer_config=PGTrainerConfig,
-    train=train,
+    custom_train=train,
 )

@@ -47,7 +47,7 @@ from fdlcli.data.conll import (
 )
 from fdlcli.data.tensors import ArraySplits
 from fdlcli.data.word2vec_format import FORMATS, read_word2vec
-from fdlcli.engine.loop import ClassificationTask, evaluate_checkpoint, fit
+from fdlcli.engine.supervised import ClassificationTask
 from fdlcli.errors import DataUnavailableError
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_text
@@ -204,9 +204,8 @@ def format_tagged(pairs: list[tuple[str, str]]) -> str:
 class PosTagging(ClassificationTask):
     """Windows of word ids -> tag ids; cross-entropy and accuracy come from ClassificationTask."""
 
-    def __init__(self, config: Any, run: Run | None = None) -> None:
-        super().__init__(config)
-        self.run = run
+    def __init__(self, config: Any, device: Any = "cpu", run: Run | None = None) -> None:
+        super().__init__(config, device, run)
         self._prepared: tuple[TaggedSentences, TaggedSentences, list[str], list[str]] | None = None
 
     def _prepare(self) -> tuple[TaggedSentences, TaggedSentences, list[str], list[str]]:
@@ -223,9 +222,7 @@ class PosTagging(ClassificationTask):
         if self.run is not None:  # training: record the table's words and its coverage for `fdl tag`
             meta = {"words": words, "tags": tag_names, "from_file": hits}
             atomic_write_text(self.run.artifacts_dir / VOCAB_FILE, json.dumps(meta))
-            print(
-                f"embeddings: {hits:,} of {len(words) - 1:,} words from the file, the rest seeded", flush=True
-            )
+            self.message(f"embeddings: {hits:,} of {len(words) - 1:,} words from the file, the rest seeded")
         return WindowTagger(table, len(tag_names), self.config.model)
 
     def load_data(self) -> ArraySplits:
@@ -286,10 +283,6 @@ def load_tagger(run: Run, checkpoint: str = "best") -> tuple[WindowTagger, dict[
     return model, {w: i for i, w in enumerate(meta["words"])}, meta["tags"]
 
 
-def _train(run: Run) -> dict[str, Any]:
-    return fit(PosTagging(run.config, run), run)
-
-
 register(
     ExperimentSpec(
         name="pos-tagger",
@@ -299,8 +292,6 @@ register(
         description="feed-forward n-gram tagger over fixed word2vec embeddings, BN, Adam",
         model_config=PosConfig,
         data_config=ConllDataConfig,
-        train=_train,
-        evaluate=lambda run, which, split: evaluate_checkpoint(PosTagging(run.config), run, which, split),
-        task_class=PosTagging,
+        task=PosTagging,
     )
 )

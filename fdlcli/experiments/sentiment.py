@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from fdlcli.data.imdb import ImdbDataConfig, encode, load_reviews, tokenize
 from fdlcli.data.tensors import ArraySplits
-from fdlcli.engine.loop import ClassificationTask, evaluate_checkpoint, fit
+from fdlcli.engine.supervised import ClassificationTask
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_text
 
@@ -93,9 +93,8 @@ class SentimentLSTM(nn.Module):
 class SentimentClassification(ClassificationTask):
     """(ids, labels) batches; cross-entropy and accuracy come from ClassificationTask."""
 
-    def __init__(self, config: Any, run: Run | None = None) -> None:
-        super().__init__(config)
-        self.run = run
+    def __init__(self, config: Any, device: Any = "cpu", run: Run | None = None) -> None:
+        super().__init__(config, device, run)
         self._loaded: tuple[ArraySplits, list[str]] | None = None
 
     def _load(self) -> tuple[ArraySplits, list[str]]:
@@ -152,10 +151,6 @@ def classify(model: SentimentLSTM, index: dict[str, int], texts: list[str], max_
     return torch.softmax(model.eval()(ids), dim=1)[:, 1]
 
 
-def _train(run: Run) -> dict[str, Any]:
-    return fit(SentimentClassification(run.config, run), run)
-
-
 register(
     ExperimentSpec(
         name="sentiment-lstm",
@@ -165,10 +160,6 @@ register(
         description="embedding -> LSTM (length-bucketed) -> last output -> BN layer -> 2 classes, Adam",
         model_config=SentimentConfig,
         data_config=ImdbDataConfig,
-        train=_train,
-        evaluate=lambda run, which, split: evaluate_checkpoint(
-            SentimentClassification(run.config), run, which, split
-        ),
-        task_class=SentimentClassification,
+        task=SentimentClassification,
     )
 )

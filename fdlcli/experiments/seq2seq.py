@@ -645,8 +645,8 @@ register(
         model_config=Seq2SeqConfig,
         data_config=TranslationDataConfig,
         trainer_config=TranslateTrainerConfig,
-        train=train,
-        evaluate=evaluate,
+        custom_train=train,
+        custom_evaluate=evaluate,
     )
 )
 

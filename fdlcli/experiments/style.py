@@ -349,8 +349,8 @@ register(
         book_result="a stylized image (qualitative)",
         description="Gatys et al. style transfer on VGG-19 features (weights from a file)",
         model_config=StyleConfig,
-        train=train,
-        evaluate=evaluate,
+        custom_train=train,
+        custom_evaluate=evaluate,
         model_shortcuts=("content", "style", "weights"),
     )
 )

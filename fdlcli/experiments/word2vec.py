@@ -639,7 +639,7 @@ for name, description in [
             model_config=SkipGramConfig,
             data_config=TextDataConfig,
             trainer_config=SkipGramTrainerConfig,
-            train=train,
-            evaluate=evaluate,
+            custom_train=train,
+            custom_evaluate=evaluate,
         )
     )
