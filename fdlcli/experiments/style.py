@@ -29,14 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
-from fdlcli.engine.devices import configure_threads, resolve_device
 from fdlcli.engine.optim import build_optimizer
-from fdlcli.engine.seed import rng_state, seed_everything, set_rng_state
-from fdlcli.engine.session import run_session
+from fdlcli.engine.task import StepOutput, Task
 from fdlcli.errors import CheckpointError, ConfigError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run
 
 # torchvision's VGG-19 ("vgg19-dcbb9e9d.pth"): the file behind weights=download
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -60,7 +56,7 @@ class StyleConfig:
     style_layers: list[str] = field(default_factory=lambda: list(_STYLE_LAYERS))
     pooling: str = "max"  # max | avg (Gatys et al. preferred average pooling)
     init: str = "content"  # content | noise: the starting image
-    snapshot_every: int = 100  # iterations between snapshots and checkpoints; 0 = only the end
+    snapshot_every: int = 100  # iterations between evaluations, snapshots and checkpoints; 0 = the end
 
     def check(self) -> str | None:
         for key in ("content", "style"):
@@ -244,101 +240,59 @@ class Canvas(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# The loop
+# The task: one Adam step on the pixels per iteration; the engine does the rest
 
 
-def _setup(run: Run, device: torch.device) -> tuple[StyleLoss, torch.Tensor]:
-    cfg: StyleConfig = run.config.model
-    vgg = VGG19Features(sorted({cfg.content_layer, *cfg.style_layers}), cfg.pooling)
-    load_vgg_weights(vgg, cfg.weights or "")
-    vgg = vgg.to(device).eval().requires_grad_(False)
-    content = load_image(cfg.content or "", cfg.size).to(device)
-    style = load_image(cfg.style or "", tuple(content.shape[2:])).to(device)
-    return StyleLoss(vgg, content, style, cfg), content
+class StyleTransfer(Task):
+    """Optimizes the pixels of one image; evaluations (every ``snapshot_every`` iterations and at the end)
+    record the loss terms as ``val/*`` and save a snapshot image."""
 
+    unit = "steps"
+    supports = frozenset({"precision", "checkpoint_every"})
+    step_name = "iteration"
+    progress_value = "loss"
 
-def train(run: Run) -> dict[str, Any]:
-    cfg: StyleConfig = run.config.model
-    with run_session(run) as session:
-        device, checkpoints, writer = session.device, session.checkpoints, session.writer
-        seed_everything(run.config.seed)
-        losses, content = _setup(run, device)
+    def setup(self) -> None:
+        cfg: StyleConfig = self.config.model
+        vgg = VGG19Features(sorted({cfg.content_layer, *cfg.style_layers}), cfg.pooling)
+        load_vgg_weights(vgg, cfg.weights or "")
+        vgg = vgg.to(self.device).eval().requires_grad_(False)
+        content = load_image(cfg.content or "", cfg.size).to(self.device)
+        style = load_image(cfg.style or "", tuple(content.shape[2:])).to(self.device)
+        self.losses = StyleLoss(vgg, content, style, cfg)
         start = content if cfg.init == "content" else torch.rand_like(content) * 255.0
-        canvas = Canvas(start).to(device)
-        optimizer = build_optimizer(run.config.optim, canvas.parameters())
-        step = 0
-        if run.resume and (latest := checkpoints.latest()) is not None:
-            checkpoints.load_weights(canvas, latest, device)
-            saved = checkpoints.load_state(latest)
-            optimizer.load_state_dict(saved["optimizer"])
-            set_rng_state(saved["rng"])
-            step = saved["step"]
-            writer.rewind(saved["metrics_lines"], step)
-            session.seconds_before = saved["train_seconds"]
-        else:
-            checkpoints.save_initial(canvas)
-        artifacts = run.artifacts_dir
+        self.model = Canvas(start).to(self.device)
+        self.optimizer = build_optimizer(self.config.optim, self.model.parameters())
+        self.terms: dict[str, torch.Tensor] = {}
 
-        def save(reason: str) -> CheckpointRef:
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "metrics_lines": writer.lines,
-                "train_seconds": session.train_seconds,
-                "reason": reason,
-            }
-            return checkpoints.save(canvas, state, step)
+    def total_steps(self) -> int:
+        return self.config.model.iterations
 
-        progress = session.start_progress(cfg.iterations, step, unit="iteration", value_name="loss")
-        log_every = run.config.trainer.log_every
-        while step < cfg.iterations:
-            terms = losses(canvas.pixels)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            step += 1
-            total = terms["total"].item()  # one sync per iteration: the step dwarfs it (a VGG pass)
-            session.check_finite(total, step)
-            if step % log_every == 0 or step == cfg.iterations:
-                writer.log({f"loss/{k}": v.item() for k, v in terms.items()}, step, 0)
-                progress.update(step, total)
-            session.stop_if_requested(save)
-            if cfg.snapshot_every and step % cfg.snapshot_every == 0 and step < cfg.iterations:
-                save_image(canvas.pixels, artifacts / f"iter-{step:05d}.png")
-                save("snapshot")
-        save_image(canvas.pixels, artifacts / "stylized.png")
-        if step:
-            save("end")
-        with torch.no_grad():
-            final = {k: v.item() for k, v in losses(canvas.pixels).items()}
-        summary = {
-            "experiment": run.config.name,
-            "status": "completed",
-            "steps": step,
-            "train_seconds": round(session.train_seconds, 2),
-            "final": {f"loss/{k}": v for k, v in final.items()},
-            "image": str(artifacts / "stylized.png"),
-            "config": asdict(cfg),
-        }
-        run.write_summary(summary)
-        session.message(f"done: total loss {final['total']:.4g}; image {artifacts / 'stylized.png'}")
-        return summary
+    def train_step(self, step: int, index: int) -> StepOutput:
+        self.terms = self.losses(self.model.pixels)
+        return StepOutput(loss=self.terms["total"])
 
+    def window_metrics(self, cost: float) -> dict[str, float]:
+        return {f"loss/{k}": v.item() for k, v in self.terms.items()}  # the last iteration's terms
 
-def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
-    """The losses of a checkpointed image (``fdl eval``; the split does not apply)."""
-    cfg = run.config
-    device = resolve_device(cfg.trainer.device)
-    configure_threads(cfg.trainer.threads)
-    checkpoints = CheckpointManager(run.checkpoint_dir, cfg.name)
-    ref = checkpoints.resolve(which)  # "best" falls back to the last: no best is tracked
-    losses, content = _setup(run, device)
-    canvas = Canvas(content).to(device)
-    checkpoints.load_weights(canvas, ref, device)
-    with torch.no_grad():
-        metrics = {f"loss/{k}": v.item() for k, v in losses(canvas.pixels).items()}
-    run.write_eval(which, ref.name, metrics)
-    return metrics
+    def evaluation_due(self, before: int, after: int) -> bool:
+        every = self.config.model.snapshot_every
+        return bool(every) and after // every > before // every
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        return {k: v.item() for k, v in self.losses(self.model.pixels).items()}
+
+    def after_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        if self.run is not None and step < self.config.model.iterations:
+            save_image(self.model.pixels, self.run.artifacts_dir / f"iter-{step:05d}.png")
+
+    def finish(self, artifacts: Path) -> dict[str, Any]:
+        save_image(self.model.pixels, artifacts / "stylized.png")
+        return {"image": str(artifacts / "stylized.png"), "config": asdict(self.config.model)}
+
+    def done_message(self, summary: dict[str, Any]) -> str:
+        total = summary["final"].get("val/total", float("nan"))
+        return f"done: total loss {total:.4g}; image {summary['image']}"
 
 
 register(
@@ -349,8 +303,7 @@ register(
         book_result="a stylized image (qualitative)",
         description="Gatys et al. style transfer on VGG-19 features (weights from a file)",
         model_config=StyleConfig,
-        custom_train=train,
-        custom_evaluate=evaluate,
+        task=StyleTransfer,
         model_shortcuts=("content", "style", "weights"),
     )
 )
