@@ -101,12 +101,12 @@ def launch(
     registry.get(experiment)
     jobs = prevalidate(experiment, overrides, multirun)
     if not multirun:
-        if distributed.env_world_size() > 1:  # under torchrun (or a rank started by spawn_local)
+        if distributed.env_world_size() > 1:  # a rank under torchrun (or started by launch_local)
             return _launch_rank(experiment, overrides)
         devices = _requested_devices(experiment, overrides)
         if devices > 1:
-            with distributed.spawn_local(devices, ["train", experiment, *overrides]):
-                return _launch_rank(experiment, overrides)
+            distributed.launch_local(devices, ["train", experiment, *overrides])
+            return []
         return _launch_hydra(experiment, overrides, False, runs.new_run_dir(experiment))
     if distributed.env_world_size() > 1:
         raise ConfigError("a sweep (-m) does not run under torchrun; launch its jobs with a Hydra launcher")
@@ -357,9 +357,8 @@ def resume(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     if overrides:
         run_config = config_module.apply_overrides(run_config, overrides)
     if distributed.env_world_size() == 1 and run_config.trainer.devices > 1:
-        argv = ["train", "--resume", str(run_dir), *overrides]
-        with distributed.spawn_local(run_config.trainer.devices, argv):
-            return _resume_rank(run_dir, run_config, overrides)
+        distributed.launch_local(run_config.trainer.devices, ["train", "--resume", str(run_dir), *overrides])
+        return runs.Run(path=run_dir, config=run_config).summary()
     return _resume_rank(run_dir, run_config, overrides)
 
 

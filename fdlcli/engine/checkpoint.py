@@ -224,7 +224,13 @@ class ReadOnlyCheckpoints(CheckpointManager):
     def save_initial(self, model: torch.nn.Module) -> None:
         pass
 
-    def save(self, model: torch.nn.Module, state: dict[str, Any], step: int) -> CheckpointRef:
+    def save(
+        self,
+        model: torch.nn.Module,
+        state: dict[str, Any],
+        step: int,
+        arrays: dict[str, np.ndarray] | None = None,
+    ) -> CheckpointRef:
         name = f"step-{step:09d}"
         return CheckpointRef(name, step, self.directory / name)
 

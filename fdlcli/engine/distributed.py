@@ -2,25 +2,22 @@
 
 Two ways in, one code path:
 
-* ``fdl train EXP trainer.devices=N`` on one machine: the command becomes rank 0 and starts N-1 copies
-  of itself (:func:`spawn_local`) with the usual torch.distributed environment (RANK, WORLD_SIZE,
-  MASTER_ADDR, MASTER_PORT), exactly what ``torchrun`` would set.
+* ``fdl train EXP trainer.devices=N`` on one machine: the command starts N ranks of itself through torch's
+  elastic launcher (:func:`launch_local`, what ``torchrun --standalone`` does) and waits for them.
 * ``torchrun --nproc-per-node N [--nnodes ...] -m fdlcli train EXP ...`` (multi-node): every rank parses
   the command line itself.
 
 Either way :func:`init_from_env` joins the process group, rank 0 alone claims the run directory and
 sends it to the others (:func:`broadcast_object`), rank 0 alone writes logs, metrics and checkpoints,
-and :func:`fdlcli.engine.loop.fit` splits every global minibatch across the ranks.
+and the engine's loop (fdlcli/engine/loop.py) splits every global minibatch across the ranks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,7 +29,7 @@ _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADD
 
 
 def env_world_size() -> int:
-    """WORLD_SIZE set by torchrun or :func:`spawn_local` (1 when not launched data-parallel)."""
+    """WORLD_SIZE set by torchrun or :func:`launch_local` (1 when not launched data-parallel)."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
@@ -109,50 +106,35 @@ def shard(indices: torch.Tensor) -> tuple[torch.Tensor, float]:
     return local, world * len(local) / len(indices)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def launch_local(devices: int, argv: Sequence[str]) -> None:
+    """Run ``fdl *argv`` as ``devices`` local ranks under torch's elastic launcher and wait for them.
 
-
-@contextlib.contextmanager
-def spawn_local(devices: int, argv: Sequence[str]) -> Iterator[None]:
-    """Make this process rank 0 of ``devices`` local ranks; the others run ``python -m fdlcli *argv``.
-
-    On leaving, the other ranks are awaited; one that failed makes the command fail too.
+    It is ``torchrun --standalone``: a c10d rendezvous on a port the launcher binds itself (no free-port
+    probe that another run could take in between), the usual torch.distributed environment in every rank,
+    and the whole group stopped when one rank fails. Each rank prints its own one-line error; the
+    launcher's own report is kept out of the console and summed up in one line here.
     """
-    port = str(_free_port())
-    common = {
-        "WORLD_SIZE": str(devices),
-        "LOCAL_WORLD_SIZE": str(devices),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": port,
-    }
-    children = []
-    for child_rank in range(1, devices):
-        env = {**os.environ, **common, "RANK": str(child_rank), "LOCAL_RANK": str(child_rank)}
-        children.append(subprocess.Popen([sys.executable, "-m", "fdlcli", *argv], env=env))
-    saved = {key: os.environ.get(key) for key in _ENV_KEYS}
-    os.environ.update({**common, "RANK": "0", "LOCAL_RANK": "0"})
-    ok = False
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=devices,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.2,
+    )
     try:
-        yield
-        ok = True
-    finally:
-        shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        codes = []
-        for child in children:
-            if not ok and child.poll() is None:
-                child.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=60)
-            if child.poll() is None:
-                child.kill()
-            codes.append(child.wait())
-    if any(code != 0 for code in codes):
-        raise FdlError(f"data-parallel rank(s) failed with exit codes {codes}; see their messages above")
+        elastic_launch(config, entrypoint=sys.executable)("-m", "fdlcli", *argv)
+    except ChildFailedError as exc:
+        codes = sorted({failure.exitcode for failure in exc.failures.values()})
+        raise FdlError(
+            f"data-parallel rank(s) failed with exit codes {codes}; see their messages above"
+        ) from None
