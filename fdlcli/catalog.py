@@ -270,6 +270,8 @@ def _subdirs(path: Path) -> Iterator[os.DirEntry]:
                     yield entry
     except (FileNotFoundError, NotADirectoryError):
         return
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _is_run(path: str) -> bool:
@@ -348,10 +350,10 @@ def format_start(record: RunRecord) -> str:
 def format_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
+        if value < 1000:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    return f"{value:.1f} TB"  # pragma: no cover
+    return f"{value:.1f} TB"
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -368,13 +370,6 @@ def parse_duration(text: str) -> float:
 
 # --------------------------------------------------------------------------------------------------
 # Cleaning up.
-
-
-@dataclass
-class Doomed:
-    record: RunRecord
-    size: int
-    reason: str
 
 
 def directory_size(path: Path) -> int:
@@ -440,29 +435,24 @@ def delete_run(record: RunRecord) -> bool:
     half-way never leaves something that looks like a run.
     """
     path = record.path
-    lock_path = path / runs.LOCK_FILE
-    handle = open(lock_path, "a+") if path.is_dir() else None  # noqa: SIM115 - closed below
+    doomed = path.with_name(f".{path.name}.deleting")
     try:
-        if handle is not None:
+        with open(path / runs.LOCK_FILE, "a+") as lock:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False
-        doomed = path.with_name(f".{path.name}.deleting")
-        try:
             os.rename(path, doomed)
-        except OSError as exc:
-            raise RunDirError(f"cannot delete {path}: {exc.strerror}") from None
-    finally:
-        if handle is not None:
-            handle.close()
+    except OSError as exc:
+        raise RunDirError(f"cannot delete {path}: {exc.strerror or exc}") from None
     shutil.rmtree(doomed, ignore_errors=True)
     _remove_empty_sweep(path.parent, record)
     return True
 
 
 def _remove_empty_sweep(sweep_dir: Path, record: RunRecord) -> None:
-    """Once the last job of a sweep is deleted, the sweep's own files (multirun.yaml, ...) go too."""
-    if record.sweep is None or any(_subdirs(sweep_dir)):
+    """Once the last job of a sweep is deleted, the sweep's own files (multirun.yaml, the folders of
+    jobs that never ran, ...) go too."""
+    if record.sweep is None or any(_is_run(entry.path) for entry in _subdirs(sweep_dir)):
         return
     shutil.rmtree(sweep_dir, ignore_errors=True)

@@ -216,6 +216,7 @@ def test_clean_dry_run_then_deletes_only_what_was_asked(env):
     for job in ("0", "1"):
         fake_run(root, f"mlp-mnist/sweeps/s1/{job}", age=day, status="failed")
     (root / "mlp-mnist/sweeps/s1/multirun.yaml").write_text("hydra: {}\n")
+    (root / "mlp-mnist/sweeps/s1/2/.hydra").mkdir(parents=True)  # a job that never ran
     # costs: lower is better (trainer.monitor_mode=min)
     fake_run(root, "autoencoder-mnist/low", age=10 * day, metric="val/cost", mode="min", best=0.1)
     fake_run(root, "autoencoder-mnist/high", age=10 * day, metric="val/cost", mode="min", best=0.2)

@@ -81,8 +81,9 @@ def list_cmd(experiment: str | None, status: str | None, limit: int | None, as_j
         click.echo(json.dumps([record.to_json() for record in records], indent=2, allow_nan=False))
         return
     if not records:
-        what = " ".join(filter(None, [experiment, status and f"with status {status}"]))
-        click.echo(f"no runs{' of ' + what if what else ''} under {runs.runs_root()}")
+        of = f" of {experiment}" if experiment else ""
+        having = f" with status {status}" if status else ""
+        click.echo(f"no runs{of}{having} under {runs.runs_root()}")
         return
     caption = None
     if total > len(records):
@@ -134,6 +135,10 @@ def _build_runs_table(
     return table
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
@@ -178,7 +183,7 @@ def clean_cmd(
     if not yes:
         from rich.table import Table
 
-        table = Table(title=f"would delete {len(doomed)} runs, {total}")
+        table = Table(title=f"would delete {_count(len(doomed), 'run')}, {total}")
         for column in ("id", "status", "start", "metric", "best", "size"):
             table.add_column(column, no_wrap=column == "id", overflow="fold")
         for record in doomed:
@@ -200,7 +205,7 @@ def clean_cmd(
             freed += sizes[record.id]
         else:
             console.print(f"kept {record.id}: a process is training it", highlight=False)
-    click.echo(f"deleted {deleted} runs, {catalog.format_size(freed)}")
+    click.echo(f"deleted {_count(deleted, 'run')}, {catalog.format_size(freed)}")
 
 
 COMPARE_HELP = """Compare runs side by side: the config keys that differ and their metrics.
@@ -281,8 +286,8 @@ def _print_comparison(comparison: Any, rows: list[dict[str, Any]], transpose: bo
     fields = ["experiment", "status", *comparison.keys, *comparison.metrics]
     if len({row["experiment"] for row in rows}) == 1:
         fields.remove("experiment")
-    title = f"{len(rows)} runs: " + (
-        f"{len(comparison.keys)} config keys differ" if comparison.keys else "same config"
+    title = f"{_count(len(rows), 'run')}: " + (
+        _count(len(comparison.keys), "differing config key") if comparison.keys else "same config"
     )
     runs_in_columns = (len(rows) <= 4) != transpose
     table = Table(title=title)
