@@ -30,6 +30,7 @@ TRAIN_HELP = """Train EXPERIMENT with Hydra overrides (key=value, group=option, 
   fdl train mlp-mnist -m optim=sgd,momentum,adam hydra/launcher=joblib
   fdl train --resume runs/mlp-mnist/2026-11-28_21-30-05_a1b2c3 [trainer.epochs=400]
   fdl train --resume runs/mlp-mnist/sweeps/2026-11-28_21-40-00_d4e5f6   (finish a sweep)
+  fdl train --resume mlp-mnist/sweeps/2026-11-28_21-40-00_d4e5f6 --retry-failed
   fdl train mlp-mnist trainer.devices=2        (data-parallel, see docs/scaling.md)
 """
 
@@ -94,20 +95,32 @@ def config_cmd(experiment: str, overrides: tuple[str, ...]) -> None:
     show_default=True,
     help="Sweeps: stop starting jobs after the first failure, or run every job and report failures.",
 )
-def train_cmd(args: tuple[str, ...], multirun: bool, resume_dir: Path | None, fail_fast: bool) -> None:
-    from fdlcli import launch
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="With --resume SWEEP: also rerun the failed jobs, from scratch (the failed attempt is kept).",
+)
+def train_cmd(
+    args: tuple[str, ...], multirun: bool, resume_dir: Path | None, fail_fast: bool, retry_failed: bool
+) -> None:
+    from fdlcli import launch, runs
 
     _reject_options(args)
+    if retry_failed and resume_dir is None:
+        raise click.UsageError("--retry-failed reruns the failed jobs of a sweep: add --resume SWEEP_DIR")
     if resume_dir is not None:
+        resume_dir = runs.locate(resume_dir)  # a path, or an id as `fdl runs` shows it
         if multirun:
             raise click.UsageError("--resume continues one run; it does not combine with -m")
         if (resume_dir / "multirun.yaml").is_file():
             if args:
                 raise click.UsageError("a sweep resumes with its own overrides; add none")
-            _report_sweep(launch.resume_sweep(resume_dir, fail_fast=fail_fast))
+            _report_sweep(launch.resume_sweep(resume_dir, fail_fast=fail_fast, retry_failed=retry_failed))
             return
         if fail_fast:
             raise click.UsageError("--fail-fast applies to sweeps (-m)")
+        if retry_failed:
+            raise click.UsageError("--retry-failed applies to sweeps; a single run resumes with --resume RUN")
         launch.resume(resume_dir, list(args))
         return
     if not args:
@@ -134,7 +147,11 @@ def _report_sweep(results: list[Any]) -> None:
         console.print(sweeps.rich_table(sweeps.rows(groups), "per configuration, over seeds"))
     failed = [r for r in results if r.status != "completed"]
     if failed:
-        raise FdlError(f"{len(failed)} of {len(results)} sweep jobs failed (see the table above)")
+        sweep = Path(results[0].run_dir).parent
+        raise FdlError(
+            f"{len(failed)} of {len(results)} sweep jobs failed (see the table above); rerun them with: "
+            f"fdl train --resume {sweep} --retry-failed"
+        )
 
 
 def _print_sweep_table(results: list[Any]) -> None:

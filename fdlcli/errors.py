@@ -32,6 +32,10 @@ class RunDirError(FdlError):
     """A path that is not a usable fdl run directory."""
 
 
+class RunLockedError(RunDirError):
+    """Another process is training this run (it holds the run's lock)."""
+
+
 class CheckpointError(FdlError):
     """A missing, corrupt or foreign checkpoint."""
 

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from fdlcli import config as config_module
 from fdlcli import registry, runs
 from fdlcli.engine import distributed
-from fdlcli.errors import ConfigError, FdlError, RunDirError, TrainingInterrupted
+from fdlcli.errors import ConfigError, FdlError, RunDirError, RunLockedError, TrainingInterrupted
 
 # Validating a sweep composes each job; past this many jobs only the first ones are checked up front
 # (every job still validates its own config when it starts).
@@ -38,6 +38,12 @@ MAX_PREVALIDATED_JOBS = 256
 # Marker files in a sweep directory: the sweep stops at its first failure, and which job failed.
 FAIL_FAST_FILE = ".fail_fast"
 STOPPED_FILE = ".stopped"
+# ... and a resumed sweep reruns its failed jobs (`fdl train --resume SWEEP --retry-failed`).
+RETRY_FAILED_FILE = ".retry_failed"
+# A failed sweep job's error and traceback, in its own directory.
+ERROR_FILE = "error.txt"
+# Where a failed job's files go when it is retried: <job>/attempts/<n>/.
+ATTEMPTS_DIR = "attempts"
 # The GPUs a local parallel sweep shares out, one per job (set by the CLI process, read by the jobs).
 SWEEP_GPUS_ENV = "FDL_SWEEP_GPUS"
 # The number of jobs of the sweep being launched (submitit's local executor starts them all at once).
@@ -220,13 +226,17 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         overrides = [
             o for o in hydra_cfg.overrides.task if not o.startswith(("hydra.run.dir", "hydra.sweep."))
         ]
-        resume = False
+        resume = retry = False
         if sweeping and (run_dir / runs.CONFIG_FILE).is_file():  # a job of a sweep launched before
             earlier = runs.Run(path=run_dir, config=run_config).summary()
             if earlier.get("status") == "completed":
                 return {"summary": earlier, "previous": True}
-            resume = _has_initial_checkpoint(run_dir)
-            if not resume:  # killed before its first checkpoint: start it again from scratch
+            failure = _recorded_failure(run_dir)
+            if failure is not None and not (sweep_dir / RETRY_FAILED_FILE).exists():
+                return {"summary": earlier, "error": failure, "previous": True}
+            retry = failure is not None  # rerun from scratch, the failed attempt set aside
+            resume = not retry and _has_initial_checkpoint(run_dir)
+            if not resume and not retry:  # killed before its first checkpoint: start it again
                 runs.truncate_metrics(run_dir, 0)
         if main:
             save_config(run_dir, run_config, overrides)
@@ -237,6 +247,8 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             path=run_dir, config=run_config, overrides=overrides, parallel_jobs=parallel, resume=resume
         )
         with runs.locked(run_dir) if main else contextlib.nullcontext():
+            if retry:
+                _set_aside_failed_attempt(run_dir)
             return {"summary": registry.get(run_config.name).train(run)}
     except (TrainingInterrupted, KeyboardInterrupt):
         if sweeping:  # Ctrl-C stops the whole sweep: the jobs not started yet will not run
@@ -248,13 +260,63 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     except Exception as exc:
         if not sweeping:
             _single_run_failures.append(exc)
-        elif (sweep_dir / FAIL_FAST_FILE).exists():  # the jobs not started yet will not run
-            with contextlib.suppress(OSError):
-                why = f"the sweep stopped (fail-fast) after job {hydra_cfg.job.num} failed"
-                runs.atomic_write_text(sweep_dir / STOPPED_FILE, why)
+        else:
+            if not isinstance(exc, RunLockedError):  # a job another process trains is not ours to mark
+                _record_failure(run_dir, int(hydra_cfg.job.num), exc)
+            if (sweep_dir / FAIL_FAST_FILE).exists():  # the jobs not started yet will not run
+                with contextlib.suppress(OSError):
+                    why = f"the sweep stopped (fail-fast) after job {hydra_cfg.job.num} failed"
+                    runs.atomic_write_text(sweep_dir / STOPPED_FILE, why)
         # keep going: the sweep's table reports the failure and the command exits non-zero
         return {"summary": run.summary() if run else {}, "error": runs.describe_error(exc)}
     return {"summary": {}, "error": "interrupted"}
+
+
+def _recorded_failure(run_dir: Path) -> str | None:
+    """The error of a job that failed (or diverged) in an earlier launch of its sweep, else None."""
+    meta_path = run_dir / runs.META_FILE
+    with contextlib.suppress(OSError, ValueError):
+        meta = runs.read_json(meta_path)
+        if meta.get("status") in ("failed", "diverged"):
+            return str(meta.get("error") or meta["status"])
+    return None
+
+
+def _record_failure(run_dir: Path, number: int, exc: BaseException) -> None:
+    """A failed sweep job says so at once and in its own directory: meta.json (status and error, where
+    the training session did not record them yet) and error.txt (with the traceback)."""
+    import traceback
+
+    error = runs.describe_error(exc)
+    print(f"job {number} failed: {error.splitlines()[0] if error else type(exc).__name__}", file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError):
+        meta_path = run_dir / runs.META_FILE
+        meta = runs.read_json(meta_path) if meta_path.exists() else {}
+        if meta.get("status") not in ("failed", "diverged"):  # failed before its session started
+            meta.update(status="failed", error=error, end_time=runs.now_iso())
+            runs.atomic_write_json(meta_path, meta)
+        details = "".join(traceback.format_exception(exc))
+        runs.atomic_write_text(run_dir / ERROR_FILE, f"{error}\n\n{details}")
+
+
+def _set_aside_failed_attempt(run_dir: Path) -> None:
+    """Before a failed job runs again from scratch: move what the failed attempt wrote into
+    ``attempts/<n>/`` and start the new meta.json with the list of earlier attempts."""
+    meta = runs.read_json(run_dir / runs.META_FILE)
+    attempts = run_dir / ATTEMPTS_DIR
+    number = 1 + max((int(p.name) for p in attempts.glob("*") if p.name.isdigit()), default=0)
+    target = attempts / str(number)
+    target.mkdir(parents=True)
+    keep = {runs.CONFIG_FILE, runs.OVERRIDES_FILE, runs.LOCK_FILE, ".hydra", ATTEMPTS_DIR, runs.META_FILE}
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name not in keep:
+            os.rename(entry, target / entry.name)
+    os.rename(run_dir / runs.META_FILE, target / runs.META_FILE)  # last: until here it says "failed"
+    earlier = meta.get("attempts") or []
+    record = {key: meta.get(key) for key in ("status", "error", "start_time", "end_time")}
+    runs.atomic_write_json(
+        run_dir / runs.META_FILE, {"attempts": [*earlier, {"dir": f"{ATTEMPTS_DIR}/{number}", **record}]}
+    )
 
 
 def save_config(run_dir: Path, run_config: Any, overrides: list[str]) -> None:
@@ -317,12 +379,14 @@ def _pin_gpu(job_number: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[job_number % len(gpus)]
 
 
-def resume_sweep(sweep_dir: Path, fail_fast: bool = False) -> list[JobResult]:
+def resume_sweep(sweep_dir: Path, fail_fast: bool = False, retry_failed: bool = False) -> list[JobResult]:
     """Launch an interrupted sweep again in its own directory with its own overrides and launcher.
 
     Hydra numbers the jobs the same way again; each job finds its directory: a completed job is
-    reported as it was, an interrupted one resumes from its checkpoint, one never started starts now.
-    ``fail_fast`` applies to this launch only (a sweep that stopped at a failure resumes keeping going).
+    reported as it was, an interrupted one resumes from its checkpoint, one never started starts now,
+    a failed one is reported as it was or, with ``retry_failed``, runs again from scratch (its failed
+    attempt moved into ``attempts/<n>/``). ``fail_fast`` applies to this launch only (a sweep that
+    stopped at a failure resumes keeping going).
     """
     if not (sweep_dir / "multirun.yaml").is_file():
         raise RunDirError(f"{sweep_dir} is not a sweep directory (it has no multirun.yaml)")
@@ -339,11 +403,17 @@ def resume_sweep(sweep_dir: Path, fail_fast: bool = False) -> list[JobResult]:
         raise RunDirError(f"{sweep_dir}/multirun.yaml names no experiment")
     user = [o for o in task if not o.startswith("experiment=")]
     os.environ[SWEEP_JOBS_ENV] = str(prevalidate(experiment, user, multirun=True))
-    for marker in (STOPPED_FILE, FAIL_FAST_FILE):  # the jobs an earlier stop skipped run now
+    for marker in (
+        STOPPED_FILE,
+        FAIL_FAST_FILE,
+        RETRY_FAILED_FILE,
+    ):  # the jobs an earlier stop skipped run now
         with contextlib.suppress(FileNotFoundError):
             (sweep_dir / marker).unlink()
     if fail_fast:
         runs.atomic_write_text(sweep_dir / FAIL_FAST_FILE, "")
+    if retry_failed:
+        runs.atomic_write_text(sweep_dir / RETRY_FAILED_FILE, "")
     _share_gpus()
     placement = _sweep_placement(sweep_dir)
     all_overrides = [f"experiment={experiment}", *user, *hydra_overrides, *placement]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fdlcli.errors import FdlError, RunDirError
+from fdlcli.errors import FdlError, RunDirError, RunLockedError
 
 CONFIG_FILE = "config.yaml"
 OVERRIDES_FILE = "overrides.yaml"
@@ -132,24 +133,103 @@ def new_sweep_dir(experiment: str) -> Path:
 # Provenance.
 
 
-def git_state() -> dict[str, Any]:
-    """The commit and dirty flag of the fdl source tree, when it is a git checkout."""
-    source = Path(__file__).resolve().parent.parent
+# The uncommitted changes a run records in code.diff; a larger diff is cut here (and says so in meta.json).
+CODE_DIFF_FILE = "code.diff"
+CODE_DIFF_LIMIT = 1_000_000
+# What counts as the code of a run: the package and its config groups (not tests, docs, benchmarks).
+_CODE_PATHS = ("fdlcli", "conf")  # beside each other in a checkout
+
+
+def _git(repo: Path, *args: str) -> bytes | None:
+    """Output of one git command; None when git is missing, fails or hangs.
+
+    GIT_OPTIONAL_LOCKS=0: the jobs of a parallel sweep all ask at once, and git must not take the index
+    lock to refresh its stat cache (a second job would then fail to get it).
+    """
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = subprocess.run(
-            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args],
             capture_output=True,
-            text=True,
-            timeout=5,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            timeout=10,
         )
-        return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _code_repository(package: Path | None = None) -> tuple[Path, str, list[str]] | None:
+    """The git checkout fdl runs from (or the one holding ``package``): its root, HEAD commit and the
+    code paths relative to the root; None outside a checkout (an installed wheel) or without git."""
+    package = (package or Path(__file__).parent).resolve()
+    head = _git(package, "rev-parse", "--show-toplevel", "HEAD")
+    # a wheel installed in a virtual environment that lives inside some other repository is not
+    # that repository's code: the package itself must be tracked there
+    if not head or not _git(package, "ls-files", "--", "__init__.py"):
+        return None
+    toplevel, commit = head.decode().splitlines()[:2]
+    source = package.parent  # the checkout's root (the repository may be a folder above it)
+    paths = [os.path.relpath(source / p, toplevel) for p in _CODE_PATHS if (source / p).exists()]
+    return Path(toplevel), commit, paths
+
+
+def git_state(package: Path | None = None) -> tuple[dict[str, Any], bytes]:
+    """The code this process runs (or the fdl ``package`` directory given): the commit of its source
+    tree, whether the code differs from it, and the tracked changes (``git diff HEAD``, cut at
+    CODE_DIFF_LIMIT bytes).
+
+    ``dirty`` covers the package and ``conf/`` (tracked changes and untracked files), not tests or docs.
+    Outside a git checkout (an installed wheel), or without git, commit and dirty are None.
+    """
+    unknown: dict[str, Any] = {"commit": None, "dirty": None}
+    found = _code_repository(package)
+    if found is None:
+        return unknown, b""
+    repo, commit, paths = found
+    diff = _git(repo, "diff", "HEAD", "--no-ext-diff", "--no-color", "--", *paths)
+    # (a checkout without a .gitignore still has Python's byte code beside the sources)
+    untracked = _git(
+        repo, "ls-files", "--others", "--exclude-standard", "--exclude=__pycache__", "--", *paths
+    )
+    if diff is None or untracked is None:
+        return unknown, b""
+    untracked_files = untracked.decode(errors="replace").splitlines()
+    state: dict[str, Any] = {"commit": commit, "dirty": bool(diff or untracked_files)}
+    if untracked_files:
+        state["untracked"] = untracked_files[:100]
+    if len(diff) > CODE_DIFF_LIMIT:
+        diff = diff[:CODE_DIFF_LIMIT]
+        state["diff_truncated"] = True
+    if diff:
+        state["diff_sha256"] = hashlib.sha256(diff).hexdigest()
+    return state, diff
+
+
+def commit_difference(commit_a: str, commit_b: str, *options: str) -> str | None:
+    """``git diff [options] A B`` over the code paths, in the checkout fdl runs from; None when there
+    is no checkout or it does not hold both commits."""
+    found = _code_repository()
+    if found is None:
+        return None
+    repo, _, paths = found
+    output = _git(repo, "diff", "--no-ext-diff", "--no-color", *options, commit_a, commit_b, "--", *paths)
+    return None if output is None else output.decode(errors="replace")
+
+
+def record_code(run_dir: Path, name: str = CODE_DIFF_FILE, recorded: dict[str, Any] | None = None) -> dict:
+    """:func:`git_state` for meta.json, the uncommitted changes saved as ``run_dir/name``; when they are
+    the same as an earlier ``recorded`` state's (a resumed run), that state's file is named instead."""
+    state, diff = git_state()
+    if diff:
+        earlier = recorded or {}
+        if earlier.get("diff") and earlier.get("diff_sha256") == state["diff_sha256"]:
+            state["diff"] = earlier["diff"]
+        else:
+            atomic_write_bytes(run_dir / name, diff)
+            state["diff"] = name
+    return state
 
 
 def package_versions() -> dict[str, str]:
@@ -223,15 +303,54 @@ def locked(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunDirError(f"run {run_dir} is being trained by another process") from None
+            raise RunLockedError(f"run {run_dir} is being trained by another process") from None
         yield
     finally:
         handle.close()
 
 
+EVALS_FILE = "evals.jsonl"
+
+
+def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The metrics ``fdl eval`` recorded in a run, by checkpoint (``best``, ``last``, ``step-N``): the
+    ``eval-<which>[-<split>].json`` files, and the records of an ``evals.jsonl`` log if there is one (the
+    latest record of a checkpoint wins)."""
+    records: list[tuple[str, dict[str, Any]]] = []
+    for path in run_dir.glob("eval-*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            record = read_json(path)
+            which = path.stem.removeprefix("eval-")
+            if isinstance(record, dict) and record.get("split"):
+                which = which.removesuffix(f"-{record['split']}")
+            records.append((which, record))
+    with contextlib.suppress(OSError), open(run_dir / EVALS_FILE) as handle:
+        for line in handle:
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict):
+                    records.append((str(record.get("which") or record.get("checkpoint")), record))
+    found: dict[str, dict[str, Any]] = {}
+    valid = [(w, r) for w, r in records if isinstance(r, dict) and isinstance(r.get("metrics"), dict)]
+    for which, record in sorted(valid, key=lambda item: str(item[1].get("time", ""))):
+        found.setdefault(which, {}).update(record["metrics"])
+    return found
+
+
+def locate(path: str | Path) -> Path:
+    """A run or sweep named by the user: a path, or an id relative to the runs root (as `fdl runs`
+    shows them: ``mlp-mnist/2026-11-28_21-30-05_a1b2c3``). Returned as given when it is neither."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    under_root = runs_root() / given
+    return under_root if under_root.exists() else given
+
+
 def resolve_run_dir(path: str | Path) -> Path:
-    """A run directory given by the user, checked to be one (not a sweep, not some other folder)."""
-    run_dir = Path(path)
+    """A run directory given by the user (a path or a run id), checked to be one (not a sweep, not some
+    other folder)."""
+    run_dir = locate(path)
     if not run_dir.exists():
         raise RunDirError(f"no such run directory: {run_dir}")
     if not run_dir.is_dir():
@@ -272,9 +391,9 @@ def start_meta(run: Run, device: str) -> None:
     meta_path = run.path / META_FILE
     meta = read_json(meta_path) if meta_path.exists() else {}
     if run.resume:
-        meta.setdefault("resumes", []).append(
-            {"command": sys.argv, "time": now_iso(), "overrides": overrides}
-        )
+        resumes = meta.setdefault("resumes", [])
+        code = record_code(run.path, f"code.resume-{len(resumes) + 1}.diff", meta.get("git"))
+        resumes.append({"command": sys.argv, "time": now_iso(), "overrides": overrides, "git": code})
         meta.update(status="running", device=device, end_time=None, pid=os.getpid())
     else:
         meta.update(
@@ -282,10 +401,12 @@ def start_meta(run: Run, device: str) -> None:
             command=sys.argv,
             cwd=os.getcwd(),
             overrides=overrides,
-            git=git_state(),
+            git=record_code(run.path),
             versions=package_versions(),
             host=platform.node(),
             seed=run.config.seed,
+            # how `fdl runs clean --keep-best` ranks runs without reading config.yaml
+            monitor={"metric": run.config.trainer.monitor, "mode": run.config.trainer.monitor_mode},
             device=device,
             start_time=now_iso(),
             end_time=None,

@@ -15,7 +15,7 @@ import yaml
 
 from fdlcli.analysis.artifacts import pyplot, save_png
 from fdlcli.errors import RunDirError, UsageError
-from fdlcli.runs import CONFIG_FILE, OVERRIDES_FILE, read_metrics
+from fdlcli.runs import CONFIG_FILE, OVERRIDES_FILE, locate, read_metrics
 
 # Chapter 4's yardstick: minibatches until the training cost first reaches 0.1 (book: ~18,000 for SGD,
 # just over 2,000 for momentum).
@@ -82,7 +82,7 @@ def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
     """Run directories named directly, and the job directories of any sweep directory (in job order)."""
     found: list[Path] = []
     for path in paths:
-        path = Path(path)
+        path = locate(path)
         if not path.is_dir():
             raise RunDirError(f"no such run or sweep directory: {path}")
         if (path / CONFIG_FILE).is_file():
