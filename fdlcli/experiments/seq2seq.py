@@ -478,11 +478,11 @@ class TranslationTask(Task):
         cfg = self.config
         # a resumed (or evaluated) run keeps the vocabularies it was trained with: vocab.json is written
         # once, by the fresh run, and never rewritten
-        saved = self.run is not None and (self.run.path / VOCAB_FILE).is_file()
-        vocabs = load_vocabs(self.run.path) if saved and self.run is not None else None
-        self.data = load_parallel(cfg.data, vocabs)
-        if vocabs is None and self.run is not None:
-            save_vocabs(self.run.path, self.data.source_vocab, self.data.target_vocab)
+        run_dir = self.run.path if self.run is not None else None
+        saved = run_dir is not None and (run_dir / VOCAB_FILE).is_file()
+        self.data = load_parallel(cfg.data, load_vocabs(run_dir) if saved and run_dir else None)
+        if run_dir is not None and not saved:
+            save_vocabs(run_dir, self.data.source_vocab, self.data.target_vocab)
         self.model = build_model(cfg, self.data.source_vocab, self.data.target_vocab).to(self.device)
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
         self.lr_rule = LossPlateauDecay(cfg.optim.lr, cfg.trainer.lr_decay)
@@ -585,8 +585,10 @@ class TranslationTask(Task):
         seconds = self.decode_seconds
         return {} if seconds is None else {"test_decode_seconds": round(seconds, 2)}
 
-    def done_message(self, summary: dict[str, Any]) -> str:
+    def done_message(self, summary: dict[str, Any]) -> str | None:
         test, trainer = summary["final"], self.config.trainer
+        if "test/perplexity" not in test:  # no best checkpoint was tested
+            return None
         return (
             f"done: test perplexity {test['test/perplexity']:.2f}, BLEU greedy {test['test/bleu']:.2f}, "
             f"beam {trainer.beam} {test[f'test/bleu_beam{trainer.beam}']:.2f} (best by {trainer.monitor})"
