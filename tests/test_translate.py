@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,28 +15,50 @@ from click.testing import CliRunner
 from conftest import metric_records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
-from fdlcli import config, launch, runs
+from fdlcli import config, launch, registry, runs
 from fdlcli.commands.translate import Shell, decode_line, translate_cmd
 from fdlcli.data.translation import EOS_ID, bucket_batches, detokenize, tokenize
+from fdlcli.engine.checkpoint import CheckpointManager
+from fdlcli.errors import ConfigError, TrainingInterrupted
 from fdlcli.experiments import seq2seq
 
 TINY = [
     "data.train_limit=800", "data.eval_limit=16", "data.source_vocab=400", "data.target_vocab=400",
     "data.batch_size=32", "model.embedding=24", "model.hidden=32", "model.attention=24", "trainer.epochs=2",
     "trainer.threads=1", "trainer.beam=3", "optim.lr=0.01", "trainer.max_output=12",
+    # the book's lr rule every 5 steps (it decays once, at step 45), the cost logged every 7 steps
+    "trainer.lr_decay=0.9", "trainer.decay_every=5", "trainer.log_every=7",
 ]  # fmt: skip
+
+
+def _train(path: Path, overrides: list[str], resume: bool = False) -> runs.Run:
+    """Train (or resume) a translate-en-fr run in-process, as `fdl train` does."""
+    run_config = config.validate(config.compose("translate-en-fr", overrides))
+    if not resume:
+        launch.save_config(path, run_config, overrides)
+    run = runs.Run(path=path, config=run_config, resume=resume)
+    registry.get("translate-en-fr").train(run)
+    return run
+
+
+def _weights_digest(run: runs.Run, which: str = "latest") -> str:
+    ref = CheckpointManager(run.checkpoint_dir, run.config.name).resolve(which)
+    weights = load_file(str(ref.path / "model.safetensors"))
+    return hashlib.sha256(b"".join(weights[k].numpy().tobytes() for k in sorted(weights))).hexdigest()
+
+
+def _task_state(run: runs.Run) -> dict:
+    """The lr rule's state in the latest checkpoint (lr, the last windows' losses, the open window's sum)."""
+    ref = CheckpointManager(run.checkpoint_dir, run.config.name).resolve("latest")
+    return torch.load(ref.path / "trainer.pt", weights_only=True)["task"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, mirror: Path) -> runs.Run:
     """A translate-en-fr run trained in-process for two epochs on 800 real pairs (a few seconds)."""
-    path = tmp_path_factory.mktemp("translate-run")
-    overrides = [*TINY, f"data.dir={mirror}"]
-    run = runs.Run(path=path, config=config.validate(config.compose("translate-en-fr", overrides)))
-    launch.save_config(path, run.config, overrides)
-    seq2seq.train(run)
-    return run
+    return _train(tmp_path_factory.mktemp("translate-run"), [*TINY, f"data.dir={mirror}"])
 
 
 def test_training_on_a_real_slice_learns_and_records_everything(tiny_run):
@@ -194,14 +218,72 @@ def test_bad_run_directories_are_one_line_errors(tmp_path, capsys, env, tiny_run
 
 
 def test_resume_replays_the_same_training(tiny_run, tmp_path, mirror):
-    """One epoch, then a resumed second one: the metrics equal those of the two-epoch run."""
-    overrides = [*TINY, f"data.dir={mirror}", "trainer.epochs=1"]
-    run = runs.Run(path=tmp_path, config=config.validate(config.compose("translate-en-fr", overrides)))
-    launch.save_config(tmp_path, run.config, overrides)
-    seq2seq.train(run)
+    """One epoch, then a resumed second one: the metrics and weights equal those of the two-epoch run."""
+    run = _train(tmp_path, [*TINY, f"data.dir={mirror}", "trainer.epochs=1"])
+    vocab = (tmp_path / "vocab.json").read_text()
     longer = config.apply_overrides(run.config, ["trainer.epochs=2"])
-    seq2seq.train(runs.Run(path=tmp_path, config=longer, resume=True))
+    registry.get("translate-en-fr").train(runs.Run(path=tmp_path, config=longer, resume=True))
     assert metric_records(tmp_path) == metric_records(tiny_run.path)
+    assert _weights_digest(run) == _weights_digest(tiny_run)
+    assert (tmp_path / "vocab.json").read_text() == vocab  # the resumed run kept its vocabularies
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(tiny_run, tmp_path, mirror, monkeypatch):
+    """SIGTERM at step 48 (mid-epoch, mid logging window, mid lr-rule window, after the rule's decay at
+    step 45): its checkpoint resumes to the uninterrupted run's metrics, summary, weights and lr rule."""
+    train_step = seq2seq.TranslationTask.train_step
+
+    def interrupted(task, step, index):
+        if step == 47:
+            signal.raise_signal(signal.SIGTERM)
+        return train_step(task, step, index)
+
+    monkeypatch.setattr(seq2seq.TranslationTask, "train_step", interrupted)
+    with pytest.raises(TrainingInterrupted, match="at step 48"):
+        _train(tmp_path, [*TINY, f"data.dir={mirror}"])
+    monkeypatch.setattr(seq2seq.TranslationTask, "train_step", train_step)
+    run = _train(tmp_path, [*TINY, f"data.dir={mirror}"], resume=True)
+    assert metric_records(tmp_path) == metric_records(tiny_run.path)
+    assert _weights_digest(run) == _weights_digest(tiny_run)
+    assert _weights_digest(run, "best") == _weights_digest(tiny_run, "best")
+    assert _task_state(run) == _task_state(tiny_run)
+    ours, theirs = run.summary(), tiny_run.summary()
+    assert ours["history"] == theirs["history"] and ours["final"] == theirs["final"]
+
+
+def test_bf16_autocast_changes_the_figures_but_still_learns(tiny_run, tmp_path, mirror):
+    run = _train(tmp_path, [*TINY, f"data.dir={mirror}", "trainer.epochs=1", "trainer.precision=bf16"])
+    bf16 = {(r["name"], r["step"]): r["value"] for r in metric_records(tmp_path)}
+    fp32 = {(r["name"], r["step"]): r["value"] for r in metric_records(tiny_run.path)}
+    epoch_end = (("train/epoch_cost", 27), ("val/perplexity", 27))
+    assert all(key in fp32 for key in bf16 if not key[0].startswith("test/"))
+    assert bf16[("train/cost", 7)] != fp32[("train/cost", 7)]  # autocast really ran the matmuls in bf16
+    for key in epoch_end:  # ... at about the fp32 figures
+        assert bf16[key] != fp32[key] and math.isclose(bf16[key], fp32[key], rel_tol=0.1), key
+    assert run.summary()["status"] == "completed"
+
+
+def test_compile_traces_the_attention_and_output_layer_without_graph_breaks(tmp_path, mirror, monkeypatch):
+    """trainer.compile=true: dynamo captures the decoder step's attention and output layer (the GRU runs
+    eager), training and evaluation go on. The eager backend keeps it fast: tracing is what can break."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    torch._dynamo.reset()
+    counters.clear()
+    small = [*TINY, f"data.dir={mirror}", "data.train_limit=96", "trainer.epochs=1", "trainer.compile=true"]
+    run = _train(tmp_path, small)
+    assert counters["stats"]["unique_graphs"] >= 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert math.isfinite(run.summary()["final"]["test/perplexity"])
+    torch._dynamo.reset()
+
+
+def test_features_the_task_cannot_honour_are_refused(mirror):
+    for setting in ("trainer.devices=2", "optim.schedule=cosine"):
+        with pytest.raises(ConfigError, match="does not support"):
+            config.validate(config.compose("translate-en-fr", [f"data.dir={mirror}", setting]))
 
 
 @pytest.mark.parametrize(
@@ -228,18 +310,12 @@ def test_every_cell_and_shape_trains_and_searches(cell, layers, bidirectional):
 
 def test_the_books_learning_rate_rule():
     """lr *= decay when a window's mean loss exceeds the largest of the three windows before."""
-    trainer = seq2seq.TranslateTrainerConfig(lr_decay=0.5, decay_every=2)
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([parameter], lr=1.0)
-    state = {"lr": 1.0, "decay_loss": 0.0, "decay_losses": []}
-    lrs = []
-    for window_sum in (8.0, 6.0, 7.0, 7.5, 9.0, 4.0):  # window means 4, 3, 3.5, 3.75, 4.5, 2
-        state["decay_loss"] = window_sum
-        seq2seq._decay_rule(state, trainer, optimizer)
-        lrs.append(optimizer.param_groups[0]["lr"])
+    rule = seq2seq.LossPlateauDecay(lr=1.0, decay=0.5)
+    lrs = [rule.end_window(mean) for mean in (4.0, 3.0, 3.5, 3.75, 4.5, 2.0)]
     # 3.75 <= max(4, 3, 3.5): kept; 4.5 > max(3, 3.5, 3.75): halved; 2: kept
     assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
-    assert state["lr"] == 0.5 and state["decay_losses"] == [3.75, 4.5, 2.0]
+    assert rule.losses == [3.75, 4.5, 2.0]
+    assert seq2seq.LossPlateauDecay(lr=1.0, decay=1.0, losses=[1.0, 1.0, 1.0]).end_window(9.0) == 1.0
 
 
 def test_sampled_softmax_trains_and_evaluation_keeps_the_full_softmax():

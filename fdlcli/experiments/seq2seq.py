@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from fdlcli.data.translation import (
     GO_ID,
     PAD_ID,
     VOCAB_FILE,
+    ParallelData,
     ParallelSplit,
     TranslationDataConfig,
     Vocab,
@@ -51,11 +52,10 @@ from fdlcli.data.translation import (
     tokenize,
 )
 from fdlcli.engine.checkpoint import CheckpointManager
-from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.devices import resolve_device
 from fdlcli.engine.optim import build_optimizer, set_lr
-from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
-from fdlcli.engine.session import run_session
-from fdlcli.errors import ConfigError
+from fdlcli.engine.seed import epoch_generator
+from fdlcli.engine.task import StepOutput, Task
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run
 
@@ -176,12 +176,18 @@ class Seq2Seq(nn.Module):
         """One decoder step: (output features [B, H], new context, new state, attention weights [B, S])."""
         inputs = torch.cat([self.drop(self.target_embed(tokens)), context], dim=1)
         output, state = self.decoder(inputs[:, None], state)
-        top = output[:, 0]
-        scores = self.attend_score(torch.tanh(memory.keys + self.attend_query(top)[:, None])).squeeze(2)
-        weights = scores.masked_fill(~memory.mask, float("-inf")).softmax(dim=1)
-        context = torch.bmm(weights[:, None], memory.outputs)[:, 0]
-        features = torch.tanh(self.combine(torch.cat([top, context], dim=1)))
+        features, context, weights = self.attend(output[:, 0], memory.keys, memory.outputs, memory.mask)
         return features, context, state, weights
+
+    def attend(
+        self, top: torch.Tensor, keys: torch.Tensor, outputs: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top decoder state [B, H] queries the encoder outputs: (output features, context, weights)."""
+        scores = self.attend_score(torch.tanh(keys + self.attend_query(top)[:, None])).squeeze(2)
+        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=1)
+        context = torch.bmm(weights[:, None], outputs)[:, 0]
+        features = torch.tanh(self.combine(torch.cat([top, context], dim=1)))
+        return features, context, weights
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.project(self.drop(features))
@@ -442,197 +448,181 @@ def output_limit(cfg: RunConfig) -> int:
     return cfg.trainer.max_output or cfg.data.max_target
 
 
-def train(run: Run) -> dict[str, Any]:
-    cfg, trainer = run.config, run.config.trainer
-    data_cfg: TranslationDataConfig = cfg.data
-    with run_session(run) as session:
-        device, checkpoints, writer = session.device, session.checkpoints, session.writer
-        seed_everything(cfg.seed)
-        # a resumed run keeps the vocabularies it was trained with (vocab.json is never rewritten)
-        saved_vocabs = load_vocabs(run.path) if run.resume and (run.path / VOCAB_FILE).is_file() else None
-        data = load_parallel(data_cfg, saved_vocabs)
-        if saved_vocabs is None:
-            save_vocabs(run.path, data.source_vocab, data.target_vocab)
-        model = build_model(cfg, data.source_vocab, data.target_vocab).to(device)
-        optimizer = build_optimizer(cfg.optim, model.parameters())
-        state: dict[str, Any] = {
-            "step": 0, "epoch": 0, "batch_in_epoch": 0, "metrics_lines": 0, "train_seconds": 0.0,
-            "window_loss": 0.0, "window_batches": 0, "epoch_loss": 0.0, "epoch_batches": 0,
-            "decay_losses": [], "decay_loss": 0.0, "lr": cfg.optim.lr, "best_value": None, "history": [],
-        }  # fmt: skip
-        session.restore_or_start(model, state, optimizer)
-        n_params = sum(p.numel() for p in model.parameters())
-        session.message(
+@dataclass
+class LossPlateauDecay:
+    """The book's learning-rate rule: after every window of ``decay_every`` steps, if the window's mean
+    loss exceeds the largest of the three windows before it, lr *= ``decay``."""
+
+    lr: float
+    decay: float
+    losses: list[float] = field(default_factory=list)  # mean losses of the last three windows
+
+    def end_window(self, mean_loss: float) -> float:
+        """Close a window; returns the learning rate from now on."""
+        if self.decay < 1.0 and len(self.losses) > 2 and mean_loss > max(self.losses[-3:]):
+            self.lr *= self.decay
+        self.losses = [*self.losses[-2:], mean_loss]
+        return self.lr
+
+
+class TranslationTask(Task):
+    """Epochs of the book's bucketed minibatches (a function of (seed, epoch)); validation perplexity and
+    greedy BLEU after each epoch; the best model's test perplexity and greedy and beam BLEU at the end,
+    then its attention map (book figure 7-33)."""
+
+    unit = "epochs"
+    supports = frozenset({"precision", "compile", "checkpoint_every", "data_limits"})
+    test_checkpoints = ("best",)
+
+    def setup(self) -> None:
+        cfg = self.config
+        # a resumed (or evaluated) run keeps the vocabularies it was trained with: vocab.json is written
+        # once, by the fresh run, and never rewritten
+        run_dir = self.run.path if self.run is not None else None
+        saved = run_dir is not None and (run_dir / VOCAB_FILE).is_file()
+        self.data = load_parallel(cfg.data, load_vocabs(run_dir) if saved and run_dir else None)
+        if run_dir is not None and not saved:
+            save_vocabs(run_dir, self.data.source_vocab, self.data.target_vocab)
+        self.model = build_model(cfg, self.data.source_vocab, self.data.target_vocab).to(self.device)
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
+        self.lr_rule = LossPlateauDecay(cfg.optim.lr, cfg.trainer.lr_decay)
+        # the loss summed since the book rule's last window closed (on the device: no host sync per step)
+        self.decay_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.batches: list[torch.Tensor] = []
+        self.decode_seconds: float | None = None
+
+    def describe(self) -> str:
+        data = self.data
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (
             f"{len(data.train.source):,} training pairs ({data.dropped} longer than the buckets left out), "
             f"vocabularies {len(data.source_vocab):,} / {len(data.target_vocab):,}, {n_params:,} parameters"
         )
-        steps_per_epoch = len(_epoch_batches(data, data_cfg, cfg.seed, 0))
-        progress = session.start_progress(steps_per_epoch * trainer.epochs, state["step"])
-        window = torch.tensor(state["window_loss"], dtype=torch.float64)
 
-        def save(reason: str) -> Any:
-            session.check_finite(window.item(), state["step"])
-            session.check_finite_model(model, state["step"])
-            state.update(
-                metrics_lines=writer.lines, train_seconds=session.train_seconds, window_loss=window.item()
-            )
-            payload = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state(), "reason": reason}
-            return checkpoints.save(model, payload, state["step"])
+    def compile(self) -> None:
+        # training runs the decoder one step at a time, and dynamo does not trace GRU/LSTM modules: compile
+        # the rest of a step, the attention and the output layer (dynamic: batch and source widths vary).
+        # Evaluation stays eager: its shapes (beams of one, expanded memory, no grad) would recompile often.
+        model = self.model
+        for name in ("attend", "logits"):
+            eager = getattr(model, name)
+            compiled = torch.compile(eager, dynamic=True)
+            setattr(model, name, lambda *args, e=eager, c=compiled: c(*args) if model.training else e(*args))
 
-        for epoch in range(state["epoch"], trainer.epochs):
-            batches = _epoch_batches(data, data_cfg, cfg.seed, epoch)
-            model.train()
-            for number in range(state["batch_in_epoch"], len(batches)):
-                loss = token_loss(model, make_batch(data.train, batches[number], device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if trainer.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-                optimizer.step()
-                window += loss.detach().double()  # no host sync per step
-                state["step"] += 1
-                state["window_batches"] += 1
-                state["batch_in_epoch"] = number + 1
-                last = number + 1 == len(batches)
-                if state["step"] % trainer.log_every == 0 or last or state["step"] % trainer.decay_every == 0:
-                    total = window.item()
-                    session.check_finite(total, state["step"])
-                    cost = total / state["window_batches"]
-                    writer.log({"train/cost": cost, "train/perplexity": math.exp(min(cost, 50.0)),
-                                "train/lr": state["lr"]}, state["step"], epoch)  # fmt: skip
-                    progress.update(state["step"], cost, epoch, trainer.epochs)
-                    state["epoch_loss"] += total
-                    state["epoch_batches"] += state["window_batches"]
-                    state["decay_loss"] += total
-                    window.zero_()
-                    state["window_batches"] = 0
-                if state["step"] % trainer.decay_every == 0:
-                    _decay_rule(state, trainer, optimizer)
-                session.stop_if_requested(save)
-                if trainer.checkpoint_every and state["step"] % trainer.checkpoint_every == 0 and not last:
-                    save("periodic")
+    # ---- the work ------------------------------------------------------------------------------------
 
-            # ---- end of epoch: validation perplexity and greedy BLEU; best checkpoint by trainer.monitor
-            epoch_cost = state["epoch_loss"] / max(1, state["epoch_batches"])
-            state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss=0.0, epoch_batches=0)
-            val = perplexity(model, data.val, trainer.eval_batch_size, device)
-            val |= bleu_metrics(
-                model, data.val, data.target_vocab, trainer, output_limit(cfg), device, beam=False
-            )
-            metrics = {"train/epoch_cost": epoch_cost, **{f"val/{k}": v for k, v in val.items()}}
-            writer.log(metrics, state["step"], state["epoch"])
-            state["history"].append({"epoch": state["epoch"], "step": state["step"], **metrics})
-            value = metrics.get(trainer.monitor)
-            if value is None:
-                raise ConfigError(f"trainer.monitor={trainer.monitor!r}; choose from: {', '.join(metrics)}")
-            best = state["best_value"]
-            improved = best is None or (value > best if trainer.monitor_mode == "max" else value < best)
-            if improved:
-                state["best_value"] = value
-            ref = save("epoch")
-            if improved:
-                checkpoints.mark_best(ref, trainer.monitor, value, state["epoch"])
-            session.message(
-                f"epoch {state['epoch']}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
-                + "  ".join(f"val {k} {v:.4g}" for k, v in val.items())
-                + ("  *" if improved else "")
-            )
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """The minibatches of an epoch: a function of (seed, epoch), so a resumed run replays them."""
+        lengths = self.data.train.source.lengths, self.data.train.target.lengths
+        data_cfg: TranslationDataConfig = self.config.data
+        generator = epoch_generator(self.config.seed, epoch)
+        return bucket_batches(*lengths, data_cfg.buckets, data_cfg.batch_size, generator)
 
-        # ---- end of training: the best model on the test split, greedy and beam; its attention map
-        if checkpoints.best_info() is not None:
-            checkpoints.load_weights(model, checkpoints.resolve("best"), device)
-        test = perplexity(model, data.test, trainer.eval_batch_size, device)
+    def start_epoch(self, epoch: int) -> int:
+        self.batches = self.epoch_batches(epoch)
+        return len(self.batches)
+
+    def total_steps(self) -> int:
+        return len(self.epoch_batches(0)) * self.config.trainer.epochs  # every epoch has as many batches
+
+    def train_step(self, step: int, index: int) -> StepOutput:
+        trainer: TranslateTrainerConfig = self.config.trainer
+        if step and step % trainer.decay_every == 0:  # the window closed by the previous step
+            mean = self.decay_sum.item() / trainer.decay_every
+            self.decay_sum.zero_()
+            set_lr(self.optimizer, self.lr_rule.end_window(mean))  # type: ignore[arg-type]
+        loss = token_loss(self.model, make_batch(self.data.train, self.batches[index], self.device))
+        self.decay_sum += loss.detach()
+        return StepOutput(loss=loss)
+
+    def log_due(self, step: int) -> bool:
+        trainer: TranslateTrainerConfig = self.config.trainer
+        return step % trainer.log_every == 0 or step % trainer.decay_every == 0
+
+    def window_metrics(self, cost: float) -> dict[str, float]:
+        return {"train/perplexity": math.exp(min(cost, 50.0)), "train/lr": self.lr_rule.lr}
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Perplexity and greedy BLEU; on any split but "val" (validated every epoch) also beam BLEU."""
+        cfg, device = self.config, self.device
+        data = {"train": self.data.train, "val": self.data.val, "test": self.data.test}[split]
+        metrics = perplexity(self.model, data, cfg.trainer.eval_batch_size, device)
         started = time.monotonic()
-        test |= bleu_metrics(
-            model, data.test, data.target_vocab, trainer, output_limit(cfg), device, beam=True
-        )
-        test["decode_seconds"] = time.monotonic() - started
-        final = {
-            **(state["history"][-1] if state["history"] else {}),
-            **{f"test/{k}": v for k, v in test.items()},
-        }
-        summary = {
-            "experiment": cfg.name,
-            "status": "completed",
-            "epochs": state["epoch"],
-            "steps": state["step"],
-            "train_seconds": round(session.train_seconds, 2),
+        metrics |= bleu_metrics(
+            self.model, data, self.data.target_vocab, cfg.trainer, output_limit(cfg), device,
+            beam=split != "val",
+        )  # fmt: skip
+        if split == "test":
+            self.decode_seconds = time.monotonic() - started
+        return metrics
+
+    # ---- state ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        rule = self.lr_rule
+        return {"lr": rule.lr, "decay_losses": list(rule.losses), "decay_sum": self.decay_sum.item()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.lr_rule.lr, self.lr_rule.losses = float(state["lr"]), [float(x) for x in state["decay_losses"]]
+        self.decay_sum.fill_(float(state["decay_sum"]))
+        set_lr(self.optimizer, self.lr_rule.lr)  # type: ignore[arg-type]
+
+    # ---- the end ---------------------------------------------------------------------------------------
+
+    def summary_fields(self) -> dict[str, Any]:
+        data = self.data
+        return {
             "training_pairs": len(data.train.source),
             "vocabulary": [len(data.source_vocab), len(data.target_vocab)],
-            "final": final,
-            "best": {"metric": trainer.monitor, "value": state["best_value"]},
-            "history": state["history"],
         }
-        run.write_summary(summary)
-    save_attention_figure(run, model, data, device)
-    session.message(
-        f"done: test perplexity {test['perplexity']:.2f}, BLEU greedy {test['bleu']:.2f}, "
-        f"beam {trainer.beam} {test[f'bleu_beam{trainer.beam}']:.2f} (best by {trainer.monitor}); "
-        f"run dir {run.path}"
-    )
-    return summary
+
+    def finish(self, artifacts: Path) -> dict[str, Any]:
+        save_attention_figure(self.config, self.model, self.data, self.device, artifacts / "attention.png")
+        seconds = self.decode_seconds
+        return {} if seconds is None else {"test_decode_seconds": round(seconds, 2)}
+
+    def done_message(self, summary: dict[str, Any]) -> str | None:
+        test, trainer = summary["final"], self.config.trainer
+        if "test/perplexity" not in test:  # no best checkpoint was tested
+            return None
+        return (
+            f"done: test perplexity {test['test/perplexity']:.2f}, BLEU greedy {test['test/bleu']:.2f}, "
+            f"beam {trainer.beam} {test[f'test/bleu_beam{trainer.beam}']:.2f} (best by {trainer.monitor})"
+        )
 
 
-def _epoch_batches(data: Any, cfg: TranslationDataConfig, seed: int, epoch: int) -> list[torch.Tensor]:
-    """The minibatches of an epoch: a function of (seed, epoch), so a resumed run replays them exactly."""
-    lengths = data.train.source.lengths, data.train.target.lengths
-    return bucket_batches(*lengths, cfg.buckets, cfg.batch_size, epoch_generator(seed, epoch))
-
-
-def _decay_rule(
-    state: dict[str, Any], trainer: TranslateTrainerConfig, optimizer: torch.optim.Optimizer
-) -> None:
-    """The book's schedule: if this window's loss exceeds the max of the 3 before, lr *= lr_decay."""
-    loss, state["decay_loss"] = state["decay_loss"] / trainer.decay_every, 0.0
-    previous = state["decay_losses"]
-    if trainer.lr_decay < 1.0 and len(previous) > 2 and loss > max(previous[-3:]):
-        state["lr"] *= trainer.lr_decay
-        set_lr(optimizer, state["lr"])
-    state["decay_losses"] = [*previous[-2:], loss]
-
-
-def save_attention_figure(run: Run, model: Seq2Seq, data: Any, device: torch.device) -> Path:
+def save_attention_figure(
+    cfg: RunConfig, model: Seq2Seq, data: ParallelData, device: torch.device, path: Path
+) -> Path:
     """Book figure 7-33: the attention of the greedy translation of one test sentence."""
     from fdlcli.analysis.attention import attention_png
 
-    split, row = data.test, min(run.config.trainer.attention_sentence, len(data.test.source) - 1)
+    split, row = data.test, min(cfg.trainer.attention_sentence, len(data.test.source) - 1)
     length = max(1, int(split.source.lengths[row]))
     source = split.source.ids[row : row + 1, :length].to(device)
     model.eval()
-    ids, weights = greedy(model, source, torch.tensor([length]), output_limit(run.config))
+    ids, weights = greedy(model, source, torch.tensor([length]), output_limit(cfg))
     source_words = data.source_vocab.decode(source[0].tolist())
-    if run.config.data.reverse_source:  # show the sentence as it was written
+    if cfg.data.reverse_source:  # show the sentence as it was written
         source_words, weights = source_words[::-1], weights.flip(2)
     target_words = [*(data.target_vocab.words[i] for i in ids[0]), "<eos>"][: weights.shape[1]]
-    return attention_png(weights[0].cpu(), source_words, target_words,
-                         run.artifacts_dir / "attention.png")  # fmt: skip
+    return attention_png(weights[0].cpu(), source_words, target_words, path)
 
 
-# ---- loading a trained run (fdl eval, fdl translate, the latency benchmark) ----------------------
+# ---- loading a trained run (fdl translate, the latency benchmark) --------------------------------
 
 
 def load_model(run: Run, which: str, device: torch.device) -> tuple[Seq2Seq, Vocab, Vocab]:
+    """The model of checkpoint ``which`` and the run's vocabularies, without the dataset."""
     source, target = load_vocabs(run.path)
     model = build_model(run.config, source, target)
     checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
     checkpoints.load_weights(model, checkpoints.resolve(which), device)
     return model.to(device).eval(), source, target
-
-
-def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
-    """``fdl eval``: perplexity and BLEU, greedy and beam, of one split under a saved checkpoint."""
-    cfg = run.config
-    device = resolve_device(cfg.trainer.device)
-    configure_threads(cfg.trainer.threads)
-    model, source, target = load_model(run, which, device)
-    data = load_parallel(cfg.data, vocabs=(source, target))
-    arrays = {"train": data.train, "val": data.val, "test": data.test}[split]
-    metrics = perplexity(model, arrays, cfg.trainer.eval_batch_size, device)
-    metrics |= bleu_metrics(model, arrays, target, cfg.trainer, output_limit(cfg), device, beam=True)
-    metrics = {f"{split}/{k}": v for k, v in metrics.items()}
-    ref = CheckpointManager(run.checkpoint_dir, cfg.name).resolve(which)
-    run.write_eval(which, ref.name, metrics, split)
-    return metrics
 
 
 register(
@@ -645,8 +635,7 @@ register(
         model_config=Seq2SeqConfig,
         data_config=TranslationDataConfig,
         trainer_config=TranslateTrainerConfig,
-        custom_train=train,
-        custom_evaluate=evaluate,
+        task=TranslationTask,
     )
 )
 
