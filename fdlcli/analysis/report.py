@@ -66,6 +66,7 @@ th { background: var(--soft); font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.mark td { background: var(--mark); }
 .wide { overflow-x: auto; }
+.row { display: flex; flex-wrap: wrap; gap: 0 28px; align-items: flex-start; }
 .badge { display: inline-block; white-space: nowrap; padding: 1px 8px; border-radius: 10px;
          font-size: 12px; font-weight: 600; background: var(--soft); border: 1px solid var(--line); }
 .badge.completed, .badge.run { color: var(--good); border-color: var(--good); }
@@ -406,12 +407,15 @@ def run_report(page: Page, run: RunData, band: str) -> None:
         if run.best:
             metric, value = run.best
             page.add(f"<p>Best {esc(metric)}: <b>{esc(fmt(value))}</b> (highlighted).</p>")
-        page.add(table(header, rows, marked))
     else:
         page.add('<p class="muted">No summary yet (the run has not finished an evaluation).</p>')
     extra = other_results(run.summary)
-    if extra:
-        page.add("<h3>Other results</h3>", table(["result", "value"], extra))
+    page.add(
+        '<div class="row">'
+        + (table(header, rows, marked) if rows else "")
+        + (table(["other result", "value"], extra) if extra else "")
+        + "</div>"
+    )
     evals = read_evals(run.path)
     if evals:
         page.section("evals", "Evaluations (fdl eval)")
@@ -580,7 +584,7 @@ def book_report(page: Page, root: Path, band: str) -> None:
         ours = "; ".join(f"{k} {fmt(v)}" for k, v in headline(run)[:2]) if run else None
         name = Html(f'<a href="#{esc(slug(spec.name))}">{esc(spec.name)}</a>')
         rows.append([spec.chapter, name, spec.book_result, ours, badge("run" if run else "not run")])
-    page.add(table(["chapter", "experiment", "the book reports", "best run", ""], rows))
+    page.add(table(["chapter", "experiment", "the book reports", "best run", "status"], rows))
     chapter = None
     for spec in registry.specs():
         if spec.chapter != chapter:

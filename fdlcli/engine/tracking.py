@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fdlcli.errors import FdlError
 from fdlcli.runs import LOG_FILE, METRICS_FILE, truncate_metrics
 
 log = logging.getLogger("fdl")
@@ -117,9 +118,13 @@ class MetricsWriter:
         self.tb.flush()
 
     def record_run_hparams(self) -> None:
-        """:meth:`hparams` of the run as its files record it (:func:`run_hparams`), at its end."""
+        """:meth:`hparams` of the run as its files record it (:func:`run_hparams`), at its end. A run that
+        trained to the end stays completed if this fails: the record is an extra, the run is whole."""
         if self.tb is not None:
-            self.hparams(*run_hparams(self.run_dir))
+            try:
+                self.hparams(*run_hparams(self.run_dir))
+            except (OSError, ValueError, TypeError, FdlError) as exc:
+                log.warning("no TensorBoard hparams record: %s", exc)
 
     def histograms(self, named_parameters: Any, step: int) -> None:
         if self.tb is not None:
