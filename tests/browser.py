@@ -33,6 +33,8 @@ FLAGS = [
 MEDIA_SCRIPT = """JSON.stringify({
   images: Array.from(document.images, i => ({src: i.getAttribute('src'), complete: i.complete,
                                              width: i.naturalWidth, height: i.naturalHeight})),
+  videos: Array.from(document.querySelectorAll('video'), v => ({src: v.getAttribute('src'),
+          ready: v.readyState, error: v.error ? v.error.code : null, width: v.videoWidth})),
   title: document.title,
 })"""
 
@@ -44,6 +46,7 @@ def binary() -> str | None:
 @dataclass
 class PageResult:
     images: list[dict[str, Any]]
+    videos: list[dict[str, Any]]  # ready: HTMLMediaElement.readyState (>= 1: its metadata loaded)
     errors: list[str]
     title: str
 
@@ -116,6 +119,11 @@ class Chromium:
                 raise TimeoutError(f"no {method} within {self.timeout} s")
             self._events.append(json.loads(self.socket.recv()))
 
+    def _evaluate(self, session: str, script: str) -> Any:
+        """The value of a script that returns JSON text, in the page."""
+        reply = self._send("Runtime.evaluate", session, expression=script, returnByValue=True)
+        return json.loads(reply["result"]["value"])
+
     def load(self, url: str, settle: float = 0.3) -> PageResult:
         target = self._send("Target.createTarget", url="about:blank")["targetId"]
         session = self._send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
@@ -126,12 +134,15 @@ class Chromium:
             self._send("Page.navigate", session, url=url)
             self._wait_for("Page.loadEventFired", session)
             time.sleep(settle)  # late console messages
-            value = self._send("Runtime.evaluate", session, expression=MEDIA_SCRIPT, returnByValue=True)[
-                "result"
-            ]["value"]
-            media = json.loads(value)
+            deadline = time.monotonic() + self.timeout
+            while True:  # videos load their metadata after the load event
+                media = self._evaluate(session, MEDIA_SCRIPT)
+                pending = [v for v in media["videos"] if v["ready"] < 1 and v["error"] is None]
+                if not pending or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             errors = [_error(e) for e in self._events if e.get("sessionId") == session and _error(e)]
-            return PageResult(media["images"], errors, media["title"])
+            return PageResult(media["images"], media["videos"], errors, media["title"])
         finally:
             self._send("Target.closeTarget", targetId=target)
 

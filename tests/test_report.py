@@ -40,10 +40,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mirror: Path, cache_dir: Path
         assert result.returncode == 0, result.stderr
     (run,) = (p for p in (root / "mlp-mnist").iterdir() if p.name != "sweeps")
     (sweep,) = (root / "mlp-mnist" / "sweeps").iterdir()
-    (run / "artifacts").mkdir(exist_ok=True)
-    (run / "artifacts" / "notes <b>.txt").write_text(
-        "\n".join([INJECTED] + [f"line {i}" for i in range(200)])
-    )
+    write_artifacts(run / "artifacts")
     # the rest in this process: no interpreter and torch start-up for each command
     with pytest.MonkeyPatch.context() as patch:
         for key in ("FDL_DATA_DIR", "FDL_RUNS_DIR", "FDL_CACHE_DIR"):
@@ -58,6 +55,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mirror: Path, cache_dir: Path
             code, _, stderr = call_main(*args)
             assert code == 0, (args, stderr)
     return {"root": root, "run": run, "sweep": sweep}
+
+
+def write_artifacts(folder: Path) -> None:
+    """What experiments leave besides PNGs: an animation (GIF), a video (MP4, as `fdl play --record`
+    writes it) and a text file with markup in its name and content."""
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    frames = [np.full((64, 96, 3), (40 * i, 120, 255 - 40 * i), dtype=np.uint8) for i in range(6)]
+    gif = [Image.fromarray(f) for f in frames]
+    gif[0].save(folder / "frames.gif", save_all=True, append_images=gif[1:], duration=100)
+    imageio.mimwrite(folder / "clip.mp4", frames, fps=10, macro_block_size=16)
+    (folder / "notes <b>.txt").write_text("\n".join([INJECTED] + [f"line {i}" for i in range(200)]))
 
 
 def call_main(*args: object) -> tuple[int, str, str]:
@@ -109,6 +120,8 @@ def test_run_report_shows_config_metrics_evals_curves_and_artifacts(runs):
     assets = run / "report" / "assets"
     for name in ("curve-train-cost.png", "curve-val-accuracy.png", "plot-train-cost.png"):
         assert (assets / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert '<img src="assets/frames.gif"' in text
+    assert '<video controls preload="metadata" src="assets/clip.mp4">' in text
     # text artifacts are shown capped and escaped, never as markup
     assert (
         "<script>alert" not in text
@@ -189,7 +202,11 @@ def test_reports_render_in_headless_chromium(runs, tmp_path):
             assert result.images, name
             not_loaded = [i["src"] for i in result.images if not (i["complete"] and i["width"] > 0)]
             assert not_loaded == [], (name, not_loaded)
+            not_playable = [v for v in result.videos if v["error"] is not None or v["width"] == 0]
+            assert not_playable == [], (name, not_playable)
             assert result.title.startswith(("mlp-mnist", "fdl: the book")), result.title
+            if name == "run":
+                assert [v["src"] for v in result.videos] == ["assets/clip.mp4"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -205,11 +205,12 @@ def draw_curves(
     page: Page, run_dirs: list[Path], group_seeds: bool, band: str, only: Sequence[str] | None = None
 ) -> list[str]:
     """PNG curves of the runs' metrics (seeds grouped into a mean and band); figure markup for each."""
-    logged: dict[str, int] = {}
+    logged: dict[str, list[float]] = {}
     for run_dir in run_dirs:
         for name, points in curves_module.read_curves(run_dir).items():
-            logged[name] = max(logged.get(name, 0), len(points))
-    wanted = [m for m in (only or curve_metrics(logged)) if logged.get(m, 0) >= 2]  # a line needs 2 points
+            logged.setdefault(name, []).extend(v for _, v in points)
+    # a line needs two points, and a flat one (a count of evaluation episodes) says nothing the table doesn't
+    wanted = [m for m in (only or curve_metrics(logged)) if len(set(logged.get(m, []))) >= 2]
     figures = []
     for metric in wanted:
         curves = curves_module.load_curves(run_dirs, metric, group_seeds, band)
@@ -346,8 +347,9 @@ def metrics_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]], l
     names.sort(key=lambda n: order.get(n.split("/", 1)[0], 4))
     header = ["metric", "final model"]
     if best_values:
-        where = f"epoch {best['epoch']}" if is_number(best.get("epoch")) else "best checkpoint"
-        header.append(f"best checkpoint ({where})")
+        header.append(
+            "best checkpoint" + (f" (epoch {best['epoch']})" if is_number(best.get("epoch")) else "")
+        )
     rows = [[n, final_values.get(n), *([best_values.get(n)] if best_values else [])] for n in names]
     marked = [i for i, n in enumerate(names) if n == best.get("metric")]
     return header, rows, marked
