@@ -38,6 +38,7 @@ VIDEO_SUFFIXES = {".mp4", ".webm"}
 TEXT_SUFFIXES = {".txt", ".csv", ".tsv", ".json", ".jsonl", ".log", ".md", ".yaml"}
 TEXT_PREVIEW_LINES, TEXT_PREVIEW_CHARS = 60, 8000
 COPY_LIMIT_BYTES = 64 * 2**20  # larger artifacts are listed, not copied
+TEXT_COPY_LIMIT_BYTES = 2 * 2**20  # larger text files (word2vec's embeddings.txt) are only previewed
 MAX_CURVES = 12
 # the training curve first: the first of these a run logged (style transfer logs loss/* terms instead)
 TRAINING_CURVES = ("train/cost", "train/return_avg", "train/return", "train/loss")
@@ -265,7 +266,7 @@ def artifacts_markup(page: Page, run_dir: Path, prefix: str, images_only: bool =
         if images_only and kind == "other":
             continue
         if suffix in TEXT_SUFFIXES:
-            url = page.copy(path, f"{prefix}{name}") if size <= COPY_LIMIT_BYTES else None
+            url = page.copy(path, f"{prefix}{name}") if size <= TEXT_COPY_LIMIT_BYTES else None
             link = f' <a href="{esc(url)}">(whole file)</a>' if url else ""
             texts.append(f"<h3>{esc(name)}{link}</h3>{text_preview(path)}")
         elif size > COPY_LIMIT_BYTES:

@@ -26,6 +26,16 @@ named one by one, --no-group-seeds draws every run.
 """
 
 
+# shared with `fdl report`, which draws the same curves
+band_option = click.option(
+    "--band",
+    type=click.Choice(["std", "ci"]),
+    default="std",
+    show_default=True,
+    help="Shade around a mean of seeds: standard deviation, or bootstrap 95% interval of the mean.",
+)
+
+
 @click.command("plot", help=PLOT_HELP)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--metric", default="train/cost", show_default=True, help="A name logged in metrics.jsonl.")
@@ -42,13 +52,7 @@ named one by one, --no-group-seeds draws every run.
     default=None,
     help="Average runs that differ only in their seed (default: on when a sweep is named).",
 )
-@click.option(
-    "--band",
-    type=click.Choice(["std", "ci"]),
-    default="std",
-    show_default=True,
-    help="Shade around a mean of seeds: standard deviation, or bootstrap 95% interval of the mean.",
-)
+@band_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

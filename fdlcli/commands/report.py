@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from fdlcli.commands.plot import band_option
 from fdlcli.errors import UsageError
 from fdlcli.runs import CONFIG_FILE
 
@@ -38,13 +39,7 @@ their curves, runs that differ only in their seed drawn as a mean with a shaded 
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder to write (default: report/ inside the run, the sweep or the runs root).",
 )
-@click.option(
-    "--band",
-    type=click.Choice(["std", "ci"]),
-    default="std",
-    show_default=True,
-    help="Shade around a mean of seeds: standard deviation, or bootstrap 95% interval of the mean.",
-)
+@band_option
 def report_cmd(paths: tuple[Path, ...], book_root: Path | None, out: Path | None, band: str) -> None:
     from fdlcli.analysis import report
     from fdlcli.analysis.curves import expand_run_dirs
@@ -73,7 +68,7 @@ def report_cmd(paths: tuple[Path, ...], book_root: Path | None, out: Path | None
             title = f"{run.experiment}: {paths[0].name}"
             written = report.write_report(target, lambda page: report.run_report(page, run, band), title)
         else:
-            name = load_run(run_dirs[0]).experiment
+            name = " vs ".join(dict.fromkeys(load_run(d).experiment for d in run_dirs))
             title = f"{name}: {paths[0].name}" if len(paths) == 1 else f"{name}: {len(run_dirs)} runs"
             subtitle = "  ".join(str(p.resolve()) for p in paths)
             written = report.write_report(
