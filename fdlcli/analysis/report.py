@@ -633,8 +633,11 @@ def write_report(out: Path, build: Any, title: str) -> Path:
     """Build a report with ``build(page)`` in a folder beside ``out``, then put it in place of ``out``."""
     out = Path(out)
     check_destination(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise RunDirError(f"cannot write a report into {out.parent}: {exc.strerror}") from None
     try:
         os.chmod(staging, 0o777 & ~runs._UMASK)  # mkdtemp makes it 0700; a report is for sharing
         page = Page(staging, title)
