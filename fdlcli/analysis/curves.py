@@ -7,15 +7,16 @@ computed from those records alone, so it works for finished, interrupted and sti
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from fdlcli.analysis.artifacts import pyplot, save_png
+from fdlcli.analysis.rundata import flatten, load_run
+from fdlcli.analysis.sweeps import without_seed
 from fdlcli.errors import RunDirError, UsageError
-from fdlcli.runs import CONFIG_FILE, OVERRIDES_FILE, locate, read_metrics
+from fdlcli.runs import CONFIG_FILE, locate, read_metrics
 
 # Chapter 4's yardstick: minibatches until the training cost first reaches 0.1 (book: ~18,000 for SGD,
 # just over 2,000 for momentum).
@@ -68,14 +69,21 @@ def minibatches_to_cost(
 
 
 # --------------------------------------------------------------------------------------------------
-# Several runs on one figure: a sweep's jobs overlay, labelled by what differs between them.
+# Several runs on one figure: a sweep's jobs overlay, labelled by what differs between them. Runs whose
+# resolved configs differ only in their seed can be drawn as one curve: the mean over the seeds with a
+# shaded band (the standard deviation, or a bootstrap 95% interval of the mean).
+
+BANDS = {"std": "shaded: mean ± 1 std over seeds", "ci": "shaded: bootstrap 95% interval of the mean"}
+BOOTSTRAP_SAMPLES = 2000
 
 
 @dataclass
 class Curve:
-    run_dir: Path
+    run_dir: Path  # the run (the first seed of a group)
     label: str
-    points: list[tuple[int, float]]
+    points: list[tuple[int, float]]  # (step, value), or (step, mean over seeds)
+    runs: int = 1  # seeds averaged into ``points``
+    band: list[tuple[float, float]] | None = None  # (low, high) at each point when runs > 1
 
 
 def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
@@ -97,52 +105,136 @@ def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
+def _distinct_labels(overrides: list[list[str]], fallbacks: list[str]) -> list[str]:
+    """Each entry's overrides that not every entry shares (``optim=adam``), else its fallback name."""
+    distinct = distinct_overrides(overrides)
+    return [" ".join(own) or fallback for own, fallback in zip(distinct, fallbacks, strict=True)]
+
+
+def distinct_overrides(overrides: list[list[str]]) -> list[list[str]]:
+    """Each entry's overrides but those that every entry shares."""
+    shared = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
+    return [[o for o in own if o not in shared] for own in overrides]
+
+
 def run_labels(run_dirs: list[Path]) -> list[str]:
     """Each run's command-line overrides that not every run shares (``optim=adam``), else its folder name."""
-    overrides = []
+    return _distinct_labels(
+        [load_run(d).overrides for d in run_dirs], [f"{d.parent.name}/{d.name}" for d in run_dirs]
+    )
+
+
+def seed_groups(run_dirs: list[Path]) -> list[list[Path]]:
+    """Runs whose resolved configs are the same except for ``seed``, in first-seen order."""
+    groups: dict[str, list[Path]] = {}
     for run_dir in run_dirs:
-        path = run_dir / OVERRIDES_FILE
-        try:
-            saved = yaml.safe_load(path.read_text()) if path.is_file() else []
-        except yaml.YAMLError:
-            saved = []
-        overrides.append([str(o) for o in saved or [] if not str(o).startswith(("experiment=", "hydra"))])
-    shared = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
-    labels = []
-    for run_dir, own in zip(run_dirs, overrides, strict=True):
-        distinct = [o for o in own if o not in shared]
-        labels.append(" ".join(distinct) if distinct else f"{run_dir.parent.name}/{run_dir.name}")
-    return labels
+        config = flatten(load_run(run_dir).config)
+        config.pop("seed", None)
+        groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(run_dir)
+    return list(groups.values())
 
 
-def load_curves(run_dirs: list[Path], metric: str) -> list[Curve]:
-    """The ``metric`` curve of every run; an error naming the logged metrics if no run has it."""
-    labels = run_labels(run_dirs)
+def group_labels(groups: list[list[Path]]) -> list[str]:
+    """What sets each group of seeds apart: its overrides but the seed, else the folder name."""
+    return _distinct_labels(
+        [without_seed(load_run(g[0]).overrides) for g in groups],
+        [f"{g[0].parent.name}/{g[0].name}" if len(g) == 1 else g[0].parent.name for g in groups],
+    )
+
+
+def aggregate(
+    curves: list[list[tuple[int, float]]], band: str = "std", seed: int = 0
+) -> tuple[list[tuple[int, float]], list[tuple[float, float]]]:
+    """The mean of several seeds' curves at the steps every one of them logged, and a band around it.
+
+    ``band="std"``: mean +- the sample standard deviation over seeds. ``band="ci"``: a percentile
+    bootstrap 95% interval of the mean, resampling whole seeds (curves) with replacement, so each point's
+    interval comes from the same resamples. Keeping only the common steps means every point averages
+    the same seeds: a seed that stopped early shortens the curve instead of making the mean jump.
+    """
+    import numpy as np
+
+    if band not in BANDS:
+        raise UsageError(f"unknown band {band!r}; choose from: {', '.join(BANDS)}")
+    by_run = [dict(points) for points in curves]
+    steps = sorted(set.intersection(*(set(p) for p in by_run)))
+    values = np.array([[points[s] for s in steps] for points in by_run], dtype=float).reshape(len(curves), -1)
+    mean = values.mean(axis=0)
+    if len(curves) < 2:
+        low = high = mean
+    elif band == "std":
+        std = values.std(axis=0, ddof=1)
+        low, high = mean - std, mean + std
+    else:
+        draws = np.random.default_rng(seed).integers(0, len(curves), size=(BOOTSTRAP_SAMPLES, len(curves)))
+        means = values[draws].mean(axis=1)  # (samples, steps)
+        low, high = np.percentile(means, [2.5, 97.5], axis=0)
+    return (
+        list(zip(steps, mean.tolist(), strict=True)),
+        list(zip(low.tolist(), high.tolist(), strict=True)),
+    )
+
+
+def load_curves(
+    run_dirs: list[Path], metric: str, group_seeds: bool = False, band: str = "std"
+) -> list[Curve]:
+    """The ``metric`` curve of every run (or of every group of seeds); an error naming the logged
+    metrics if no run has it."""
+    groups = seed_groups(run_dirs) if group_seeds else [[d] for d in run_dirs]
+    labels = group_labels(groups) if group_seeds else run_labels(run_dirs)
     curves, available = [], set()
-    for run_dir, label in zip(run_dirs, labels, strict=True):
-        logged = read_curves(run_dir)
-        available.update(logged)
-        if metric in logged:
-            curves.append(Curve(run_dir, label, logged[metric]))
+    for group, label in zip(groups, labels, strict=True):
+        members = []
+        for run_dir in group:
+            logged = read_curves(run_dir)
+            available.update(logged)
+            if logged.get(metric):
+                members.append((run_dir, logged[metric]))
+        if len(members) == 1:
+            curves.append(Curve(members[0][0], label, members[0][1]))
+        elif members:
+            points, interval = aggregate([m[1] for m in members], band)
+            if points:
+                seeds = f"{label} ({len(members)} seeds)"
+                curves.append(Curve(members[0][0], seeds, points, len(members), interval))
     if not curves:
         choices = ", ".join(sorted(available)) or "none (no metrics.jsonl records yet)"
         raise UsageError(f"no run logged metric {metric!r}; logged metrics: {choices}")
     return curves
 
 
+def auto_log_y(metric: str, curves: list[Curve]) -> bool:
+    """A log axis for costs and losses that fall by more than a decade; narrower ranges read better on a
+    linear one (and its tick labels stay plain numbers)."""
+    values = [v for c in curves for _, v in c.points]
+    return lower_is_better(metric) and min(values) > 0 and max(values) > 10 * min(values)
+
+
 def plot_curves(
-    path: Path, curves: list[Curve], metric: str, log_y: bool, threshold: float | None, title: str
+    path: Path,
+    curves: list[Curve],
+    metric: str,
+    log_y: bool,
+    threshold: float | None,
+    title: str,
+    xlabel: str = "minibatches",
 ) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     for curve in curves:
         steps, values = zip(*curve.points, strict=True)
-        ax.plot(steps, values, lw=1.3, label=curve.label)
+        (line,) = ax.plot(steps, values, lw=1.3, label=curve.label, marker="o" if len(steps) < 3 else None)
+        if curve.band is not None:
+            low, high = zip(*curve.band, strict=True)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
     if threshold is not None:
         ax.axhline(threshold, color="grey", lw=0.8, ls="--")
-    if log_y and all(v > 0 for c in curves for _, v in c.points):
+    positive = all(v > 0 for c in curves for _, v in c.points) and all(
+        low > 0 for c in curves for low, _ in c.band or []
+    )
+    if log_y and positive:
         ax.set_yscale("log")
-    ax.set_xlabel("minibatches")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

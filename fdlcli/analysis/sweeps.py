@@ -35,8 +35,7 @@ class Job:
 
     @property
     def seed_free(self) -> str:
-        kept = [o for o in self.overrides if not _SEED.match(o)]
-        return " ".join(kept) or "(defaults)"
+        return " ".join(without_seed(self.overrides)) or "(defaults)"
 
     @property
     def seed(self) -> str:
@@ -63,6 +62,11 @@ class Group:
 
 def user_overrides(overrides: Iterable[str]) -> list[str]:
     return [o for o in overrides if not o.startswith(("experiment=", "hydra"))]
+
+
+def without_seed(overrides: Iterable[str]) -> list[str]:
+    """The overrides other than ``seed=N`` (``+seed=N``): what makes a configuration, seeds aside."""
+    return [o for o in overrides if not _SEED.match(o)]
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from fdlcli.runs import CONFIG_FILE
+
 PLOT_HELP = """Draw the METRIC curve of each run (a sweep directory overlays all its jobs) into a PNG.
 
 \b
@@ -16,7 +18,22 @@ Each run's number of points, last value and best value are printed too.
 
 With --threshold it also prints, per run, the first logged minibatch at which the metric reached the
 threshold (below it for costs and losses, above it otherwise), to the resolution of trainer.log_every.
+
+Runs whose resolved configs differ only in their seed are drawn as one curve (the mean over the seeds,
+at the steps they all logged) with a shaded band: the standard deviation (--band std) or a bootstrap 95%
+interval of the mean (--band ci). This is the default for sweeps; --group-seeds asks for it with runs
+named one by one, --no-group-seeds draws every run.
 """
+
+
+# shared with `fdl report`, which draws the same curves
+band_option = click.option(
+    "--band",
+    type=click.Choice(["std", "ci"]),
+    default="std",
+    show_default=True,
+    help="Shade around a mean of seeds: standard deviation, or bootstrap 95% interval of the mean.",
+)
 
 
 @click.command("plot", help=PLOT_HELP)
@@ -25,14 +42,30 @@ threshold (below it for costs and losses, above it otherwise), to the resolution
 @click.option(
     "--threshold", type=float, default=None, help="Mark this value and report when each run got there."
 )
-@click.option("--log-y/--linear-y", default=None, help="Log y axis (default: log for costs and losses).")
+@click.option(
+    "--log-y/--linear-y",
+    default=None,
+    help="Log y axis (default: log for costs and losses that fall by more than a decade).",
+)
+@click.option(
+    "--group-seeds/--no-group-seeds",
+    default=None,
+    help="Average runs that differ only in their seed (default: on when a sweep is named).",
+)
+@band_option
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="PNG to write (default: artifacts/ of the run or sweep named first).",
 )
 def plot_cmd(
-    paths: tuple[Path, ...], metric: str, threshold: float | None, log_y: bool | None, out: Path | None
+    paths: tuple[Path, ...],
+    metric: str,
+    threshold: float | None,
+    log_y: bool | None,
+    group_seeds: bool | None,
+    band: str,
+    out: Path | None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -40,20 +73,24 @@ def plot_cmd(
     from fdlcli.analysis import curves as curves_module
 
     run_dirs = curves_module.expand_run_dirs(paths)
-    curves = curves_module.load_curves(run_dirs, metric)
+    if group_seeds is None:  # a sweep: one curve per configuration; runs named one by one: each its own
+        group_seeds = any(not (path / CONFIG_FILE).is_file() for path in paths)
+    curves = curves_module.load_curves(run_dirs, metric, group_seeds, band)
     lower_is_better = curves_module.lower_is_better(metric)
     if out is None:
         out = paths[0] / "artifacts" / f"plot-{metric.replace('/', '-')}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{metric}: " + ", ".join(str(p) for p in paths)
-    curves_module.plot_curves(
-        out, curves, metric, lower_is_better if log_y is None else log_y, threshold, title
-    )
+    if any(curve.band for curve in curves):
+        title += f"\n({curves_module.BANDS[band]})"
+    log_y = curves_module.auto_log_y(metric, curves) if log_y is None else log_y
+    curves_module.plot_curves(out, curves, metric, log_y, threshold, title)
     for curve in curves:
         steps, values = zip(*curve.points, strict=True)
         best = min(values) if lower_is_better else max(values)
+        spread = f" [{curve.band[-1][0]:.4g}, {curve.band[-1][1]:.4g}]" if curve.band else ""
         click.echo(
-            f"{curve.label}: {len(values)} points, last {values[-1]:.4g} "
+            f"{curve.label}: {len(values)} points, last {values[-1]:.4g}{spread} "
             f"at minibatch {steps[-1]}, best {best:.4g}"
         )
     if threshold is not None:

@@ -149,6 +149,7 @@ def run_session(run: Run) -> Iterator[Session]:
             session = Session(run, device, threads, writer, checkpoints, stop)
             yield session
         status = "completed"
+        writer.record_run_hparams()  # for TensorBoard's HParams view of a sweep's jobs
     except TrainingDiverged as exc:
         status, error = "diverged", str(exc)
         raise

@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fdlcli.errors import FdlError
 from fdlcli.runs import LOG_FILE, METRICS_FILE, truncate_metrics
 
 log = logging.getLogger("fdl")
@@ -91,6 +92,40 @@ class MetricsWriter:
                 self.tb.add_scalar(name, value, step)
         self._file.flush()
 
+    def hparams(self, params: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+        """A finished run's hyperparameters and results for TensorBoard's HParams view, which then compares
+        the jobs of a sweep. Written into the run's own event files (``add_hparams`` would open a sub-run
+        of its own), each metric also as a scalar at ``step``, where the view reads its value."""
+        if self.tb is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        # numbers stay numbers (sortable in the view); true/false and null read better than 1/0 and None
+        values = {
+            k: json.dumps(v)
+            if isinstance(v, bool) or v is None
+            else v
+            if isinstance(v, int | float | str)
+            else str(v)
+            for k, v in params.items()
+        }
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+        file_writer = self.tb._get_file_writer()
+        for summary in hparams(values, finite):  # experiment, session start and session end
+            file_writer.add_summary(summary)
+        for name, value in finite.items():
+            self.tb.add_scalar(name, value, step)
+        self.tb.flush()
+
+    def record_run_hparams(self) -> None:
+        """:meth:`hparams` of the run as its files record it (:func:`run_hparams`), at its end. A run that
+        trained to the end stays completed if this fails: the record is an extra, the run is whole."""
+        if self.tb is not None:
+            try:
+                self.hparams(*run_hparams(self.run_dir))
+            except (OSError, ValueError, TypeError, FdlError) as exc:
+                log.warning("no TensorBoard hparams record: %s", exc)
+
     def histograms(self, named_parameters: Any, step: int) -> None:
         if self.tb is not None:
             for name, param in named_parameters:
@@ -101,6 +136,31 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def run_hparams(run_dir: Path) -> tuple[dict[str, Any], dict[str, float], int]:
+    """What :meth:`MetricsWriter.hparams` records of a run, read from its files: the experiment and the
+    overridden config keys (their resolved values; a group choice such as ``optim=adam`` as its name),
+    the final model's metrics as ``final/...``, and the monitored metric's best value and the best
+    checkpoint's test metrics as ``best/...``; and the run's last step."""
+    from fdlcli.analysis.rundata import flatten, load_run, numeric_items
+
+    run = load_run(run_dir)
+    config = flatten(run.config)
+    params: dict[str, Any] = {"experiment": run.experiment}
+    for override in run.overrides:
+        if override.startswith("~") or "=" not in override:
+            continue
+        key, value = override.lstrip("+").split("=", 1)
+        params[key] = config.get(key, value)
+    final, best = run.summary.get("final") or {}, run.summary.get("best") or {}
+    skip = ("epoch", "step", "metric", "value")
+    metrics = {f"final/{k}": v for k, v in numeric_items(final, skip)}
+    metrics.update({f"best/{k}": v for k, v in numeric_items(best, skip) if k.startswith("test/")})
+    if run.best:
+        metrics[f"best/{run.best[0]}"] = run.best[1]
+    step = run.summary.get("steps") or final.get("step") or 0
+    return params, metrics, int(step) if isinstance(step, int | float) else 0
 
 
 class NullWriter(MetricsWriter):

@@ -1,0 +1,139 @@
+"""A finished (or running) run directory read back as plain data: config, overrides, meta, summary, evals.
+
+Reports and comparisons read runs through :func:`load_run`; nothing here imports torch or unpickles
+anything (config.yaml is parsed as plain YAML data, JSON files as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fdlcli.analysis.sweeps import user_overrides
+from fdlcli.errors import RunDirError
+from fdlcli.runs import CONFIG_FILE, META_FILE, OVERRIDES_FILE, SUMMARY_FILE, read_json
+
+EVALS_FILE = "evals.jsonl"  # one JSON record per `fdl eval`, where the engine appends them
+
+
+@dataclass
+class RunData:
+    path: Path
+    config: dict[str, Any]  # the resolved config.yaml
+    overrides: list[str]  # the user's command-line overrides (no experiment=, no hydra.*)
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config.get("name") or self.meta.get("experiment") or self.path.parent.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.summary.get("status") or self.meta.get("status") or "unknown")
+
+    @property
+    def best(self) -> tuple[str, float] | None:
+        """The monitored metric and its best value (summary.json ``best``), when the run tracked one."""
+        best = self.summary.get("best")
+        if isinstance(best, dict) and isinstance(best.get("metric"), str) and is_number(best.get("value")):
+            return best["metric"], float(best["value"])
+        return None
+
+    def higher_is_better(self, metric: str) -> bool:
+        """The direction of ``metric``: trainer.monitor_mode when it is the monitored metric, else by name."""
+        from fdlcli.analysis.curves import lower_is_better
+
+        trainer = self.config.get("trainer") or {}
+        if trainer.get("monitor") == metric and trainer.get("monitor_mode") in ("max", "min"):
+            return trainer["monitor_mode"] == "max"
+        return not lower_is_better(metric)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_json_or_empty(path: Path) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_run(path: Path) -> RunData:
+    """Read a run directory; a missing or unreadable summary/meta reads as empty (a run still starting)."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load((path / CONFIG_FILE).read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path} is not an fdl run directory (it has no {CONFIG_FILE})") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunDirError(f"cannot read {path / CONFIG_FILE}: {exc}") from None
+    if not isinstance(config, dict):
+        raise RunDirError(f"{path / CONFIG_FILE} is not a config mapping")
+    try:
+        saved = yaml.safe_load((path / OVERRIDES_FILE).read_text()) or []
+    except (OSError, yaml.YAMLError):
+        saved = []
+    overrides = user_overrides(str(o) for o in saved) if isinstance(saved, list) else []
+    meta, summary = _read_json_or_empty(path / META_FILE), _read_json_or_empty(path / SUMMARY_FILE)
+    return RunData(path, config, overrides, meta, summary)
+
+
+def read_evals(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's `fdl eval` records, oldest first: ``eval-*.json`` files and ``evals.jsonl`` lines.
+
+    Each record is ``{"source", "checkpoint", "split", "time", "metrics"}``; unreadable ones are skipped.
+    """
+    found = []
+    for path in sorted(Path(run_dir).glob("eval-*.json")):
+        record = _read_json_or_empty(path)
+        if isinstance(record.get("metrics"), dict):
+            found.append({"source": path.name, **record})
+    jsonl = Path(run_dir) / EVALS_FILE
+    if jsonl.is_file():
+        for number, line in enumerate(jsonl.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+                found.append({"source": f"{EVALS_FILE}:{number}", **record})
+    return sorted(found, key=lambda r: str(r.get("time", "")))
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": 0.1}``; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def differing_keys(configs: Iterable[dict[str, Any]], ignore: Iterable[str] = ()) -> list[str]:
+    """The dotted config keys whose value is not the same in every config (in first-seen order)."""
+    flats = [flatten(c) for c in configs]
+    skip = set(ignore)
+    keys = list(dict.fromkeys(k for flat in flats for k in flat))
+    missing = object()
+    return [k for k in keys if k not in skip and len({repr(f.get(k, missing)) for f in flats}) > 1]
+
+
+def numeric_items(mapping: dict[str, Any], skip: Iterable[str] = ()) -> Iterator[tuple[str, float]]:
+    """The finite numbers of a (nested) summary mapping, as dotted names."""
+    skipped = set(skip)
+    for key, value in flatten(mapping).items():
+        if key not in skipped and is_number(value):
+            yield key, float(value)
