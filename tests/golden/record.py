@@ -3,9 +3,9 @@
     PYTHONPATH=$PWD FDL_DATA_DIR=/work/shared/data python tests/golden/record.py [--update] [NAMES...]
 
 Each experiment runs one fixed, short, seeded command on one CPU thread on small slices of the real data
-(docs/DEVELOPING.md, Tests). Without --update the runs are only
-compared with tests/golden/<name>.json and the differences printed (exit 1 on any); with --update the
-files are (re)written. tests/test_golden.py reruns the same commands through pytest.
+(docs/DEVELOPING.md, Tests). Without --update the runs are only compared with tests/golden/<name>.json
+and the differences printed (exit 1 on any); with --update the files are (re)written.
+tests/test_golden.py reruns the same commands through pytest.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, so `golden` imports as a package
 
+from fdlcli.runs import atomic_write_text
 from golden import compare
 
 REPO = compare.GOLDEN_DIR.parent.parent
@@ -147,7 +148,7 @@ def main() -> int:
         path = compare.golden_path(name)
         if args.update:
             golden = {"experiment": name, "overrides": overrides, "cpu": signature, **got}
-            path.write_text(json.dumps(golden, indent=1) + "\n")
+            atomic_write_text(path, json.dumps(golden, indent=1) + "\n")
             print(f"{name}: recorded {path.relative_to(REPO)} ({took})")
             continue
         if not path.exists():
