@@ -32,6 +32,15 @@ KILLABLE = {
         "data.eval_limit=1000",
         "data.batch_size=50",
     ],
+    # a step-based task: checkpoints every 25 steps fall inside its logging windows and between evaluations
+    "dnc-copy": [
+        "trainer.steps=150",
+        "trainer.eval_every=50",
+        "data.eval_size=20",
+        "data.batch_size=4",
+        "model.hidden=16",
+        "trainer.threads=1",
+    ],
 }
 COMMON = ["trainer.checkpoint_every=25", "trainer.log_every=10", "trainer.histograms=false", "seed=11"]
 

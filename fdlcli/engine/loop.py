@@ -304,7 +304,7 @@ class _Loop:
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             self.log_epoch = state.epoch
             improved = self.validate("epoch")
-            val = {k: v for k, v in state.history[-1].items() if k.startswith("val/")}
+            val = {k: v for k, v in task.headline(state.history[-1]).items() if k.startswith("val/")}
             session.message(
                 f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
                 + "  ".join(f"val {k[4:]} {v:.4f}" for k, v in val.items())
@@ -324,7 +324,7 @@ class _Loop:
             session.stop_if_requested(self.save)
             if task.evaluation_due(before, state.step) or end:
                 improved = self.validate("evaluation")
-                shown = {k: v for k, v in state.history[-1].items() if k != "step"}
+                shown = {k: v for k, v in task.headline(state.history[-1]).items() if k != "step"}
                 session.message(
                     f"{task.step_name} {state.step}/{total}  "
                     + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
@@ -394,13 +394,15 @@ def load_task(task_class: type[Task], run: Run, which: str) -> tuple[Task, Check
 
 
 def evaluate_checkpoint(task_class: type[Task], run: Run, which: str, split: str) -> dict[str, float]:
-    """Metrics of one split under a saved checkpoint (``fdl eval``), recorded in the run."""
+    """Metrics of one split under a saved checkpoint (``fdl eval``), all recorded in the run; returns
+    the task's headline ones (what the command prints)."""
     task, ref = load_task(task_class, run, which)
     with torch.no_grad():
         metrics = task.evaluate(split)
     metrics = {(k if "/" in k else f"{split}/{k}"): float(v) for k, v in metrics.items()}
     run.write_eval(which, ref.name, metrics, split)
-    return metrics
+    task.show_evaluation(metrics, split, ref)
+    return task.headline(metrics)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -41,6 +41,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from fdlcli.config import RunConfig
+    from fdlcli.engine.checkpoint import CheckpointRef
     from fdlcli.runs import Run
 
 # Optional trainer features a task may declare in ``Task.supports``; a run that asks for one its task does
@@ -151,6 +152,17 @@ class Task:
 
     def after_evaluation(self, step: int, metrics: dict[str, float]) -> None:
         """Called after each evaluation during training (a sample translation, neighbours, a snapshot)."""
+
+    def headline(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The metrics an evaluation's progress line and ``fdl eval``'s printout show (default: all of
+        them); every metric is logged and recorded all the same. A family with many per-part figures
+        (bAbI's 20 task errors) keeps its summary figures here and shows the rest in
+        :meth:`show_evaluation`."""
+        return metrics
+
+    def show_evaluation(self, metrics: dict[str, float], split: str, checkpoint: CheckpointRef) -> None:
+        """``fdl eval``: show what its metric table does not (a per-task table), on stderr, so that stdout
+        stays clean JSON with ``--json``."""
 
     # ---- state ----------------------------------------------------------------------------------------
 

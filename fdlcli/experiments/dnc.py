@@ -12,33 +12,33 @@ units, memory 256 x 64, 4 read heads, RMSProp lr 1e-4 momentum 0.9, about 500,00
 prints the per-task test error beside the DNC paper's mean errors (Graves et al. 2016, Extended Data
 Table 1, mean of 20 runs) with pass/fail at 5%.
 
-Both train for ``trainer.steps`` minibatches in one custom loop with the usual session: checkpoints every
-``trainer.eval_every`` steps (and on Ctrl-C/SIGTERM), the best one by validation error, exact resume.
-A copy minibatch is drawn from an RNG seeded by (seed, step); the bAbI story order of an epoch is a
-function of (seed, epoch), so a resumed run sees exactly the minibatches an uninterrupted one would.
+Both are tasks of the engine's loop (fdlcli/engine/loop.py) in steps: ``trainer.steps`` minibatches,
+an evaluation and a checkpoint every ``trainer.eval_every`` steps, the best checkpoint by
+``trainer.monitor`` (val/error), bf16 autocast (``trainer.precision=bf16``) and ``trainer.compile`` (of
+one DNC time step). A copy minibatch is drawn from an RNG seeded by (seed, step); the bAbI story order of
+an epoch is a function of (seed, epoch), so a resumed run sees exactly the minibatches an uninterrupted
+one would.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from fdlcli.config import DataConfig, RunConfig, TrainerConfig
+from fdlcli.config import DataConfig, TrainerConfig
 from fdlcli.data.babi import Babi, BabiDataConfig, BabiSplit, load_babi
-from fdlcli.engine.checkpoint import CheckpointManager
-from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.checkpoint import CheckpointRef
 from fdlcli.engine.optim import build_optimizer
-from fdlcli.engine.seed import epoch_generator, rng_state, seed_everything
-from fdlcli.engine.session import run_session
+from fdlcli.engine.seed import epoch_generator
+from fdlcli.engine.task import StepOutput, Task
 from fdlcli.models.dnc import DNC, DNCConfig
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run
 
 # DNC paper (Graves et al. 2016), Extended Data Table 1: mean test error (%) of 20 runs, bAbI en-10k
 PAPER_MEAN_ERROR = {
@@ -83,26 +83,42 @@ class DNCTrainerConfig(TrainerConfig):
 
 
 # --------------------------------------------------------------------------------------------------
-# The two tasks: batches, loss and evaluation.
+# The two tasks: batches, loss and evaluation; the engine's loop does the rest.
 
 
-class SequenceTask(ABC):
-    def __init__(self, config: RunConfig, device: torch.device) -> None:
-        self.config, self.device = config, device
+class SequenceTask(Task):
+    """``trainer.steps`` minibatches of sequences through a DNC; evaluations every ``trainer.eval_every``
+    steps report ``error`` (the monitored ``val/error`` picks the best checkpoint); the final model is
+    tested at the end."""
+
+    unit = "steps"
+    supports = frozenset({"precision", "compile", "schedule", "checkpoint_every"})
+    test_checkpoints = ("final",)
+    model: DNC
 
     @abstractmethod
     def build_model(self) -> DNC: ...
 
     @abstractmethod
-    def loss(self, model: DNC, step: int) -> torch.Tensor:
+    def loss(self, step: int) -> torch.Tensor:
         """The training loss of minibatch ``step`` (a function of the seed and the step only)."""
 
-    @abstractmethod
-    def evaluate(self, model: DNC, split: str) -> dict[str, float]:
-        """Metrics of a split, without its prefix; must include ``error``."""
+    def load_data(self) -> None:
+        """Data the task keeps (none for a task that generates its minibatches)."""
 
-    def finish(self, model: DNC, run: Run) -> None:  # noqa: B027 (optional hook)
-        """Figures at the end of training (none by default)."""
+    def setup(self) -> None:
+        self.load_data()
+        self.model = self.build_model().to(self.device)
+        self.optimizer = build_optimizer(self.config.optim, self.model.parameters(), scheduled=True)
+
+    def compile(self) -> None:
+        self.model.compile_step()
+
+    def total_steps(self) -> int:
+        return self.config.trainer.steps
+
+    def train_step(self, step: int, index: int) -> StepOutput:
+        return StepOutput(loss=self.loss(step))
 
 
 def copy_series(cfg: CopyDataConfig, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -130,12 +146,12 @@ class CopyTask(SequenceTask):
     def build_model(self) -> DNC:
         return DNC(self.data.bits + 1, self.data.bits, self.config.model)
 
-    def loss(self, model: DNC, step: int) -> torch.Tensor:
+    def loss(self, step: int) -> torch.Tensor:
         generator = epoch_generator(self.config.seed, step)
         inputs, targets, mask = (
             t.to(self.device) for t in copy_series(self.data, self.data.batch_size, generator)
         )
-        logits, _ = model(inputs)
+        logits, _ = self.model(inputs)
         per_bit = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=2)
         return (per_bit * mask).sum() / mask.sum()  # bits of cross-entropy per recalled vector
 
@@ -146,13 +162,13 @@ class CopyTask(SequenceTask):
         return copy_series(self.data, self.data.eval_size, generator)
 
     @torch.no_grad()
-    def evaluate(self, model: DNC, split: str) -> dict[str, float]:
+    def evaluate(self, split: str) -> dict[str, float]:
         inputs, targets, mask = self.eval_set(split)
         wrong_bits = torch.zeros(len(inputs))
         cost = 0.0
         for lo in range(0, len(inputs), 250):
             x, y, m = (t[lo : lo + 250].to(self.device) for t in (inputs, targets, mask))
-            logits, _ = model(x)
+            logits, _ = self.model(x)
             per_bit = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(dim=2)
             cost += float((per_bit * m).sum())
             wrong = ((logits > 0).float() != y).float().sum(dim=2) * m
@@ -164,26 +180,37 @@ class CopyTask(SequenceTask):
             "series_error": float((wrong_bits > 0).float().mean()),  # series with any wrong bit
         }
 
-    def finish(self, model: DNC, run: Run) -> None:
+    def finish(self, artifacts: Path) -> dict[str, Any]:
         from fdlcli.analysis.dnc_plots import plot_weightings
 
         inputs, targets, _ = self.eval_set("test")
         with torch.no_grad():
-            logits, trace = model(inputs[:1].to(self.device), record=True)
+            logits, trace = self.model(inputs[:1].to(self.device), record=True)
         assert trace is not None
         plot_weightings(
             inputs[0], targets[0], torch.sigmoid(logits[0]).cpu(), {k: v[0].cpu() for k, v in trace.items()},
-            self.data.length, run.artifacts_dir / "weightings.png",
+            self.data.length, artifacts / "weightings.png",
         )  # fmt: skip
+        return {}
 
 
 class BabiTask(SequenceTask):
-    def __init__(self, config: RunConfig, device: torch.device) -> None:
-        super().__init__(config, device)
-        self.babi: Babi = load_babi(config.data)
-        self.batch_size = config.data.batch_size
+    supports = SequenceTask.supports | {"data_limits"}  # data.train_limit/eval_limit: stories per task
+
+    def load_data(self) -> None:
+        self.babi: Babi = load_babi(self.config.data)
+        self.batch_size = self.config.data.batch_size
         self.batches_per_epoch = math.ceil(len(self.babi.train) / self.batch_size)
         self._epoch: tuple[int, list[torch.Tensor]] | None = None
+
+    def describe(self) -> str:
+        variant = self.config.data.variant
+        other = [f"qa{t} {s}" for t, s in self.babi.sources.items() if s != variant]
+        return (
+            f"bAbI tasks {self.babi.tasks}: {len(self.babi.train):,} training stories, lexicon "
+            f"{len(self.babi.lexicon)} words; files {variant}"
+            + (f" except {', '.join(other)}" if other else "")
+        )
 
     def build_model(self) -> DNC:
         size = len(self.babi.lexicon)
@@ -207,21 +234,21 @@ class BabiTask(SequenceTask):
     def one_hot(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.one_hot(tokens.to(self.device), len(self.babi.lexicon)).float()
 
-    def loss(self, model: DNC, step: int) -> torch.Tensor:
+    def loss(self, step: int) -> torch.Tensor:
         epoch, index = divmod(step, self.batches_per_epoch)
         tokens, targets, _ = self.babi.train.batch(self.epoch_batches(epoch)[index])
-        logits, _ = model(self.one_hot(tokens))
+        logits, _ = self.model(self.one_hot(tokens))
         return F.cross_entropy(logits.flatten(0, 1), targets.to(self.device).flatten(), ignore_index=-1)
 
     @torch.no_grad()
-    def task_errors(self, model: DNC, split: BabiSplit) -> tuple[dict[int, float], float]:
+    def task_errors(self, split: BabiSplit) -> tuple[dict[int, float], float]:
         """Per-task question error and the cost per answer word; stories go by length (little padding)."""
         wrong = torch.zeros(len(split.question_task), dtype=torch.int64)
         cost, answers = 0.0, 0
         order = split.lengths.argsort()
         for stories in order.split(self.config.trainer.eval_batch_size):
             tokens, targets, questions = split.batch(stories)
-            logits = model(self.one_hot(tokens))[0].cpu()
+            logits = self.model(self.one_hot(tokens))[0].cpu()
             at = targets >= 0
             cost += float(F.cross_entropy(logits[at], targets[at], reduction="sum"))
             answers += int(at.sum())
@@ -232,8 +259,8 @@ class BabiTask(SequenceTask):
             errors[task] = float((wrong[of_task] > 0).float().mean()) if of_task.any() else float("nan")
         return errors, cost / max(1, answers)
 
-    def evaluate(self, model: DNC, split: str) -> dict[str, float]:
-        errors, cost = self.task_errors(model, getattr(self.babi, split))
+    def evaluate(self, split: str) -> dict[str, float]:
+        errors, cost = self.task_errors(getattr(self.babi, split))
         failed = sum(e > PASS_ERROR for e in errors.values())
         return {
             "cost": cost,
@@ -242,123 +269,13 @@ class BabiTask(SequenceTask):
             **{f"error_task{t}": e for t, e in errors.items()},
         }
 
+    def headline(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {
+            k: v for k, v in metrics.items() if "error_task" not in k
+        }  # show_evaluation's table has those
 
-# --------------------------------------------------------------------------------------------------
-# The training loop shared by both.
-
-
-def train(run: Run, task_class: type[SequenceTask]) -> dict[str, Any]:
-    cfg, trainer = run.config, run.config.trainer
-    with run_session(run) as session:
-        checkpoints, writer = session.checkpoints, session.writer
-        seed_everything(cfg.seed)
-        task = task_class(cfg, session.device)
-        model = task.build_model().to(session.device)
-        optimizer = build_optimizer(cfg.optim, model.parameters())
-        state: dict[str, Any] = {
-            "step": 0,
-            "metrics_lines": 0,
-            "train_seconds": 0.0,
-            "best": None,
-            "history": [],
-            "window_sum": 0.0,  # a logging window cut by an interruption resumes where it was
-            "window_steps": 0,
-        }
-        session.restore_or_start(model, state, optimizer)
-        if isinstance(task, BabiTask):
-            other = [f"qa{t} {s}" for t, s in task.babi.sources.items() if s != cfg.data.variant]
-            session.message(
-                f"bAbI tasks {task.babi.tasks}: {len(task.babi.train):,} training stories, lexicon "
-                f"{len(task.babi.lexicon)} words; files {cfg.data.variant}"
-                + (f" except {', '.join(other)}" if other else "")
-            )
-        progress = session.start_progress(trainer.steps, state["step"])
-        window = torch.tensor(state["window_sum"], dtype=torch.float64)
-
-        def save(reason: str) -> Any:
-            session.check_finite_model(model, state["step"])
-            state["window_sum"] = window.item()
-            state["metrics_lines"] = writer.lines
-            state["train_seconds"] = session.train_seconds
-            payload = {**state, "optimizer": optimizer.state_dict(), "rng": rng_state(), "reason": reason}
-            return checkpoints.save(model, payload, state["step"])
-
-        model.train()
-        while state["step"] < trainer.steps:
-            loss = task.loss(model, state["step"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if trainer.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-            optimizer.step()
-            state["step"] += 1
-            window += loss.detach().double().cpu()
-            state["window_steps"] += 1
-            step = state["step"]
-            if step % trainer.log_every == 0 or step == trainer.steps:
-                cost = window.item() / state["window_steps"]
-                session.check_finite(cost, step)
-                writer.log({"train/cost": cost}, step, 0)
-                progress.update(step, cost)
-                window.zero_()
-                state["window_steps"] = 0
-            session.stop_if_requested(save)
-            if step % trainer.eval_every == 0 or step == trainer.steps:
-                model.eval()
-                val = {f"val/{k}": v for k, v in task.evaluate(model, "val").items()}
-                model.train()
-                writer.log(val, step, 0)
-                state["history"].append({"step": step, **val})
-                value = val[trainer.monitor]
-                improved = state["best"] is None or (
-                    value < state["best"] if trainer.monitor_mode == "min" else value > state["best"]
-                )
-                if improved:
-                    state["best"] = value
-                ref = save("eval")
-                if improved:
-                    checkpoints.mark_best(ref, trainer.monitor, value, 0)
-                session.message(
-                    f"step {step}/{trainer.steps}  val cost {val['val/cost']:.4f}  "
-                    f"val error {val['val/error']:.4f}"
-                    + (f"  failed tasks {val['val/failed_tasks']:.0f}" if "val/failed_tasks" in val else "")
-                    + ("  *" if improved else "")
-                )
-        model.eval()
-        test = {f"test/{k}": v for k, v in task.evaluate(model, "test").items()}
-        task.finish(model, run)
-        summary = {
-            "experiment": cfg.name,
-            "status": "completed",
-            "steps": state["step"],
-            "train_seconds": round(session.train_seconds, 2),
-            "device": str(session.device),
-            "final": {**(state["history"][-1] if state["history"] else {}), **test},
-            "best": {"metric": trainer.monitor, "value": state["best"]},
-            "history": state["history"],
-        }
-        run.write_summary(summary)
-        session.message(f"done: test error {test['test/error']:.4f} (final model); run dir {run.path}")
-        return summary
-
-
-def evaluate(run: Run, which: str, split: str, task_class: type[SequenceTask]) -> dict[str, float]:
-    """``fdl eval``: metrics of a checkpoint; for bAbI also the per-task table beside the paper's."""
-    cfg = run.config
-    device = resolve_device(cfg.trainer.device)
-    configure_threads(cfg.trainer.threads)
-    task = task_class(cfg, device)
-    model = task.build_model().to(device)
-    checkpoints = CheckpointManager(run.checkpoint_dir, cfg.name)
-    ref = checkpoints.resolve(which)
-    checkpoints.load_weights(model, ref, device)
-    model.eval()
-    metrics = {f"{split}/{k}": v for k, v in task.evaluate(model, split).items()}
-    run.write_eval(which, ref.name, metrics, split)
-    if isinstance(task, BabiTask):
-        print_task_table(metrics, split, task.babi.tasks, ref.name, ref.step)
-        return {k: v for k, v in metrics.items() if "error_task" not in k}  # the table shows those
-    return metrics
+    def show_evaluation(self, metrics: dict[str, float], split: str, checkpoint: CheckpointRef) -> None:
+        print_task_table(metrics, split, self.babi.tasks, checkpoint.name, checkpoint.step)
 
 
 def print_task_table(metrics: dict[str, float], split: str, tasks: list[int], name: str, step: int) -> None:
@@ -381,16 +298,10 @@ def print_task_table(metrics: dict[str, float], split: str, tasks: list[int], na
     Console(stderr=True).print(table)
 
 
-def _spec(name: str, task_class: type[SequenceTask], **fields: Any) -> ExperimentSpec:
+def _spec(name: str, task: type[SequenceTask], **fields: Any) -> ExperimentSpec:
     return register(
         ExperimentSpec(
-            name=name,
-            chapter=8,
-            model_config=DNCConfig,
-            trainer_config=DNCTrainerConfig,
-            custom_train=lambda run: train(run, task_class),
-            custom_evaluate=lambda run, which, split: evaluate(run, which, split, task_class),
-            **fields,
+            name=name, chapter=8, model_config=DNCConfig, trainer_config=DNCTrainerConfig, task=task, **fields
         )
     )
 

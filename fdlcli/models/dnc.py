@@ -230,6 +230,29 @@ class DNC(nn.Module):
             zeros(r, w),
         )
 
+    def time_step(
+        self, x: torch.Tensor, state: MemoryState, hidden: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, MemoryState, tuple[torch.Tensor, torch.Tensor] | None, dict[str, torch.Tensor]]:
+        """One time step: input [B,in] -> (logits [B,out], memory state, controller state, trace)."""
+        controller_in = torch.cat([x, state.read_vectors.flatten(1)], dim=1)
+        if self.cfg.controller == "lstm":
+            hidden = self.controller(controller_in, hidden)
+            h = hidden[0]
+        else:
+            h = self.controller(controller_in)
+        if self.cfg.clip:
+            h = h.clamp(-self.cfg.clip, self.cfg.clip)
+        face = split_interface(self.interface(h), self.cfg.word_size, self.cfg.read_heads)
+        state, trace = memory_step(state, face)
+        logits = self.output(torch.cat([h, state.read_vectors.flatten(1)], dim=1))
+        return logits, state, hidden, trace
+
+    def compile_step(self) -> None:
+        """``torch.compile`` one time step, not the whole sequence: the loop over time stays in Python, so
+        one graph serves every sequence length (bAbI stories vary) instead of one unrolled graph each.
+        The parameters stay where they are, so the state dict (and checkpoints) do not change."""
+        self.time_step = torch.compile(self.time_step)  # type: ignore[method-assign]
+
     def forward(
         self, inputs: torch.Tensor, record: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -237,19 +260,9 @@ class DNC(nn.Module):
         state = self.initial_state(batch, inputs.device)
         hidden = None
         outputs, traces = [], []
-        clip = self.cfg.clip
         for t in range(steps):
-            controller_in = torch.cat([inputs[:, t], state.read_vectors.flatten(1)], dim=1)
-            if self.cfg.controller == "lstm":
-                hidden = self.controller(controller_in, hidden)
-                h = hidden[0]
-            else:
-                h = self.controller(controller_in)
-            if clip:
-                h = h.clamp(-clip, clip)
-            face = split_interface(self.interface(h), self.cfg.word_size, self.cfg.read_heads)
-            state, trace = memory_step(state, face)
-            outputs.append(self.output(torch.cat([h, state.read_vectors.flatten(1)], dim=1)))
+            logits, state, hidden, trace = self.time_step(inputs[:, t], state, hidden)
+            outputs.append(logits)
             if record:
                 traces.append({k: v.detach() for k, v in trace.items()})
         logits = torch.stack(outputs, dim=1)
