@@ -242,13 +242,13 @@ def test_skipgram_stopped_mid_epoch_resumes_exactly(env):
     """A SIGTERM during training, then --resume: the same records (timings aside) and the same vectors as
     an uninterrupted run; the draws of the interrupted epoch are redrawn from (seed, epoch)."""
     overrides = [
-        "data.train_limit=20000",
-        "data.batch_size=64",
+        "data.train_limit=10000",
+        "data.batch_size=256",
         "model.subsample=1e-3",  # the epochs' step counts are draws
         "model.lr_decay=true",
         "trainer.epochs=2",
-        "trainer.log_every=20",
-        "trainer.checkpoint_every=300",
+        "trainer.log_every=5",
+        "trainer.checkpoint_every=40",
         "trainer.tsne=false",
         "seed=5",
     ]
