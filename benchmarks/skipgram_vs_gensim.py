@@ -33,6 +33,7 @@ from statistics import mean, stdev
 import torch
 
 from fdlcli import config as fdl_config
+from fdlcli import registry
 from fdlcli.data.text import load_corpus
 from fdlcli.experiments import word2vec
 from fdlcli.runs import Run
@@ -88,7 +89,7 @@ def run_fdl(overrides: list[str]) -> dict:
     run_config = fdl_config.validate(fdl_config.compose(EXPERIMENT, overrides))
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        summary = word2vec.train(Run(path=Path(tmp), config=run_config))
+        summary = registry.get(EXPERIMENT).train(Run(path=Path(tmp), config=run_config))
         seconds = time.perf_counter() - started
     return {"words_per_s": summary["words_per_s"], "seconds": seconds, **summary["final"]}
 

@@ -45,7 +45,7 @@ class TrainerConfig:
     checkpoint_every: int = 0  # minibatches between mid-epoch checkpoints; 0 = at epoch ends only
     keep_checkpoints: int = 1  # step checkpoints kept besides the best one
     histograms: bool = True  # parameter histograms in TensorBoard every epoch
-    monitor: str = "val/accuracy"  # metric that picks the best checkpoint
+    monitor: str | None = "val/accuracy"  # metric that picks the best checkpoint; null = no best checkpoint
     monitor_mode: str = "max"  # max | min
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     eval_batch_size: int = 1000

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import fdl, read_summary, run_dirs
+from conftest import fdl, metric_records, read_summary, run_dirs
 
 from fdlcli.experiments import autoencoder as ae
 from fdlcli.experiments import word2vec as w2v
@@ -216,14 +220,65 @@ def test_skipgram_trains_exports_and_evaluates(env):
     assert summary["epochs"] == 2 and summary["words_per_s"] > 0
     assert summary["final"]["eval/analogy_questions"] > 0 and summary["final"]["eval/wordsim_pairs"] > 0
     assert "nearest neighbours" in result.stdout
+    assert "# step 100\n" in (run / "artifacts" / "neighbours.txt").read_text()
+    names = [record["name"] for record in metric_records(run)]
+    assert names.count("train/words_per_s") == 2 and names.count("eval/wordsim") == 2
+    assert names.count("train/epoch_cost") == 2 and "train/lr" in names
+    # the scores come from test sets: nothing is monitored, no best checkpoint
+    assert summary["best"] == {"metric": None, "value": None}
+    assert not (run / "checkpoints" / "best.json").exists()
     lines = (run / "artifacts" / "embeddings.txt").read_text().splitlines()
     count, dim = map(int, lines[0].split())
     assert count == len(lines) - 1 == summary["vocabulary"] and dim == 128
     assert len(lines[1].split()) == dim + 1
-    evaluated = fdl("eval", str(run), env=env)
+    evaluated = fdl("eval", str(run), env=env)  # "best" falls back to the last checkpoint
     assert evaluated.returncode == 0, evaluated.stderr
-    record = json.loads((run / "eval-best.json").read_text())
+    record = json.loads((run / "eval-best-test.json").read_text())
+    assert record["checkpoint"] == json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
     assert record["metrics"]["eval/analogy"] == pytest.approx(summary["final"]["eval/analogy"])
+
+
+def test_skipgram_stopped_mid_epoch_resumes_exactly(env):
+    """A SIGTERM during training, then --resume: the same records (timings aside) and the same vectors as
+    an uninterrupted run; the draws of the interrupted epoch are redrawn from (seed, epoch)."""
+    overrides = [
+        "data.train_limit=10000",
+        "data.batch_size=256",
+        "model.subsample=1e-3",  # the epochs' step counts are draws
+        "model.lr_decay=true",
+        "trainer.epochs=2",
+        "trainer.log_every=5",
+        "trainer.checkpoint_every=40",
+        "trainer.tsne=false",
+        "seed=5",
+    ]
+    assert fdl("train", "skipgram", *overrides, env=env).returncode == 0
+    (reference,) = run_dirs(env, "skipgram")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdlcli", "train", "skipgram", *overrides],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = [run for run in run_dirs(env, "skipgram") if run != reference]
+        if runs and (runs[0] / "metrics.jsonl").exists() and (runs[0] / "metrics.jsonl").read_bytes():
+            break  # training has logged its first records
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1].decode()
+    assert process.returncode != 0 and "resume with" in stderr, stderr  # stopped before the end
+    (stopped,) = [run for run in run_dirs(env, "skipgram") if run != reference]
+    resumed = fdl("train", "--resume", str(stopped), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def records(run):  # without the words/s records (timings; a resumed epoch logs none)
+        return [record for record in metric_records(run) if not record["name"].endswith("_per_s")]
+
+    assert records(stopped) == records(reference)
+    embeddings = [(run / "artifacts" / "embeddings.txt").read_text() for run in (reference, stopped)]
+    assert embeddings[0] == embeddings[1]
 
 
 def _hogwild_step(
@@ -366,11 +421,40 @@ def test_corpus_keeps_its_line_lengths_through_a_train_limit(tmp_path):
     [
         ("data.file={tmp}/nope.txt", "no such file"),
         ("data.batch_size=100", "multiple of model.share"),
+        ("optim=adam", "takes optim.lr only"),  # its SGD is written out by hand
     ],
 )
 def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
     result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer.precision=bf16"], "does not support precision"),  # no autograd: nothing to autocast
+        (["trainer.compile=true"], "does not support compile"),
+        (["trainer.devices=2"], "does not support devices"),
+        (["optim.schedule=linear"], "does not support schedule"),  # model.lr_decay is its rule
+        (["trainer.grad_clip=1"], "no gradient to clip"),
+        (["data.eval_limit=10"], "no evaluation split"),
+    ],
+)
+def test_skipgram_refuses_what_it_cannot_honour(overrides, message):
+    from fdlcli import config
+    from fdlcli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config.validate(config.compose("skipgram", overrides))
+
+
+def test_hogwild_engine_refuses_an_accelerator_and_takes_the_cpu_for_auto():
+    from fdlcli import config
+
+    hogwild = ["model.engine=hogwild", "model.loss=neg"]
+    on_gpu = config.validate(config.compose("skipgram", [*hogwild, "trainer.device=cuda"]))
+    assert "runs on the CPU only" in w2v.ignored_setting(on_gpu)
+    assert w2v.ignored_setting(config.validate(config.compose("skipgram", hogwild))) is None
 
 
 def test_skipgram_on_a_tiny_text_file(env, tmp_path):

@@ -34,6 +34,11 @@ class TextDataConfig(DataConfig):
     lowercase: bool = True  # the analogy and WordSim files are matched case-insensitively anyway
     vocab_size: int = 10000
 
+    def check(self) -> str | None:
+        if self.eval_limit:  # data_limits is declared for train_limit, which cuts the corpus
+            return f"data.eval_limit={self.eval_limit}: a text corpus has no evaluation split to limit"
+        return None
+
 
 @dataclass
 class Corpus:

@@ -150,7 +150,8 @@ class _Loop:
         state.step += out.advance
         cost = out.cost if out.cost is not None else (out.loss.detach() if out.loss is not None else None)
         if cost is not None:
-            cost = torch.as_tensor(cost).to(self.window.device, torch.float64)
+            # float64 from the start: a Python float (a compiled kernel's summed loss) keeps its precision
+            cost = torch.as_tensor(cost, dtype=torch.float64).to(self.window.device)
             if self.parallel:
                 self._sync(cost * out.scale / distributed.world_size())
             else:
@@ -204,7 +205,7 @@ class _Loop:
         where = {"epoch": state.epoch} if task.unit == "epochs" else {}
         state.history.append({**where, "step": state.step, **metrics})
         improved = False
-        if val:
+        if val and trainer.monitor:  # trainer.monitor=null: nothing is monitored, no best checkpoint
             monitored = metrics.get(trainer.monitor)
             if monitored is None:
                 raise ConfigError(
@@ -362,6 +363,8 @@ class _Loop:
 
     def _default_done(self, final: dict[str, Any], best_test: dict[str, float] | None) -> str:
         # the test counterpart of the monitored metric (accuracy for classifiers, cost for autoencoders)
+        if not self.trainer.monitor:
+            return "done"
         shown = "test/" + self.trainer.monitor.split("/", 1)[-1]
         if shown not in final:
             return "done"

@@ -4,8 +4,9 @@ A task owns its science: it builds its modules, optimizer and data for a device,
 training step, evaluates, and finishes with its figures and exports. :func:`fdlcli.engine.loop.train` owns
 everything else: the run session, threads and device, precision and ``torch.compile``, data parallelism,
 SIGTERM, the NaN stop, progress lines, the training-cost logging window, when to evaluate and checkpoint,
-the one resume path, ``trainer.monitor``/``monitor_mode`` and the best checkpoint, the summary, and the
-evaluation records ``fdl eval`` writes.
+the one resume path, ``trainer.monitor``/``monitor_mode`` and the best checkpoint (none with
+``trainer.monitor=null``: a task with nothing held out to select on), the summary, and the evaluation
+records ``fdl eval`` writes.
 
 The work comes in one of two declared units:
 

@@ -32,8 +32,9 @@ gives a frequent word cannot overshoot (see ``sgd_step``).
 
 Two engines (``model.engine``): ``minibatch`` (above, the book's; PyTorch) and ``hogwild``, word2vec.c's
 one-SGD-step-per-target training in a compiled kernel (``_word2vec_hogwild.py``), which ``skipgram-word2vec``
-runs with word2vec.c's recipe. The training loop, checkpoints, resumption, logging and evaluation below are
-the same for both; an engine only says how many steps an epoch has and what one step trains.
+runs with word2vec.c's recipe. Both train through the engine's one loop (``SkipGramTask``: checkpoints,
+resumption, logging and evaluation are the same for both); an engine only says how many steps an epoch
+has and what one step trains. The minibatch engine runs on ``trainer.device``, the Hogwild one on the CPU.
 
 Quality is measured at every epoch end on the analogy questions (``questions-words.txt``, restricted to
 questions whose four words are in the vocabulary; 3CosAdd, the three question words excluded) and on
@@ -52,17 +53,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from fdlcli.config import TrainerConfig
+from fdlcli.config import RunConfig, TrainerConfig
 from fdlcli.data.hub import mirror_root
 from fdlcli.data.text import Corpus, TextDataConfig, load_corpus
-from fdlcli.engine.checkpoint import CheckpointManager
-from fdlcli.engine.devices import configure_threads
-from fdlcli.engine.optim import refuse_schedule
-from fdlcli.engine.seed import epoch_generator, seed_everything
-from fdlcli.engine.session import run_session
+from fdlcli.engine.seed import epoch_generator
+from fdlcli.engine.task import StepOutput, Task
 from fdlcli.errors import ConfigError, DataUnavailableError
 from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run, atomic_write_text
+from fdlcli.runs import atomic_write_text
 
 EVAL_FOLDER = "word2vec-eval"  # in the data mirror: questions-words.txt and wordsim353.tsv
 
@@ -119,6 +117,8 @@ class SkipGramTrainerConfig(TrainerConfig):
     chunk_words: int = 10000  # model.engine=hogwild: target words per step (one call of the kernel)
 
     def check(self) -> str | None:
+        if self.grad_clip:
+            return f"trainer.grad_clip={self.grad_clip}: skip-gram's hand-written SGD has no gradient to clip"
         return None if self.chunk_words > 0 else f"trainer.chunk_words={self.chunk_words} must be positive"
 
 
@@ -261,10 +261,10 @@ def sgd_step(
     if damped:
         h_pos, h_neg = p_pos * (1 - p_pos), g_neg * (1 - g_neg)  # sigmoid' of every logit
         uu, vv, nn_ = (u * u).sum(2, keepdim=True), (v * v).sum(2), (noise * noise).sum(2, keepdim=True)
-        h_in = torch.zeros(len(model.embed)).index_add_(
+        h_in = model.embed.new_zeros(len(model.embed)).index_add_(
             0, targets, (h_pos * vv + torch.bmm(h_neg, nn_).squeeze(2)).flatten()
         )
-        h_out = torch.zeros(len(model.out)).index_add_(0, contexts, (h_pos * uu.squeeze(2)).flatten())
+        h_out = model.out.new_zeros(len(model.out)).index_add_(0, contexts, (h_pos * uu.squeeze(2)).flatten())
         h_out.index_add_(0, flat_negatives, torch.bmm(h_neg.transpose(1, 2), uu).flatten())
         damp_in, damp_out = 1 / (1 + step * h_in), 1 / (1 + step * h_out)
         grad_u = grad_u * damp_in[targets, None]
@@ -372,18 +372,25 @@ def nearest_neighbours(
 
 class MinibatchEngine:
     """The book's engine: the epoch's (target, context) pairs in minibatches of ``data.batch_size``, each
-    ``model.share`` pairs sharing one draw of negatives, SGD written out in PyTorch (``sgd_step``)."""
+    ``model.share`` pairs sharing one draw of negatives, SGD written out in PyTorch (``sgd_step``) on the
+    model's device."""
 
     def __init__(self, model: SkipGram, corpus: Corpus, cfg: SkipGramConfig, noise: torch.Tensor, batch: int):
         self.model, self.corpus, self.cfg, self.noise, self.batch = model, corpus, cfg, noise, batch
-        self.log_kq = (noise * cfg.negatives).log() if cfg.loss == "nce" else None
-        self.expected_steps = math.ceil(expected_pairs(corpus.counts, cfg) / batch)
+        log_kq = (noise * cfg.negatives).log() if cfg.loss == "nce" else None
+        self.log_kq = log_kq.to(model.embed.device) if log_kq is not None else None
         self.draws: Epoch | None = None
 
+    @staticmethod
+    def expected_steps(corpus: Corpus, cfg: SkipGramConfig, batch: int) -> int:
+        return math.ceil(expected_pairs(corpus.counts, cfg) / batch)
+
     def start_epoch(self, seed: int, epoch: int) -> int:
-        """Draw the epoch; returns its number of steps."""
-        self.draws = draw_epoch(self.corpus.ids, self.cfg, self.noise, seed, epoch)
-        return math.ceil(len(self.draws.targets) / self.batch)
+        """Draw the epoch (on the CPU: the same numbers whatever the device); returns its number of steps."""
+        draws = draw_epoch(self.corpus.ids, self.cfg, self.noise, seed, epoch)
+        device = self.model.embed.device
+        self.draws = Epoch(draws.targets.to(device), draws.contexts.to(device), draws.negatives.to(device))
+        return math.ceil(len(draws.targets) / self.batch)
 
     def step(self, index: int, lr: tuple[float, float]) -> tuple[torch.Tensor, int]:
         """Train step ``index`` at lr[0]; returns (summed loss, a tensor: no host sync; pairs)."""
@@ -404,7 +411,8 @@ class MinibatchEngine:
 
 class HogwildEngine:
     """word2vec.c's SGD, one step per target word, in the compiled kernel of ``_word2vec_hogwild.py``: a step
-    is ``trainer.chunk_words`` target words of the epoch's subsampled stream, the lr decaying through it."""
+    is ``trainer.chunk_words`` target words of the epoch's subsampled stream, the lr decaying through it.
+    The kernel works on numpy views of the (CPU) model's tables; building it compiles the kernel."""
 
     def __init__(
         self,
@@ -421,10 +429,13 @@ class HogwildEngine:
         self.kernel = HogwildSkipGram(model.embed.data, model.out.data, noise, threads)
         self.sentences = corpus.sentence_ids
         self.per_target = 0 if cfg.contexts == "dynamic" else cfg.contexts_per_target  # 0: shrunk windows
-        self.expected_steps = math.ceil(expected_kept(corpus.counts, cfg.subsample) / self.chunk)
         self.stream: np.ndarray | None = None
         self.sentence: np.ndarray | None = None
         self.seed, self.epoch = 0, 0
+
+    @staticmethod
+    def expected_steps(corpus: Corpus, cfg: SkipGramConfig, chunk: int) -> int:
+        return math.ceil(expected_kept(corpus.counts, cfg.subsample) / chunk)
 
     def start_epoch(self, seed: int, epoch: int) -> int:
         ids, sentences = self.corpus.ids, self.sentences
@@ -456,147 +467,211 @@ def decayed_lr(lr: float, decay: bool, epochs_done: float, epochs: int) -> float
     return lr * max(1e-4, 1.0 - epochs_done / epochs) if decay else lr
 
 
-# ---- the training loop ---------------------------------------------------------------------------
-
-
-def train(run: Run) -> dict[str, Any]:
-    cfg, trainer = run.config, run.config.trainer
+def ignored_setting(cfg: RunConfig) -> str | None:
+    """A setting of another section that skip-gram could not honour (refused, never silently ignored)."""
     model_cfg: SkipGramConfig = cfg.model
     if cfg.data.batch_size % model_cfg.share:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} must be a multiple of model.share={model_cfg.share}"
+        return f"data.batch_size={cfg.data.batch_size} must be a multiple of model.share={model_cfg.share}"
+    optim = cfg.optim
+    if optim.name != "sgd" or optim.momentum or optim.nesterov or optim.weight_decay:
+        return (
+            f"optim.name={optim.name} optim.momentum={optim.momentum} optim.nesterov={optim.nesterov} "
+            f"optim.weight_decay={optim.weight_decay}: skip-gram's SGD is written out by hand and takes "
+            "optim.lr only (model.lr_decay decays it)"
         )
-    refuse_schedule(cfg.optim)  # its SGD follows model.lr_decay, not optim.schedule
-    with run_session(run) as session:
-        checkpoints, writer = session.checkpoints, session.writer
-        seed_everything(cfg.seed)
-        corpus = load_corpus(cfg.data)
-        index = corpus.index
-        folder = eval_files(trainer, cfg.data.dir)
-        if folder is None:
-            session.message(
+    if model_cfg.engine == "hogwild" and cfg.trainer.device not in ("auto", "cpu"):
+        return (
+            f"trainer.device={cfg.trainer.device}: model.engine=hogwild runs on the CPU only "
+            "(model.engine=minibatch runs on any device)"
+        )
+    return None
+
+
+# ---- the task: skip-gram on the engine's loop ------------------------------------------------------
+
+
+class SkipGramTask(Task):
+    """Epochs of skip-gram training, either engine. An epoch is one draw: its pairs (minibatch engine) or its
+    subsampled stream (Hogwild), so :meth:`start_epoch` returns a number of steps that varies with
+    subsampling and dynamic windows. A step updates the tables itself and hands the loop its summed loss
+    and the pairs it counts, so ``train/cost`` is the mean loss per pair. Every epoch ends with the analogy
+    and WordSim scores and the neighbours of a few frequent words; those scores come from test sets, so no
+    checkpoint is chosen by them (``trainer.monitor: null``)."""
+
+    unit = "epochs"
+    supports = frozenset({"checkpoint_every", "data_limits"})  # no autograd, no optimizer: no bf16, compile
+
+    def setup(self) -> None:
+        cfg, trainer = self.config, self.config.trainer
+        model_cfg: SkipGramConfig = cfg.model
+        problem = ignored_setting(cfg)
+        if problem:
+            raise ConfigError(problem)
+        if model_cfg.engine == "hogwild":  # trainer.device=auto: the CPU, the kernel's only device
+            self.device = torch.device("cpu")
+        self.corpus = corpus = load_corpus(cfg.data)
+        self.folder = eval_files(trainer, cfg.data.dir)
+        if self.folder is None:
+            self.message(
                 "no word2vec-eval folder in the data mirror (or trainer.eval_dir): analogy/WordSim skipped"
             )
-        model = SkipGram(len(corpus.words), model_cfg)
-        noise = noise_distribution(corpus.counts, model_cfg)
-        # the words whose neighbours are printed: drawn once from the seed among the 500 most frequent
-        top = min(500, len(corpus.words))
-        shown = torch.randperm(top, generator=torch.Generator().manual_seed(cfg.seed))[
+        self.model = SkipGram(len(corpus.words), model_cfg).to(self.device)  # initialized from the seeded RNG
+        self.noise = noise_distribution(corpus.counts, model_cfg)
+        # the words whose neighbours are shown: drawn once from the seed among the 500 most frequent
+        self.top = min(500, len(corpus.words))
+        self.shown = torch.randperm(self.top, generator=torch.Generator().manual_seed(cfg.seed))[
             : trainer.neighbour_words
         ]
-        hogwild = model_cfg.engine == "hogwild"
-        engine: MinibatchEngine | HogwildEngine
-        if hogwild:
-            threads = torch.get_num_threads()  # trainer.threads, as run_session configured it
-            engine = HogwildEngine(model, corpus, model_cfg, noise, trainer.chunk_words, threads)
-        else:
-            engine = MinibatchEngine(model, corpus, model_cfg, noise, cfg.data.batch_size)
-        # subsampling and dynamic windows make each epoch's step count a draw: the bar shows the mean
-        expected_steps = engine.expected_steps
-        state: dict[str, Any] = {
-            "step": 0,
-            "epoch": 0,
-            "batch_in_epoch": 0,
-            "metrics_lines": 0,
-            "train_seconds": 0.0,
-            "word_seconds": 0.0,
-            "window_loss": 0.0,  # a logging window cut by an interruption resumes where it was
-            "window_pairs": 0,
-            "history": [],
-        }
-        session.restore_or_start(model, state)
-        progress = session.start_progress(expected_steps * trainer.epochs, state["step"])
-        session.message(
-            f"corpus {len(corpus.ids):,} words, vocabulary {len(corpus.words):,}; "
-            + (
-                f"{expected_steps:,} steps of {trainer.chunk_words:,} target words per epoch, "
-                f"{torch.get_num_threads()} Hogwild threads"
-                if hogwild
-                else f"{expected_steps:,} minibatches of {cfg.data.batch_size} pairs per epoch"
+        # built by the first epoch (building the Hogwild engine compiles its kernel), so never for fdl eval
+        self.engine: MinibatchEngine | HogwildEngine | None = None
+        self.epoch, self.steps, self.lr = 0, 0, cfg.optim.lr
+        # words/s: raw corpus words (subsampled ones included, as gensim counts them) over the time of the
+        # epochs' steps (no evaluation, no epoch draw, no kernel compilation)
+        self.word_seconds, self.words_trained = 0.0, 0
+        self.epoch_started: float | None = None
+        self.epoch_from_start = False  # the epoch's first step ran in this process: its words/s is logged
+        self.epoch_words_per_s: float | None = None
+
+    def build_engine(self) -> MinibatchEngine | HogwildEngine:
+        cfg = self.config
+        if cfg.model.engine == "hogwild":
+            threads = torch.get_num_threads()  # trainer.threads, as the run session configured it
+            return HogwildEngine(
+                self.model, self.corpus, cfg.model, self.noise, cfg.trainer.chunk_words, threads
             )
-            + (" (on average)" if model_cfg.subsample or model_cfg.contexts == "dynamic" else "")
+        return MinibatchEngine(self.model, self.corpus, cfg.model, self.noise, cfg.data.batch_size)
+
+    def expected_steps(self) -> int:
+        """Steps per epoch, on average (subsampling and dynamic windows make each epoch's count a draw)."""
+        cfg = self.config
+        if cfg.model.engine == "hogwild":
+            return HogwildEngine.expected_steps(self.corpus, cfg.model, cfg.trainer.chunk_words)
+        return MinibatchEngine.expected_steps(self.corpus, cfg.model, cfg.data.batch_size)
+
+    def describe(self) -> str:
+        cfg, corpus = self.config, self.corpus
+        steps = self.expected_steps()
+        if cfg.model.engine == "hogwild":
+            per_epoch = (
+                f"{steps:,} steps of {cfg.trainer.chunk_words:,} target words per epoch, "
+                f"{torch.get_num_threads()} Hogwild threads"
+            )
+        else:
+            per_epoch = f"{steps:,} minibatches of {cfg.data.batch_size} pairs per epoch"
+        drawn = cfg.model.subsample or cfg.model.contexts == "dynamic"
+        return f"corpus {len(corpus.ids):,} words, vocabulary {len(corpus.words):,}; {per_epoch}" + (
+            " (on average)" if drawn else ""
         )
 
-        def save(reason: str) -> Any:
-            state["metrics_lines"] = writer.lines
-            state["train_seconds"] = session.train_seconds
-            state["window_loss"] = window_loss.item()
-            return checkpoints.save(model, {**state, "reason": reason}, state["step"])
+    def total_steps(self) -> int:
+        return self.expected_steps() * self.config.trainer.epochs
 
-        def show_neighbours(label: str) -> None:
-            lines = nearest_neighbours(model.embed, corpus.words, shown)
-            with open(run.artifacts_dir / "neighbours.txt", "a") as handle:
-                handle.write(f"# {label}\n" + "\n".join(lines) + "\n")
-            session.message(f"nearest neighbours ({label}):\n  " + "\n  ".join(lines))
+    # ---- the work --------------------------------------------------------------------------------------
 
-        for epoch in range(state["epoch"], trainer.epochs):
-            steps_per_epoch = engine.start_epoch(cfg.seed, epoch)
-            window_loss = torch.tensor(state["window_loss"], dtype=torch.float64)
-            epoch_started = time.monotonic()
-            first_batch = state["batch_in_epoch"]
+    def start_epoch(self, epoch: int) -> int:
+        if self.engine is None:
+            self.engine = self.build_engine()
+        self.epoch = epoch
+        self.steps = self.engine.start_epoch(self.config.seed, epoch)
+        self.epoch_started, self.epoch_from_start = time.monotonic(), False
+        return self.steps
 
-            for b in range(first_batch, steps_per_epoch):
-                lr = decayed_lr(cfg.optim.lr, model_cfg.lr_decay, epoch + b / steps_per_epoch, trainer.epochs)
-                next_lr = decayed_lr(
-                    cfg.optim.lr, model_cfg.lr_decay, epoch + (b + 1) / steps_per_epoch, trainer.epochs
-                )
-                loss, pairs = engine.step(b, (lr, next_lr))
-                window_loss += loss
-                state["window_pairs"] += pairs
-                state["step"] += 1
-                state["batch_in_epoch"] = b + 1
-                last = b + 1 == steps_per_epoch
-                if state["step"] % trainer.log_every == 0 or last:
-                    cost = window_loss.item() / max(1, state["window_pairs"])
-                    session.check_finite(cost, state["step"])
-                    writer.log({"train/cost": cost, "train/lr": lr}, state["step"], epoch)
-                    progress.update(state["step"], cost, epoch, trainer.epochs)
-                    window_loss.zero_()
-                    state["window_pairs"] = 0
-                if trainer.neighbours_every and state["step"] % trainer.neighbours_every == 0 and not last:
-                    show_neighbours(f"step {state['step']}")
-                session.stop_if_requested(save)
-                if trainer.checkpoint_every and state["step"] % trainer.checkpoint_every == 0 and not last:
-                    save("periodic")
-            # words/s counts raw corpus words (subsampled ones included, as gensim counts them) over the
-            # loop's own time
-            epoch_seconds = time.monotonic() - epoch_started
-            state["word_seconds"] += epoch_seconds
-            state["words_trained"] = (epoch + 1) * len(corpus.ids)
-            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            metrics = {**word_quality(model.embed, index, folder)}
-            if first_batch == 0:
-                metrics["train/words_per_s"] = len(corpus.ids) / max(1e-9, epoch_seconds)  # no eval time
-            writer.log(metrics, state["step"], state["epoch"])
-            state["history"].append({"epoch": state["epoch"], "step": state["step"], **metrics})
-            save("epoch")
-            session.message(
-                f"epoch {state['epoch']}/{trainer.epochs}  "
-                + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    def learning_rate(self, index: float) -> float:
+        """The rate at step ``index`` of the current epoch (model.lr_decay: linear to 0 over the run)."""
+        cfg = self.config
+        done = self.epoch + index / self.steps
+        return decayed_lr(cfg.optim.lr, cfg.model.lr_decay, done, cfg.trainer.epochs)
+
+    def train_step(self, step: int, index: int) -> StepOutput:
+        assert self.engine is not None
+        every = self.config.trainer.neighbours_every
+        self.epoch_from_start |= index == 0
+        self.lr = self.learning_rate(index)
+        # the Hogwild kernel moves its rate linearly to the next step's through the chunk
+        loss, pairs = self.engine.step(index, (self.lr, self.learning_rate(index + 1)))
+        if index + 1 == self.steps:
+            self.end_epoch_timing()
+        elif every and (step + 1) % every == 0:
+            self.show_neighbours(f"step {step + 1}")
+        return StepOutput(cost=loss, weight=pairs)
+
+    def end_epoch_timing(self) -> None:
+        assert self.epoch_started is not None
+        seconds = time.monotonic() - self.epoch_started
+        self.word_seconds += seconds
+        self.words_trained += len(self.corpus.ids)
+        if self.epoch_from_start:  # a resumed epoch's time would not cover its words
+            self.epoch_words_per_s = len(self.corpus.ids) / max(1e-9, seconds)
+        self.epoch_started = None
+
+    def window_metrics(self, cost: float) -> dict[str, float]:
+        metrics = {"train/lr": self.lr}
+        if self.epoch_words_per_s is not None:  # logged with the epoch's last training cost
+            metrics["train/words_per_s"] = self.epoch_words_per_s
+            self.epoch_words_per_s = None
+        return metrics
+
+    # ---- evaluation ------------------------------------------------------------------------------------
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Analogy and WordSim scores (the split does not apply: they are the evaluation files' own)."""
+        if self.folder is None:
+            if self.engine is not None:  # training: said once at setup, the epochs go on without scores
+                return {}
+            raise DataUnavailableError("no word2vec-eval folder: set FDL_DATA_DIR or trainer.eval_dir")
+        return word_quality(self.model.embed.detach().cpu(), self.corpus.index, self.folder)
+
+    def after_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        if "eval/analogy" in metrics:
+            analogy, questions = metrics["eval/analogy"], metrics["eval/analogy_questions"]
+            rho, pairs = metrics["eval/wordsim"], metrics["eval/wordsim_pairs"]
+            self.message(
+                f"analogy {100 * analogy:.2f}% of {questions:.0f} questions, "
+                f"WordSim rho {rho:.3f} on {pairs:.0f} pairs"
             )
-            show_neighbours(f"epoch {state['epoch']}")
+        self.show_neighbours(f"epoch {int(metrics['epoch'])}")
 
-        final = state["history"][-1] if state["history"] else {}
-        summary = {
-            "experiment": cfg.name,
-            "status": "completed",
-            "epochs": state["epoch"],
-            "steps": state["step"],
-            "train_seconds": round(session.train_seconds, 2),
-            "corpus_words": len(corpus.ids),
-            "vocabulary": len(corpus.words),
-            "words_per_s": state["epoch"] * len(corpus.ids) / max(1e-9, state["word_seconds"]),
-            "final": final,
-            "history": state["history"],
+    def show_neighbours(self, label: str) -> None:
+        lines = nearest_neighbours(self.model.embed.detach().cpu(), self.corpus.words, self.shown)
+        if self.run is not None:
+            with open(self.run.artifacts_dir / "neighbours.txt", "a") as handle:
+                handle.write(f"# {label}\n" + "\n".join(lines) + "\n")
+        self.message(f"nearest neighbours ({label}):\n  " + "\n  ".join(lines))
+
+    # ---- state -----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        running = time.monotonic() - self.epoch_started if self.epoch_started is not None else 0.0
+        return {"word_seconds": self.word_seconds + running, "words_trained": self.words_trained}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.word_seconds = float(state.get("word_seconds", 0.0))
+        self.words_trained = int(state.get("words_trained", 0))
+
+    # ---- the end ---------------------------------------------------------------------------------------
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {
+            "corpus_words": len(self.corpus.ids),
+            "vocabulary": len(self.corpus.words),
+            "words_per_s": self.words_trained / max(1e-9, self.word_seconds),
         }
-    export_word2vec(model.embed, corpus.words, run.artifacts_dir / "embeddings.txt")
-    if trainer.tsne and top >= 3:  # t-SNE needs a few points
-        from fdlcli.analysis.embeddings import tsne_plot
 
-        tsne_plot(model.embed[:top], corpus.words[:top], run.artifacts_dir / "tsne.png", cfg.seed)
-    run.write_summary(summary)
-    print(f"done: {summary['words_per_s']:,.0f} words/s, final {final}; run dir {run.path}", flush=True)
-    return summary
+    def finish(self, artifacts: Path) -> dict[str, Any]:
+        vectors, words = self.model.embed.detach().cpu(), self.corpus.words
+        export_word2vec(vectors, words, artifacts / "embeddings.txt")
+        if self.config.trainer.tsne and self.top >= 3:  # t-SNE needs a few points
+            from fdlcli.analysis.embeddings import tsne_plot
+
+            tsne_plot(vectors[: self.top], words[: self.top], artifacts / "tsne.png", self.config.seed)
+        return {}
+
+    def done_message(self, summary: dict[str, Any]) -> str:
+        final = summary["final"]
+        quality = [
+            f"{name[5:]} {final[name]:.4g}" for name in ("eval/analogy", "eval/wordsim") if name in final
+        ]
+        return f"done: {summary['words_per_s']:,.0f} words/s" + "".join(f", {q}" for q in quality)
 
 
 def export_word2vec(vectors: torch.Tensor, words: list[str], path: Path) -> None:
@@ -606,23 +681,6 @@ def export_word2vec(vectors: torch.Tensor, words: list[str], path: Path) -> None
         f"{w} " + " ".join(f"{x:.6f}" for x in row) for w, row in zip(words, vectors.tolist(), strict=True)
     ]
     atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def evaluate(run: Run, which: str, split: str) -> dict[str, float]:
-    """``fdl eval``: analogy and WordSim scores of a saved checkpoint (the split does not apply)."""
-    cfg = run.config
-    configure_threads(cfg.trainer.threads)
-    corpus = load_corpus(cfg.data)
-    model = SkipGram(len(corpus.words), cfg.model)
-    checkpoints = CheckpointManager(run.checkpoint_dir, cfg.name)
-    ref = checkpoints.resolve(which)
-    checkpoints.load_weights(model, ref)
-    folder = eval_files(cfg.trainer, cfg.data.dir)
-    if folder is None:
-        raise DataUnavailableError("no word2vec-eval folder: set FDL_DATA_DIR or trainer.eval_dir")
-    metrics = word_quality(model.embed, corpus.index, folder)
-    run.write_eval(which, ref.name, metrics)
-    return metrics
 
 
 for name, description in [
@@ -637,9 +695,8 @@ for name, description in [
             book_result="neighbours such as eight -> six, seven, five, nine (text8, 5 epochs)",
             description=description,
             model_config=SkipGramConfig,
+            task=SkipGramTask,
             data_config=TextDataConfig,
             trainer_config=SkipGramTrainerConfig,
-            custom_train=train,
-            custom_evaluate=evaluate,
         )
     )
