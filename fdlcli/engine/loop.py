@@ -200,7 +200,7 @@ class _Loop:
         metrics.update(val)
         if metrics:
             session.writer.log(metrics, state.step, self.record_epoch)
-        if self.trainer.histograms and "histograms" in task.supports:
+        if self.trainer.histograms:  # every task's weights, at every evaluation
             session.writer.histograms(task.model.named_parameters(), state.step)
         where = {"epoch": state.epoch} if task.unit == "epochs" else {}
         state.history.append({**where, "step": state.step, **metrics})
