@@ -328,6 +328,9 @@ def _refuse_unsupported(run_config: RunConfig, spec: registry.ExperimentSpec) ->
             raise ConfigError(
                 f"{setting}: experiment {spec.name} does not support {feature.replace('_', ' ')}"
             )
+    problem = task.check_config(run_config)
+    if problem:
+        raise ConfigError(f"{problem} (experiment {spec.name})")
     if task.unit == "steps":
         default = (spec.trainer_config or TrainerConfig)().epochs
         if run_config.trainer.epochs != default:

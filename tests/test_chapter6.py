@@ -450,10 +450,11 @@ def test_skipgram_refuses_what_it_cannot_honour(overrides, message):
 
 def test_hogwild_engine_refuses_an_accelerator_and_takes_the_cpu_for_auto():
     from fdlcli import config
+    from fdlcli.errors import ConfigError
 
     hogwild = ["model.engine=hogwild", "model.loss=neg"]
-    on_gpu = config.validate(config.compose("skipgram", [*hogwild, "trainer.device=cuda"]))
-    assert "runs on the CPU only" in w2v.ignored_setting(on_gpu)
+    with pytest.raises(ConfigError, match="runs on the CPU only"):  # at validation: before any run dir
+        config.validate(config.compose("skipgram", [*hogwild, "trainer.device=cuda"]))
     assert w2v.ignored_setting(config.validate(config.compose("skipgram", hogwild))) is None
 
 

@@ -91,6 +91,12 @@ class Task:
         self._message: Callable[[str], None] = lambda text: None
         self.train_model: nn.Module | None = None  # self.model as compiled / wrapped for data parallelism
 
+    @classmethod
+    def check_config(cls, config: RunConfig) -> str | None:
+        """A problem across config sections that this task cannot honour (checked at validation, before
+        any run directory exists); None when there is none."""
+        return None
+
     # ---- building ------------------------------------------------------------------------------------
 
     def setup(self) -> None:

@@ -58,7 +58,7 @@ from fdlcli.data.hub import mirror_root
 from fdlcli.data.text import Corpus, TextDataConfig, load_corpus
 from fdlcli.engine.seed import epoch_generator
 from fdlcli.engine.task import StepOutput, Task
-from fdlcli.errors import ConfigError, DataUnavailableError
+from fdlcli.errors import DataUnavailableError
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import atomic_write_text
 
@@ -468,7 +468,8 @@ def decayed_lr(lr: float, decay: bool, epochs_done: float, epochs: int) -> float
 
 
 def ignored_setting(cfg: RunConfig) -> str | None:
-    """A setting of another section that skip-gram could not honour (refused, never silently ignored)."""
+    """A setting of another section that skip-gram could not honour (refused at validation, never silently
+    ignored)."""
     model_cfg: SkipGramConfig = cfg.model
     if cfg.data.batch_size % model_cfg.share:
         return f"data.batch_size={cfg.data.batch_size} must be a multiple of model.share={model_cfg.share}"
@@ -501,12 +502,13 @@ class SkipGramTask(Task):
     unit = "epochs"
     supports = frozenset({"checkpoint_every", "data_limits"})  # no autograd, no optimizer: no bf16, compile
 
+    @classmethod
+    def check_config(cls, config: RunConfig) -> str | None:
+        return ignored_setting(config)
+
     def setup(self) -> None:
         cfg, trainer = self.config, self.config.trainer
         model_cfg: SkipGramConfig = cfg.model
-        problem = ignored_setting(cfg)
-        if problem:
-            raise ConfigError(problem)
         if model_cfg.engine == "hogwild":  # trainer.device=auto: the CPU, the kernel's only device
             self.device = torch.device("cpu")
         self.corpus = corpus = load_corpus(cfg.data)
