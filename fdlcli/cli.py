@@ -13,15 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from fdlcli import __version__
 from fdlcli.errors import FdlError
-
-# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err_console = Console(stderr=True)
+from fdlcli.terminal import console, err_console, print_error  # markup off: paths print as they are
 
 TRAIN_HELP = """Train EXPERIMENT with Hydra overrides (key=value, group=option, +key=value, ~key).
 
@@ -236,28 +232,23 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+        print_error(exc.format_message())
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
     except FdlError as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        print_error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if debug:
             raise
-        err_console.print("[red]interrupted[/red]")
+        print_error("", label="interrupted")
         sys.exit(130)
     except Exception as exc:
         if debug:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        err_console.print(
-            f"[red]error:[/red] {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
-        )
+        print_error(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)")
         sys.exit(1)

@@ -34,10 +34,10 @@ threshold (below it for costs and losses, above it otherwise), to the resolution
 def plot_cmd(
     paths: tuple[Path, ...], metric: str, threshold: float | None, log_y: bool | None, out: Path | None
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from fdlcli.analysis import curves as curves_module
+    from fdlcli.terminal import make_console
 
     run_dirs = curves_module.expand_run_dirs(paths)
     curves = curves_module.load_curves(run_dirs, metric)
@@ -65,7 +65,7 @@ def plot_cmd(
             table.add_row(
                 curve.label, f"{curve.points[-1][1]:.4g}", "not reached" if reached is None else str(reached)
             )
-        Console(width=200).print(table)
+        make_console(width=200).print(table)
     click.echo(f"wrote {out}")
 
 

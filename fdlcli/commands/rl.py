@@ -41,9 +41,9 @@ def play_cmd(
     from rich.table import Table
 
     from fdlcli import config, runs
-    from fdlcli.cli import console
     from fdlcli.engine.devices import resolve_device
     from fdlcli.experiments._rl import load_network, play_episodes
+    from fdlcli.terminal import console
 
     if record and render == "human":
         raise UsageError("--record and --render human do not combine; choose one")

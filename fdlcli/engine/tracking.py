@@ -26,6 +26,7 @@ from rich.progress import (
 )
 
 from fdlcli.runs import LOG_FILE, METRICS_FILE, truncate_metrics
+from fdlcli.terminal import make_console
 
 log = logging.getLogger("fdl")
 
@@ -132,7 +133,7 @@ class ConsoleProgress:
         unit: str = "step",  # what the count counts: step, episode, iteration
         value_name: str = "cost",  # what update()'s value is: cost, loss, return
     ):
-        self.console = console or Console(stderr=False)
+        self.console = console or make_console()  # markup off: messages hold paths, overrides
         self.unit, self.value_name = unit, value_name
         self.quiet = quiet
         self.interactive = sys.stdout.isatty() and self.console.is_terminal and not quiet
