@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import fdl, read_summary, run_dirs
+from conftest import fdl, read_summary, run_dirs, without_modules
 
 
 def test_help_lists_commands(env):
@@ -110,3 +110,67 @@ def test_train_then_eval_end_to_end(env):
     metrics = json.loads(evaluated.stdout)
     assert metrics["test/accuracy"] == pytest.approx(summary["best"]["test/accuracy"], abs=1e-9)
     assert (run / "eval-best-test.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Text from outside (paths, install hints) prints as it is: rich markup would eat or choke on [...].
+
+
+@pytest.mark.parametrize("path", ["runs/[/x]", "runs/[bold]x"])
+def test_bracketed_path_in_an_error_prints_verbatim(env, path):
+    result = fdl("eval", path, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no such run directory: {path}"  # no MarkupError traceback
+
+
+def test_install_hint_keeps_the_extra_in_brackets(env, tmp_path):
+    result = fdl("train", "dqn-breakout", env=without_modules(env, tmp_path / "hidden", "ale_py"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("(ale_py is missing): pip install 'fdlcli[atari]'"), line
+
+
+def test_fdl_consoles_print_markup_characters_verbatim(capsys):
+    from rich.table import Table
+
+    from fdlcli.engine.tracking import ConsoleProgress
+    from fdlcli.terminal import console, make_console, print_error
+
+    table = Table(title="runs/[bold]x")
+    table.add_column("[/x]")
+    table.add_row("pip install 'fdlcli[atari]'")
+    make_console(width=200).print(table)
+    console.print("[red]runs/[/x]")
+    ConsoleProgress(10, 0, 1.0).console.print("[bold]done[/bold]")  # the progress bar's console
+    print_error("pip install 'fdlcli[atari]' [/x]")
+    out, err = capsys.readouterr()
+    for text in (
+        "runs/[bold]x",
+        "[/x]",
+        "pip install 'fdlcli[atari]'",
+        "[red]runs/[/x]",
+        "[bold]done[/bold]",
+    ):
+        assert text in out, text
+    assert err == "error: pip install 'fdlcli[atari]' [/x]\n"
+
+
+def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_path):
+    env = {**env, "FDL_RUNS_DIR": str(tmp_path / "[bold]runs[/x]")}  # and markup characters print as they are
+    result = fdl(
+        "train", "mlp-mnist", "trainer.epochs=1", "data.train_limit=500", "data.eval_limit=200", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "mlp-mnist")
+    assert result.stdout.splitlines()[0] == f"run dir {run}  (tensorboard --logdir {run.parent})"
+    assert (run / "checkpoints" / "step-000000005").is_dir()  # 500 examples in minibatches of 100
+
+    unpadded = fdl("eval", str(run), "--checkpoint", "step-5", "--json", env=env)
+    assert unpadded.returncode == 0, unpadded.stderr
+    padded = fdl("eval", str(run), "--checkpoint", "step-000000005", "--json", env=env)
+    assert json.loads(unpadded.stdout) == json.loads(padded.stdout)
+    missing = fdl("eval", str(run), "--checkpoint", "step-4", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"error: no step-4 checkpoint in {run} (step checkpoints there: step-000000005)"
+    )

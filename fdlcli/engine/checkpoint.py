@@ -27,6 +27,11 @@ STATE = "trainer.pt"
 INIT = "init"
 
 
+def step_dir_name(step: int) -> str:
+    """``step-000000005``: zero-padded, so directory names sort in step order."""
+    return f"step-{step:09d}"
+
+
 @dataclass(frozen=True)
 class CheckpointRef:
     name: str  # directory name under checkpoints/
@@ -75,7 +80,7 @@ class CheckpointManager:
             self._write_dir(INIT, model, None, 0)
 
     def save(self, model: torch.nn.Module, state: dict[str, Any], step: int) -> CheckpointRef:
-        name = f"step-{step:09d}"
+        name = step_dir_name(step)
         path = self._write_dir(name, model, state, step)
         atomic_write_json(self.directory / "latest.json", {"name": name, "step": step})
         self._prune()
@@ -124,7 +129,8 @@ class CheckpointManager:
         return read_json(path) if path.exists() else None
 
     def resolve(self, which: str) -> CheckpointRef:
-        """``best`` (falls back to latest), ``last``/``latest``, ``init``, or a ``step-N`` directory name."""
+        """``best`` (falls back to latest), ``last``/``latest``, ``init``, or ``step-N`` (``step-5`` and its
+        directory name ``step-000000005`` alike)."""
         if which == INIT:
             ref = CheckpointRef(INIT, 0, self.directory / INIT)
         elif which == "best":
@@ -132,12 +138,23 @@ class CheckpointManager:
         elif which in ("last", "latest"):
             ref = self._pointer("latest")
         else:
-            ref = CheckpointRef(which, -1, self.directory / which) if which.startswith("step-") else None
-            if ref is None:
+            number = which.removeprefix("step-")
+            if not which.startswith("step-") or not (number.isascii() and number.isdigit()):
                 raise CheckpointError(f"unknown checkpoint {which!r}; use best, last, init or step-N")
+            name = step_dir_name(int(number))
+            ref = CheckpointRef(name, int(number), self.directory / name)
         if ref is None or not (ref.path / WEIGHTS).is_file():
-            raise CheckpointError(f"no {which} checkpoint in {self.directory.parent}")
+            steps = ", ".join(path.name for path in self.step_dirs()) or "none"
+            raise CheckpointError(
+                f"no {which} checkpoint in {self.directory.parent} (step checkpoints there: {steps})"
+            )
         return ref
+
+    def step_dirs(self) -> list[Path]:
+        """The step checkpoints on disk, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("step-*") if (p / WEIGHTS).is_file())
 
     def load_weights(
         self, model: torch.nn.Module, ref: CheckpointRef, device: torch.device | str = "cpu"
@@ -192,7 +209,7 @@ class ReadOnlyCheckpoints(CheckpointManager):
         pass
 
     def save(self, model: torch.nn.Module, state: dict[str, Any], step: int) -> CheckpointRef:
-        name = f"step-{step:09d}"
+        name = step_dir_name(step)
         return CheckpointRef(name, step, self.directory / name)
 
     def mark_best(self, ref: CheckpointRef, metric: str, value: float, epoch: int) -> None:
