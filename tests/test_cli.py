@@ -174,3 +174,15 @@ def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_p
     assert missing.stderr.strip() == (
         f"error: no step-4 checkpoint in {run} (step checkpoints there: step-000000005)"
     )
+
+
+def test_a_shift_as_large_as_the_image_is_refused_before_any_run_dir(env):
+    result = fdl("train", "cnn-mnist", "data.shift=1000", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: invalid data config: data.shift=1000: it must be smaller than the 28x28 mnist images (at most 27)"
+    )
+    assert fdl("train", "mlp-mnist", "data.shift=28", env=env).returncode == 2  # the image's own size too
+    assert not run_dirs(env, "cnn-mnist") and not run_dirs(env, "mlp-mnist")
+    largest = fdl("config", "cnn-cifar10", "+data.shift=31", env=env)  # CIFAR-10 images are 32x32
+    assert largest.returncode == 0 and "shift: 31" in largest.stdout, largest.stderr
