@@ -42,14 +42,26 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command("list")
-def list_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the experiments as a JSON list.")
+def list_cmd(as_json: bool) -> None:
     """List the experiments with their chapter, dataset and the book's reported result."""
     from fdlcli import registry
 
+    fields = {"experiment": "name", "chapter": "chapter", "dataset": "dataset"}
+    fields |= {"book reports": "book_result", "what": "description"}
+    specs = registry.specs()
+    if as_json:
+        click.echo(
+            json.dumps([{key: getattr(spec, key) for key in fields.values()} for spec in specs], indent=2)
+        )
+        return
     table = Table(title="fdl experiments")
-    for column in ("experiment", "chapter", "dataset", "book reports", "what"):
-        table.add_column(column)
-    for spec in registry.specs():
+    # a name is what a user types next, so it is never cut: the other columns fold their text instead
+    table.add_column("experiment", no_wrap=True, min_width=max(len(spec.name) for spec in specs))
+    table.add_column("chapter", no_wrap=True)
+    for column in ("dataset", "book reports", "what"):
+        table.add_column(column, overflow="fold")
+    for spec in specs:
         table.add_row(spec.name, str(spec.chapter), spec.dataset, spec.book_result, spec.description)
     console.print(table)
 

@@ -9,6 +9,7 @@ few styled words (the red ``error:``) are rich ``Text`` objects, never markup in
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
@@ -20,8 +21,9 @@ def make_console(*, stderr: bool = False, width: int | None = None) -> Console:
     return Console(stderr=stderr, width=width, markup=False)
 
 
-# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
-console = make_console(width=None if sys.stdout.isatty() else 200)
+# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns (unless COLUMNS
+# says how wide the output may be).
+console = make_console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 err_console = make_console(stderr=True)
 
 

@@ -22,6 +22,24 @@ def test_list_shows_experiments_with_book_results(env):
     assert "98.2%" in result.stdout and "91.9%" in result.stdout
 
 
+def test_list_never_cuts_a_name_at_80_columns_and_lists_as_json(env):
+    from fdlcli import registry
+
+    as_json = fdl("list", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    listed = json.loads(as_json.stdout)
+    assert sorted(e["name"] for e in listed) == registry.names()
+    mlp = next(e for e in listed if e["name"] == "mlp-mnist")
+    assert mlp["chapter"] == 3 and mlp["book_result"].startswith("98.2%") and mlp["dataset"] == "MNIST"
+
+    narrow = fdl("list", env={**env, "COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    first_cells = {line.split("│")[1].strip() for line in lines if line.startswith("│")}
+    assert set(registry.names()) <= first_cells, set(registry.names()) - first_cells
+
+
 def test_config_prints_resolved_config_with_overrides(env):
     result = fdl("config", "mlp-mnist", "optim=momentum", "trainer.epochs=7", "seed=3", env=env)
     assert result.returncode == 0, result.stderr
