@@ -6,7 +6,6 @@ config); ``--debug`` (or FDL_DEBUG=1) shows the traceback instead.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -46,13 +45,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def list_cmd(as_json: bool) -> None:
     """List the experiments with their chapter, dataset and the book's reported result."""
     from fdlcli import registry
+    from fdlcli.runs import to_json
 
     fields = {"experiment": "name", "chapter": "chapter", "dataset": "dataset"}
     fields |= {"book reports": "book_result", "what": "description"}
     specs = registry.specs()
     if as_json:
         click.echo(
-            json.dumps([{key: getattr(spec, key) for key in fields.values()} for spec in specs], indent=2)
+            to_json([{key: getattr(spec, key) for key in fields.values()} for spec in specs], indent=2)
         )
         return
     table = Table(title="fdl experiments")
@@ -197,7 +197,9 @@ def eval_cmd(run_dir: Path, checkpoint: str, split: str, as_json: bool) -> None:
 
     metrics = launch.evaluate(run_dir, checkpoint, split)
     if as_json:
-        click.echo(json.dumps(metrics))
+        from fdlcli.runs import to_json
+
+        click.echo(to_json(metrics))
         return
     table = Table(title=f"{run_dir} ({checkpoint} checkpoint)")
     table.add_column("metric")

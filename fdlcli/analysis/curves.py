@@ -7,6 +7,7 @@ computed from those records alone, so it works for finished, interrupted and sti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,7 @@ def plot_curves(
         ax.plot(steps, values, lw=1.3, label=curve.label)
     if threshold is not None:
         ax.axhline(threshold, color="grey", lw=0.8, ls="--")
-    if log_y and all(v > 0 for c in curves for _, v in c.points):
+    if log_y and all(v > 0 for c in curves for _, v in c.points if not math.isnan(v)):  # NaN: a gap
         ax.set_yscale("log")
     ax.set_xlabel("minibatches")
     ax.set_ylabel(metric)

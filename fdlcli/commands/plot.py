@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -51,7 +52,8 @@ def plot_cmd(
     )
     for curve in curves:
         steps, values = zip(*curve.points, strict=True)
-        best = min(values) if lower_is_better else max(values)
+        finite = [v for v in values if math.isfinite(v)] or [math.nan]  # a null record reads as NaN
+        best = min(finite) if lower_is_better else max(finite)
         click.echo(
             f"{curve.label}: {len(values)} points, last {values[-1]:.4g} "
             f"at minibatch {steps[-1]}, best {best:.4g}"

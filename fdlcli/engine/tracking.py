@@ -6,7 +6,6 @@ a plain line every ``print_every_s`` seconds and one per epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
@@ -25,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fdlcli.runs import LOG_FILE, METRICS_FILE, truncate_metrics
+from fdlcli.runs import LOG_FILE, METRICS_FILE, to_json, truncate_metrics
 from fdlcli.terminal import make_console
 
 log = logging.getLogger("fdl")
@@ -86,7 +85,7 @@ class MetricsWriter:
         wall = round(time.time(), 3)
         for name, value in metrics.items():
             record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": wall}
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(to_json(record) + "\n")  # a NaN value is written as null
             self.lines += 1
             if self.tb is not None and math.isfinite(value):
                 self.tb.add_scalar(name, value, step)
