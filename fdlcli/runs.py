@@ -228,12 +228,19 @@ class Run:
         atomic_write_json(path, meta)
 
     def write_eval(
-        self, which: str, checkpoint: str, metrics: dict[str, Any], split: str | None = None
+        self,
+        which: str,
+        checkpoint: str,
+        metrics: dict[str, Any],
+        split: str | None = None,
+        info: dict[str, Any] | None = None,
     ) -> Path:
-        """Record an ``fdl eval`` result atomically as ``eval-<which>[-<split>].json``; return its path."""
+        """Record an ``fdl eval`` result atomically as ``eval-<which>[-<split>].json``; return its path.
+        ``info``: what else the metrics need to be read right (e.g. the sacreBLEU signature)."""
         record: dict[str, Any] = {"checkpoint": checkpoint, "time": now_iso(), "metrics": metrics}
         if split is not None:
             record["split"] = split
+        record |= info or {}
         path = self.path / (f"eval-{which}-{split}.json" if split is not None else f"eval-{which}.json")
         atomic_write_json(path, record)
         return path
