@@ -417,7 +417,7 @@ def bleu_signatures() -> dict[str, str]:
 def translate_split(
     model: Seq2Seq, split: ParallelSplit, vocab: Vocab, max_len: int, device: torch.device,
     beam: int = 1, penalty: float = 1.0, batch_size: int = 256,
-) -> list[str]:  # fmt: skip
+) -> list[list[str]]:  # fmt: skip
     """The translation (target tokens) of every source sentence of ``split`` (greedy when beam is 1)."""
     was_training = model.training
     model.eval()
