@@ -6,22 +6,17 @@ config); ``--debug`` (or FDL_DEBUG=1) shows the traceback instead.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from fdlcli import __version__
 from fdlcli.errors import FdlError
-
-# Tables stay readable in logs and pipes, where rich would otherwise assume 80 columns.
-console = Console() if sys.stdout.isatty() else Console(width=200)
-err_console = Console(stderr=True)
+from fdlcli.terminal import console, err_console, print_error  # markup off: paths print as they are
 
 TRAIN_HELP = """Train EXPERIMENT with Hydra overrides (key=value, group=option, +key=value, ~key).
 
@@ -47,14 +42,27 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command("list")
-def list_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the experiments as a JSON list.")
+def list_cmd(as_json: bool) -> None:
     """List the experiments with their chapter, dataset and the book's reported result."""
     from fdlcli import registry
+    from fdlcli.runs import to_json
 
+    fields = {"experiment": "name", "chapter": "chapter", "dataset": "dataset"}
+    fields |= {"book reports": "book_result", "what": "description"}
+    specs = registry.specs()
+    if as_json:
+        click.echo(
+            to_json([{key: getattr(spec, key) for key in fields.values()} for spec in specs], indent=2)
+        )
+        return
     table = Table(title="fdl experiments")
-    for column in ("experiment", "chapter", "dataset", "book reports", "what"):
-        table.add_column(column)
-    for spec in registry.specs():
+    # a name is what a user types next, so it is never cut: the other columns fold their text instead
+    table.add_column("experiment", no_wrap=True, min_width=max(len(spec.name) for spec in specs))
+    table.add_column("chapter", no_wrap=True)
+    for column in ("dataset", "book reports", "what"):
+        table.add_column(column, overflow="fold")
+    for spec in specs:
         table.add_row(spec.name, str(spec.chapter), spec.dataset, spec.book_result, spec.description)
     console.print(table)
 
@@ -206,7 +214,9 @@ def eval_cmd(run_dir: Path, checkpoint: str, split: str, as_json: bool) -> None:
 
     metrics = launch.evaluate(run_dir, checkpoint, split)
     if as_json:
-        click.echo(json.dumps(metrics))
+        from fdlcli.runs import to_json
+
+        click.echo(to_json(metrics))
         return
     table = Table(title=f"{run_dir} ({checkpoint} checkpoint)")
     table.add_column("metric")
@@ -253,28 +263,23 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc.format_message()}", highlight=False, soft_wrap=True)
+        print_error(exc.format_message())
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
     except FdlError as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=True)
+        print_error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if debug:
             raise
-        err_console.print("[red]interrupted[/red]")
+        print_error("", label="interrupted")
         sys.exit(130)
     except Exception as exc:
         if debug:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        err_console.print(
-            f"[red]error:[/red] {type(exc).__name__}: {first} (rerun with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
-        )
+        print_error(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)")
         sys.exit(1)

@@ -52,3 +52,7 @@ class TrainingInterrupted(FdlError):
     """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
 
     exit_code = 130
+
+
+class MissingDependencyError(FdlError):
+    """A feature needs an optional package (an extra of pyproject.toml) that is not installed."""

@@ -20,6 +20,8 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import math
+import numbers
 import os
 import platform
 import secrets
@@ -81,7 +83,36 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict JSON. Python's json writes NaN and Infinity, which are not JSON: jq, JavaScript and most other
+# readers refuse the file. Every JSON file fdl writes (metrics.jsonl, summary.json, meta.json, eval-*.json,
+# checkpoint pointers) goes through to_json, which writes a non-finite number as null; read_metrics turns
+# a null value back into NaN for the code that computes with it.
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite number (NaN, +-inf) replaced by None, in nested dicts and lists too;
+    numpy and other numeric scalars become plain ints and floats."""
+    if obj is None or isinstance(obj, bool | str):
+        return obj
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Real):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(value) for value in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj``: non-finite numbers as null; anything else json cannot write as str."""
+    return json.dumps(finite_or_none(obj), indent=indent, allow_nan=False, default=str)
 
 
 def fsync_dir(path: Path) -> None:
@@ -277,12 +308,19 @@ class Run:
         atomic_write_json(path, meta)
 
     def write_eval(
-        self, which: str, checkpoint: str, metrics: dict[str, Any], split: str | None = None
+        self,
+        which: str,
+        checkpoint: str,
+        metrics: dict[str, Any],
+        split: str | None = None,
+        info: dict[str, Any] | None = None,
     ) -> Path:
-        """Record an ``fdl eval`` result atomically as ``eval-<which>[-<split>].json``; return its path."""
+        """Record an ``fdl eval`` result atomically as ``eval-<which>[-<split>].json``; return its path.
+        ``info``: what else the metrics need to be read right (e.g. the sacreBLEU signature)."""
         record: dict[str, Any] = {"checkpoint": checkpoint, "time": now_iso(), "metrics": metrics}
         if split is not None:
             record["split"] = split
+        record |= info or {}
         path = self.path / (f"eval-{which}-{split}.json" if split is not None else f"eval-{which}.json")
         atomic_write_json(path, record)
         return path
@@ -363,16 +401,20 @@ def resolve_run_dir(path: str | Path) -> Path:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Records of metrics.jsonl; a torn last line (the process was killed mid-write) is skipped."""
+    """Records of metrics.jsonl; a torn last line (the process was killed mid-write) is skipped, and a
+    null value (a non-finite number, see to_json) reads as NaN."""
     path = run_dir / METRICS_FILE
     records = []
     if path.exists():
         with open(path) as handle:
             for line in handle:
                 try:
-                    records.append(json.loads(line))
+                    record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(record, dict) and "value" in record and record["value"] is None:
+                    record["value"] = math.nan
+                records.append(record)
     return records
 
 

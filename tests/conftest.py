@@ -96,3 +96,15 @@ def metric_records(run_dir: Path) -> list[dict]:
     """metrics.jsonl without wall-clock times, for exact comparisons between runs."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+
+
+def without_modules(env: dict[str, str], folder: Path, *modules: str) -> dict[str, str]:
+    """``env`` for an ``fdl`` process in which importing any of ``modules`` fails, as if the package
+    were not installed: a stub that raises ImportError shadows it from the front of PYTHONPATH."""
+    for module in modules:
+        package = folder / module
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(
+            f"raise ImportError('{module} is hidden by a test', name='{module}')\n"
+        )
+    return {**env, "PYTHONPATH": os.pathsep.join([str(folder), env["PYTHONPATH"]])}

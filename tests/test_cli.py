@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import fdl, read_summary, run_dirs
+from conftest import fdl, read_summary, run_dirs, without_modules
 
 
 def test_help_lists_commands(env):
@@ -20,6 +20,24 @@ def test_list_shows_experiments_with_book_results(env):
     assert result.returncode == 0, result.stderr
     assert "mlp-mnist" in result.stdout and "logreg-mnist" in result.stdout
     assert "98.2%" in result.stdout and "91.9%" in result.stdout
+
+
+def test_list_never_cuts_a_name_at_80_columns_and_lists_as_json(env):
+    from fdlcli import registry
+
+    as_json = fdl("list", "--json", env=env)
+    assert as_json.returncode == 0, as_json.stderr
+    listed = json.loads(as_json.stdout)
+    assert sorted(e["name"] for e in listed) == registry.names()
+    mlp = next(e for e in listed if e["name"] == "mlp-mnist")
+    assert mlp["chapter"] == 3 and mlp["book_result"].startswith("98.2%") and mlp["dataset"] == "MNIST"
+
+    narrow = fdl("list", env={**env, "COLUMNS": "80"})
+    assert narrow.returncode == 0, narrow.stderr
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    first_cells = {line.split("│")[1].strip() for line in lines if line.startswith("│")}
+    assert set(registry.names()) <= first_cells, set(registry.names()) - first_cells
 
 
 def test_config_prints_resolved_config_with_overrides(env):
@@ -110,3 +128,79 @@ def test_train_then_eval_end_to_end(env):
     metrics = json.loads(evaluated.stdout)
     assert metrics["test/accuracy"] == pytest.approx(summary["best"]["test/accuracy"], abs=1e-9)
     assert (run / "eval-best-test.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------
+# Text from outside (paths, install hints) prints as it is: rich markup would eat or choke on [...].
+
+
+@pytest.mark.parametrize("path", ["runs/[/x]", "runs/[bold]x"])
+def test_bracketed_path_in_an_error_prints_verbatim(env, path):
+    result = fdl("eval", path, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: no such run directory: {path}"  # no MarkupError traceback
+
+
+def test_install_hint_keeps_the_extra_in_brackets(env, tmp_path):
+    result = fdl("train", "dqn-breakout", env=without_modules(env, tmp_path / "hidden", "ale_py"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith("(ale_py is missing): pip install 'fdlcli[atari]'"), line
+
+
+def test_fdl_consoles_print_markup_characters_verbatim(capsys):
+    from rich.table import Table
+
+    from fdlcli.engine.tracking import ConsoleProgress
+    from fdlcli.terminal import console, make_console, print_error
+
+    table = Table(title="runs/[bold]x")
+    table.add_column("[/x]")
+    table.add_row("pip install 'fdlcli[atari]'")
+    make_console(width=200).print(table)
+    console.print("[red]runs/[/x]")
+    ConsoleProgress(10, 0, 1.0).console.print("[bold]done[/bold]")  # the progress bar's console
+    print_error("pip install 'fdlcli[atari]' [/x]")
+    out, err = capsys.readouterr()
+    for text in (
+        "runs/[bold]x",
+        "[/x]",
+        "pip install 'fdlcli[atari]'",
+        "[red]runs/[/x]",
+        "[bold]done[/bold]",
+    ):
+        assert text in out, text
+    assert err == "error: pip install 'fdlcli[atari]' [/x]\n"
+
+
+def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_path):
+    env = {**env, "FDL_RUNS_DIR": str(tmp_path / "[bold]runs[/x]")}  # and markup characters print as they are
+    result = fdl(
+        "train", "mlp-mnist", "trainer.epochs=1", "data.train_limit=500", "data.eval_limit=200", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = run_dirs(env, "mlp-mnist")
+    assert result.stdout.splitlines()[0] == f"run dir {run}  (tensorboard --logdir {run.parent})"
+    assert (run / "checkpoints" / "step-000000005").is_dir()  # 500 examples in minibatches of 100
+
+    unpadded = fdl("eval", str(run), "--checkpoint", "step-5", "--json", env=env)
+    assert unpadded.returncode == 0, unpadded.stderr
+    padded = fdl("eval", str(run), "--checkpoint", "step-000000005", "--json", env=env)
+    assert json.loads(unpadded.stdout) == json.loads(padded.stdout)
+    missing = fdl("eval", str(run), "--checkpoint", "step-4", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        f"error: no step-4 checkpoint in {run} (step checkpoints there: step-000000005)"
+    )
+
+
+def test_a_shift_as_large_as_the_image_is_refused_before_any_run_dir(env):
+    result = fdl("train", "cnn-mnist", "data.shift=1000", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: invalid data config: data.shift=1000: it must be smaller than the 28x28 mnist images (at most 27)"
+    )
+    assert fdl("train", "mlp-mnist", "data.shift=28", env=env).returncode == 2  # the image's own size too
+    assert not run_dirs(env, "cnn-mnist") and not run_dirs(env, "mlp-mnist")
+    largest = fdl("config", "cnn-cifar10", "+data.shift=31", env=env)  # CIFAR-10 images are 32x32
+    assert largest.returncode == 0 and "shift: 31" in largest.stdout, largest.stderr

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, metric_records, read_summary, run_dirs, without_modules
 
 from fdlcli.experiments._rl import EpisodeTracker, make_vector_env
 from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
@@ -131,7 +131,7 @@ def test_pg_resume_continues_exactly(env):
     assert eps == sorted(eps, reverse=True) and eps[0] == 0.5
 
 
-def test_dqn_cartpole_short_run_eval_and_play(env):
+def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path):
     result = fdl(
         "train", "dqn-cartpole", "trainer.total_steps=600", "trainer.learning_starts=200",
         "trainer.eval_every=300", "trainer.eval_episodes=2", "trainer.log_every=20", env=env,
@@ -154,6 +154,17 @@ def test_dqn_cartpole_short_run_eval_and_play(env):
     assert "mean" in played.stdout
     (video,) = (run / "artifacts").glob("play-*.gif")
     assert video.stat().st_size > 1000
+
+    # without the [rl] extra: one line with the install command
+    no_imageio = fdl("play", str(run), "--record", env=without_modules(env, tmp_path / "a", "imageio"))
+    assert no_imageio.returncode == 1
+    assert no_imageio.stderr.strip() == "error: fdl play --record needs imageio: pip install 'fdlcli[rl]'"
+    no_pygame = fdl(
+        "play", str(run), "--record", "--format", "gif", env=without_modules(env, tmp_path / "b", "pygame")
+    )
+    assert no_pygame.stderr.strip() == (
+        "error: fdl play --record of CartPole-v1 needs pygame: pip install 'fdlcli[rl]'"
+    )
 
     bad = fdl("play", str(run), "--render", "human", "--record", env=env)
     assert bad.returncode == 2 and "do not combine" in bad.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import signal
@@ -68,12 +69,26 @@ def test_training_on_a_real_slice_learns_and_records_everything(tiny_run):
     assert final["test/perplexity"] < 150, final
     history = [h["val/perplexity"] for h in summary["history"]]
     assert history[1] < history[0], history
-    for key in ("test/bleu", "test/bleu_beam3", "val/bleu"):
+    for key in (
+        "test/bleu",
+        "test/bleu_beam3",
+        "val/bleu",
+        "test/bleu_tok",
+        "test/bleu_tok_beam3",
+        "val/bleu_tok",
+    ):
         assert 0.0 <= final[key] <= 100.0
+    signatures = summary["bleu_signatures"]  # what the two BLEU figures are
+    assert signatures["bleu"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert "|tok:none|" in signatures["bleu_tok"]
     assert (tiny_run.path / "vocab.json").is_file()
     assert (tiny_run.artifacts_dir / "attention.png").stat().st_size > 1000
     metrics = launch.evaluate(tiny_run.path, "best", "test")  # `fdl eval RUN_DIR`
-    assert set(metrics) == {"test/cost", "test/perplexity", "test/bleu", "test/bleu_beam3"}
+    assert set(metrics) == {
+        "test/cost", "test/perplexity", "test/bleu", "test/bleu_beam3", "test/bleu_tok", "test/bleu_tok_beam3",
+    }  # fmt: skip
+    recorded = json.loads((tiny_run.path / "eval-best-test.json").read_text())
+    assert recorded["bleu_signatures"] == signatures
     assert math.isclose(metrics["test/perplexity"], final["test/perplexity"], rel_tol=1e-5)
 
 
@@ -116,8 +131,57 @@ def test_tokens_and_readable_text():
         "l'", "homme", ",", "qu'", "il", "voit", ":", "«", "très-bien", "»", "!",
     ]  # fmt: skip
     assert (
-        detokenize(["l'", "homme", "regarde", "(", "un", "chien", ")", "."]) == "l'homme regarde (un chien)."
+        detokenize(["l'", "homme", "regarde", "(", "un", "chien", ")", "."]) == "L'homme regarde (un chien)."
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # the dataset's own sentences (Multi30k test), lowercased and tokenized, come back as written
+        "Un terrier de boston court sur l'herbe verdoyante devant une clôture blanche.",  # (but "Boston")
+        "Des gens réparent le toit d'une maison.",
+        "Cinq personnes avec des vestes d'hiver et des casques sont debout dans la neige, avec des motoneiges "
+        "en arrière-plan.",
+        "Un homme en tenue claire photographie un groupe d'hommes portant des costumes sombres et des chapeaux, "
+        "debout autour d'une femme vêtue d'une robe bustier.",
+        # French spacing: a space before ; : ! ? and inside « », none before , . or after an elision;
+        # compounds keep their hyphens, a dash between words its spaces; each sentence starts uppercase
+        "Qu'il dit : « bonjour » ! N'est-ce pas ? Jusqu'à demain ; aujourd'hui (peut-être).",
+        "Un chien court dehors - la balle est loin.",
+    ],
+)
+def test_detokenized_french_is_written_as_french_is(text):
+    assert detokenize(tokenize(text), "fr") == text
+
+
+def test_detokenize_joins_elisions_and_keeps_punctuation_tight():
+    assert detokenize(["un", "homme", ",", "qu'", "il", "voit", "."], "fr") == "Un homme, qu'il voit."
+    assert (
+        detokenize(["l'", "homme", "a", "<unk>", "un", "t-shirt", "."], "fr") == "L'homme a <unk> un t-shirt."
+    )
+    assert detokenize(["<unk>", "court", ".", "(", "un", "chat", ")", "."], "fr") == "<unk> court. (Un chat)."
+    assert detokenize(["don'", "t", "go", ",", "he", "said", "."], "en") == "Don't go, he said."
+    assert detokenize([], "fr") == ""
+
+
+def test_bleu_is_sacrebleu_on_detokenized_text_and_bleu_tok_on_our_tokens():
+    from sacrebleu.metrics import BLEU
+
+    from fdlcli.data.translation import ParallelSplit
+
+    texts = ["Un homme fait du vélo.", "Des gens réparent le toit d'une maison."]
+    split = ParallelSplit(None, None, [" ".join(tokenize(t)) for t in texts], texts, "fr")
+    outputs = [tokenize("un homme fait du vélo ."), tokenize("des gens regardent le toit d'une maison .")]
+    scores = seq2seq.corpus_bleu(outputs, split)
+    detokenized = ["Un homme fait du vélo.", "Des gens regardent le toit d'une maison."]
+    assert scores["bleu"] == pytest.approx(BLEU().corpus_score(detokenized, [texts]).score)
+    tokenized = [" ".join(o) for o in outputs]
+    assert scores["bleu_tok"] == pytest.approx(
+        BLEU(tokenize="none").corpus_score(tokenized, [split.references]).score
+    )
+    assert 0 < scores["bleu"] < 100 and scores["bleu_tok"] != scores["bleu"]
+    assert seq2seq.corpus_bleu([tokenize(t) for t in texts], split)["bleu"] == pytest.approx(100.0)
 
 
 def test_line_mode_one_translation_per_line_with_notices_on_stderr(tiny_run):

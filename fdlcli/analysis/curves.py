@@ -8,6 +8,7 @@ computed from those records alone, so it works for finished, interrupted and sti
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +230,9 @@ def plot_curves(
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
     if threshold is not None:
         ax.axhline(threshold, color="grey", lw=0.8, ls="--")
-    positive = all(v > 0 for c in curves for _, v in c.points) and all(
-        low > 0 for c in curves for low, _ in c.band or []
-    )
+    positive = all(v > 0 for c in curves for _, v in c.points if not math.isnan(v)) and all(
+        low > 0 for c in curves for low, _ in c.band or [] if not math.isnan(low)
+    )  # NaN (a null record): a gap
     if log_y and positive:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -67,10 +68,10 @@ def plot_cmd(
     band: str,
     out: Path | None,
 ) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from fdlcli.analysis import curves as curves_module
+    from fdlcli.terminal import make_console
 
     run_dirs = curves_module.expand_run_dirs(paths)
     if group_seeds is None:  # a sweep: one curve per configuration; runs named one by one: each its own
@@ -87,7 +88,8 @@ def plot_cmd(
     curves_module.plot_curves(out, curves, metric, log_y, threshold, title)
     for curve in curves:
         steps, values = zip(*curve.points, strict=True)
-        best = min(values) if lower_is_better else max(values)
+        finite = [v for v in values if math.isfinite(v)] or [math.nan]  # a null record reads as NaN
+        best = min(finite) if lower_is_better else max(finite)
         spread = f" [{curve.band[-1][0]:.4g}, {curve.band[-1][1]:.4g}]" if curve.band else ""
         click.echo(
             f"{curve.label}: {len(values)} points, last {values[-1]:.4g}{spread} "
@@ -102,7 +104,7 @@ def plot_cmd(
             table.add_row(
                 curve.label, f"{curve.points[-1][1]:.4g}", "not reached" if reached is None else str(reached)
             )
-        Console(width=200).print(table)
+        make_console(width=200).print(table)
     click.echo(f"wrote {out}")
 
 

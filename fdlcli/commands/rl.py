@@ -41,18 +41,25 @@ def play_cmd(
     from rich.table import Table
 
     from fdlcli import config, runs
-    from fdlcli.cli import console
     from fdlcli.engine.devices import resolve_device
-    from fdlcli.experiments._rl import load_network, play_episodes
+    from fdlcli.experiments._rl import is_atari, load_network, play_episodes
+    from fdlcli.extras import require
+    from fdlcli.terminal import console
 
     if record and render == "human":
         raise UsageError("--record and --render human do not combine; choose one")
     no_display = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     if render == "human" and no_display and sys.platform.startswith("linux"):
         raise UsageError("--render human needs a display (DISPLAY is not set); use --record instead")
+    if record:
+        require("imageio", "fdl play --record", "rl")
+        if video_format == "mp4":
+            require("imageio_ffmpeg", "fdl play --record (MP4)", "rl", package="imageio-ffmpeg")
     run_dir = runs.resolve_run_dir(run_dir)
     run = runs.Run(path=run_dir, config=config.load_saved(run_dir / runs.CONFIG_FILE))
     trainer = run.config.trainer
+    if (record or render == "human") and not is_atari(trainer.env):  # gymnasium draws them with pygame
+        require("pygame", f"fdl play --{'record' if record else 'render human'} of {trainer.env}", "rl")
     device = resolve_device(trainer.device)
     net = load_network(run, checkpoint, device)
     epsilon = trainer.eval_epsilon if epsilon is None else epsilon
@@ -86,17 +93,16 @@ def play_cmd(
 
 
 def _video_writer(path: Path, fps: int):
-    try:
-        import imageio.v2 as imageio
-    except ImportError:
-        raise FdlError("--record needs imageio: pip install imageio imageio-ffmpeg") from None
+    import imageio.v2 as imageio  # there: play_cmd required it
+
     if path.suffix == ".gif":
         return imageio.get_writer(path, mode="I", duration=1000 / fps, loop=0)
     try:
         return imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1, quality=6)
     except (ImportError, RuntimeError, ValueError) as exc:
         raise FdlError(
-            f"cannot write MP4 ({str(exc).splitlines()[0]}); install imageio-ffmpeg or use --format gif"
+            f"cannot write MP4 ({str(exc).splitlines()[0]}); use --format gif, or check the ffmpeg of "
+            "imageio-ffmpeg"
         ) from None
 
 

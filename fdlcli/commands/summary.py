@@ -15,7 +15,7 @@ from fdlcli.errors import RunDirError
 def summary_cmd(sweep_dir: Path, csv_path: Path | None) -> None:
     """Group SWEEP_DIR's jobs that differ only by seed; mean and std of each configuration's metrics."""
     from fdlcli.analysis import sweeps
-    from fdlcli.cli import console
+    from fdlcli.terminal import console
 
     jobs = sweeps.load_sweep(sweep_dir)
     if not jobs:

@@ -10,6 +10,9 @@ import torch.nn.functional as F
 
 from fdlcli.config import DataConfig
 
+# The side in pixels of the square images of each dataset (data.name) the image experiments train on.
+IMAGE_SIDES = {"mnist": 28, "cifar10": 32}
+
 
 @dataclass
 class ShiftDataConfig(DataConfig):
@@ -20,6 +23,12 @@ class ShiftDataConfig(DataConfig):
     def check(self) -> str | None:
         if self.shift < 0:
             return f"data.shift={self.shift}: it must not be negative"
+        side = IMAGE_SIDES.get(self.name)
+        if side is not None and self.shift >= side:  # every image could leave its frame: blank training
+            return (
+                f"data.shift={self.shift}: it must be smaller than the {side}x{side} {self.name} images "
+                f"(at most {side - 1})"
+            )
         return None
 
 

@@ -11,11 +11,13 @@ source optionally reversed, as in the book) with their lengths, so a batch is on
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,12 +74,34 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def detokenize(tokens: list[str]) -> str:
-    """Readable text from tokens: no space before closing punctuation or after an elision."""
-    text = " ".join(tokens)
-    text = re.sub(r" ([.,!?;:)\]])", r"\1", text)
-    text = re.sub(r"([(\[]) ", r"\1", text)
-    return re.sub(r"(\w') ", r"\1", text)
+def detokenize(tokens: list[str], language: str = "fr") -> str:
+    """Text as it is written in ``language`` from our lowercased tokens, by the Moses detokenizer
+    (sacremoses): no space before ``,`` or ``.`` or after an elision (``l'homme``, ``qu'il``), and in
+    French a space before ``; : ! ?`` and inside ``« »``, as the references are written. Hyphenated
+    compounds are single tokens already (a lone ``-`` is a dash between words and keeps its spaces). The
+    vocabulary is lowercase: the first word of each sentence is capitalized (names are not)."""
+    words: list[str] = []
+    sentence_start = True
+    for token in tokens:
+        if sentence_start and token[:1].isalpha():
+            token = token[0].upper() + token[1:]
+        if token[:1].isalnum() or token == UNK:
+            sentence_start = False
+        elif token in (".", "!", "?"):
+            sentence_start = True
+        # an elision token (l', qu', don') belongs to the next word, in any language
+        if words and words[-1][-1:] == "'" and words[-1][:-1].isalnum() and token[:1].isalnum():
+            words[-1] += token
+        else:
+            words.append(token)
+    return _moses_detokenizer(language).detokenize(words)
+
+
+@functools.cache
+def _moses_detokenizer(language: str) -> Any:
+    from sacremoses import MosesDetokenizer
+
+    return MosesDetokenizer(lang=language)
 
 
 @dataclass
@@ -162,7 +186,9 @@ def load_pairs(cfg: TranslationDataConfig, split: str) -> tuple[list[str], list[
 class ParallelSplit:
     source: Encoded
     target: Encoded
-    references: list[str]  # tokenized reference text (full words, no UNK), for BLEU
+    references: list[str]  # tokenized reference text (full words, no UNK), for the tokenized BLEU
+    texts: list[str]  # the references as the dataset writes them (cased, detokenized), for sacreBLEU
+    language: str  # of the targets, for detokenizing translations
 
 
 @dataclass
@@ -184,6 +210,8 @@ def _split(cfg: TranslationDataConfig, split: str, src: Vocab, tgt: Vocab, limit
         encode_source(src, source_tokens, cfg.max_source, cfg.reverse_source),
         encode_target(tgt, target_tokens, cfg.max_target),
         [" ".join(tokens) for tokens in target_tokens],
+        targets,
+        cfg.target,
     )
 
 
@@ -209,6 +237,8 @@ def load_parallel(cfg: TranslationDataConfig, vocabs: tuple[Vocab, Vocab] | None
         encode_source(src, source_tokens, cfg.max_source, cfg.reverse_source),
         encode_target(tgt, target_tokens, cfg.max_target),
         [" ".join(tokens) for tokens in target_tokens],
+        [targets[i] for i in keep],
+        cfg.target,
     )
     return ParallelData(
         src,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ WEIGHTS = "model.safetensors"
 STATE = "trainer.pt"
 ARRAYS = "arrays.npz"  # a task's large state (a replay buffer): beside the latest checkpoint only
 INIT = "init"
+
+
+def step_dir_name(step: int) -> str:
+    """``step-000000005``: zero-padded, so directory names sort in step order."""
+    return f"step-{step:09d}"
 
 
 @dataclass(frozen=True)
@@ -57,29 +63,48 @@ class CheckpointManager:
         step: int,
         arrays: dict[str, np.ndarray] | None = None,
     ) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.directory / name
         tmp = self.directory / f".tmp-{name}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        metadata = {"fdl_experiment": self.experiment, "step": str(step)}
-        save_model(unwrap(model), str(tmp / WEIGHTS), metadata=metadata)
-        if state is not None:
-            torch.save({**state, "fdl_experiment": self.experiment, "step": step}, tmp / STATE)
-        if arrays:  # plain numpy arrays (np.load(allow_pickle=False) reads them back)
-            np.savez(tmp / ARRAYS, **arrays)
-        for file in tmp.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():  # same step saved again (e.g. interrupt right after an epoch-end save)
-            old = self.directory / f".old-{name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(self.directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            metadata = {"fdl_experiment": self.experiment, "step": str(step)}
+            save_model(unwrap(model), str(tmp / WEIGHTS), metadata=metadata)
+            if state is not None:
+                # through a Python file, so a failed write surfaces as its OSError (torch.save on a path
+                # reports only "unexpected pos ..."): see describe_write_failure
+                with open(tmp / STATE, "wb") as handle:
+                    torch.save({**state, "fdl_experiment": self.experiment, "step": step}, handle)
+            if arrays:  # plain numpy arrays (np.load(allow_pickle=False) reads them back)
+                with open(tmp / ARRAYS, "wb") as handle:
+                    np.savez(handle, **arrays)
+            for file in tmp.iterdir():
+                with open(file, "rb") as handle:
+                    os.fsync(handle.fileno())
+            _move_into_place(tmp, final)
+            fsync_dir(self.directory)
+        except BaseException as exc:  # a Ctrl-C or a bug leaves no half-written directory behind either
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(exc, OSError | SafetensorError | RuntimeError):  # not a failed write
+                raise
+            raise CheckpointError(
+                f"could not write checkpoint {name} in {self.directory}: {describe_write_failure(exc)}; "
+                f"the last good checkpoint is {self._last_good()}"
+            ) from exc
         return final
+
+    def _last_good(self) -> str:
+        """The checkpoint a run would resume from now, in words (for the message of a failed save)."""
+        try:
+            latest = self._pointer("latest")
+        except CheckpointError:
+            latest = None
+        if latest is not None and (latest.path / WEIGHTS).is_file():
+            return latest.name
+        if (self.directory / INIT / WEIGHTS).is_file():
+            return f"{INIT} (the step-0 weights)"
+        return "none (nothing was saved yet)"
 
     def save_initial(self, model: torch.nn.Module) -> None:
         if not (self.directory / INIT / WEIGHTS).exists():
@@ -93,9 +118,10 @@ class CheckpointManager:
         arrays: dict[str, np.ndarray] | None = None,
     ) -> CheckpointRef:
         """A step checkpoint; ``arrays`` (large task state) are kept with the newest checkpoint only."""
-        name = f"step-{step:09d}"
+        name = step_dir_name(step)
         path = self._write_dir(name, model, state, step, arrays)
-        atomic_write_json(self.directory / "latest.json", {"name": name, "step": step})
+        # if this fails, the new directory is whole but not the latest: a resume takes the old one
+        self._write_pointer("latest", {"name": name, "step": step})
         if arrays:
             for older in self.directory.glob(f"step-*/{ARRAYS}"):
                 if older.parent.name != name:
@@ -115,11 +141,18 @@ class CheckpointManager:
             raise CheckpointError(f"corrupt or foreign arrays {path}: {str(exc).splitlines()[0]}") from None
 
     def mark_best(self, ref: CheckpointRef, metric: str, value: float, epoch: int) -> None:
-        atomic_write_json(
-            self.directory / "best.json",
-            {"name": ref.name, "step": ref.step, "epoch": epoch, "metric": metric, "value": value},
-        )
+        pointer = {"name": ref.name, "step": ref.step, "epoch": epoch, "metric": metric, "value": value}
+        self._write_pointer("best", pointer)
         self._prune()
+
+    def _write_pointer(self, which: str, pointer: dict[str, Any]) -> None:
+        try:
+            atomic_write_json(self.directory / f"{which}.json", pointer)
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not record checkpoint {pointer['name']} as the {which} in {self.directory}: "
+                f"{describe_write_failure(exc)}; the last good checkpoint is {self._last_good()}"
+            ) from exc
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` step checkpoints and the best one; remove the rest."""
@@ -157,7 +190,8 @@ class CheckpointManager:
         return read_json(path) if path.exists() else None
 
     def resolve(self, which: str) -> CheckpointRef:
-        """``best`` (falls back to latest), ``last``/``latest``, ``init``, or a ``step-N`` directory name."""
+        """``best`` (falls back to latest), ``last``/``latest``, ``init``, or ``step-N`` (``step-5`` and its
+        directory name ``step-000000005`` alike)."""
         if which == INIT:
             ref = CheckpointRef(INIT, 0, self.directory / INIT)
         elif which == "best":
@@ -165,12 +199,23 @@ class CheckpointManager:
         elif which in ("last", "latest"):
             ref = self._pointer("latest")
         else:
-            ref = CheckpointRef(which, -1, self.directory / which) if which.startswith("step-") else None
-            if ref is None:
+            number = which.removeprefix("step-")
+            if not which.startswith("step-") or not (number.isascii() and number.isdigit()):
                 raise CheckpointError(f"unknown checkpoint {which!r}; use best, last, init or step-N")
+            name = step_dir_name(int(number))
+            ref = CheckpointRef(name, int(number), self.directory / name)
         if ref is None or not (ref.path / WEIGHTS).is_file():
-            raise CheckpointError(f"no {which} checkpoint in {self.directory.parent}")
+            steps = ", ".join(path.name for path in self.step_dirs()) or "none"
+            raise CheckpointError(
+                f"no {which} checkpoint in {self.directory.parent} (step checkpoints there: {steps})"
+            )
         return ref
+
+    def step_dirs(self) -> list[Path]:
+        """The step checkpoints on disk, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("step-*") if (p / WEIGHTS).is_file())
 
     def load_weights(
         self, model: torch.nn.Module, ref: CheckpointRef, device: torch.device | str = "cpu"
@@ -231,11 +276,42 @@ class ReadOnlyCheckpoints(CheckpointManager):
         step: int,
         arrays: dict[str, np.ndarray] | None = None,
     ) -> CheckpointRef:
-        name = f"step-{step:09d}"
+        name = step_dir_name(step)
         return CheckpointRef(name, step, self.directory / name)
 
     def mark_best(self, ref: CheckpointRef, metric: str, value: float, epoch: int) -> None:
         pass
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished ``tmp`` directory to ``final``, replacing a checkpoint of the same step (an
+    interrupt right after an epoch-end save saves that step again); that one comes back if this fails."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def describe_write_failure(exc: BaseException) -> str:
+    """Why a write failed, in words: the errno of the OSError behind ``exc`` ("no space left on device"
+    for ENOSPC), found in its chain or in the "(os error N)" of a safetensors error; else its first line."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno).lower()
+        cause = cause.__cause__ or cause.__context__
+    match = re.search(r"\(os error (\d+)\)", str(exc))
+    if match:
+        return os.strerror(int(match.group(1))).lower()
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _pid_alive(pid: int) -> bool:

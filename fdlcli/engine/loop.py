@@ -403,7 +403,7 @@ def evaluate_checkpoint(task_class: type[Task], run: Run, which: str, split: str
     with torch.no_grad():
         metrics = task.evaluate(split)
     metrics = {(k if "/" in k else f"{split}/{k}"): float(v) for k, v in metrics.items()}
-    run.write_eval(which, ref.name, metrics, split)
+    run.write_eval(which, ref.name, metrics, split, info=task.metrics_info() or None)
     task.show_evaluation(metrics, split, ref)
     return task.headline(metrics)
 

@@ -147,6 +147,9 @@ def run_session(run: Run) -> Iterator[Session]:
     try:
         with graceful_stop() as stop:
             session = Session(run, device, threads, writer, checkpoints, stop)
+            # where the run lives, before it trains (not only when it ends): to watch it, or to resume it
+            where = "resuming run dir" if run.resume else "run dir"
+            session.message(f"{where} {run.path}  (tensorboard --logdir {run.path.parent})")
             yield session
         status = "completed"
         writer.record_run_hparams()  # for TensorBoard's HParams view of a sweep's jobs

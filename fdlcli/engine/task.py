@@ -167,6 +167,10 @@ class Task:
         :meth:`show_evaluation`."""
         return metrics
 
+    def metrics_info(self) -> dict[str, Any]:
+        """What else ``fdl eval``'s metrics need to be read right (e.g. the sacreBLEU signature)."""
+        return {}
+
     def show_evaluation(self, metrics: dict[str, float], split: str, checkpoint: CheckpointRef) -> None:
         """``fdl eval``: show what its metric table does not (a per-task table), on stderr, so that stdout
         stays clean JSON with ``--json``."""

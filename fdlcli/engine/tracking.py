@@ -26,7 +26,8 @@ from rich.progress import (
 )
 
 from fdlcli.errors import FdlError
-from fdlcli.runs import LOG_FILE, METRICS_FILE, truncate_metrics
+from fdlcli.runs import LOG_FILE, METRICS_FILE, to_json, truncate_metrics
+from fdlcli.terminal import make_console
 
 log = logging.getLogger("fdl")
 
@@ -86,7 +87,7 @@ class MetricsWriter:
         wall = round(time.time(), 3)
         for name, value in metrics.items():
             record = {"name": name, "value": value, "step": step, "epoch": epoch, "time": wall}
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(to_json(record) + "\n")  # a NaN value is written as null
             self.lines += 1
             if self.tb is not None and math.isfinite(value):
                 self.tb.add_scalar(name, value, step)
@@ -192,7 +193,7 @@ class ConsoleProgress:
         unit: str = "step",  # what the count counts: step, episode, iteration
         value_name: str = "cost",  # what update()'s value is: cost, loss, return
     ):
-        self.console = console or Console(stderr=False)
+        self.console = console or make_console()  # markup off: messages hold paths, overrides
         self.unit, self.value_name = unit, value_name
         self.quiet = quiet
         self.interactive = sys.stdout.isatty() and self.console.is_terminal and not quiet

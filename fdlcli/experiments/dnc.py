@@ -280,8 +280,9 @@ class BabiTask(SequenceTask):
 
 def print_task_table(metrics: dict[str, float], split: str, tasks: list[int], name: str, step: int) -> None:
     """The per-task error table on stderr (stdout stays clean for ``fdl eval --json``)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from fdlcli.terminal import make_console
 
     table = Table(title=f"bAbI {split} error per task ({name}, step {step}) beside the DNC paper's mean")
     for column in ("task", "ours %", "DNC paper mean %", "ours"):
@@ -295,7 +296,7 @@ def print_task_table(metrics: dict[str, float], split: str, tasks: list[int], na
     table.add_row(
         "failed (> 5%)", f"{metrics[f'{split}/failed_tasks']:.0f}", "11.2" if len(tasks) == 20 else "", ""
     )
-    Console(stderr=True).print(table)
+    make_console(stderr=True).print(table)
 
 
 def _spec(name: str, task: type[SequenceTask], **fields: Any) -> ExperimentSpec:

@@ -389,18 +389,42 @@ def reference_beam_search(
     return sorted(finished, key=lambda h: h.score, reverse=True)
 
 
-def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
-    """BLEU of lowercased, tokenized text (sacrebleu with tokenize='none': our tokens are the words)."""
-    import sacrebleu
+# Two BLEU figures: "bleu" is the standard one (sacreBLEU's defaults: cased, its 13a tokenizer) of the
+# detokenized translations against the references as the dataset writes them, comparable with published
+# scores; "bleu_tok" is BLEU of our own lowercased tokens against the tokenized references (sacreBLEU with
+# tokenize="none"), which runs higher and compares fdl runs with each other only.
+BLEU_OPTIONS: dict[str, dict[str, Any]] = {"bleu": {}, "bleu_tok": {"tokenize": "none", "force": True}}
 
-    return float(sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", force=True).score)
+
+def corpus_bleu(outputs: list[list[str]], split: ParallelSplit) -> dict[str, float]:
+    """``bleu`` and ``bleu_tok`` (see BLEU_OPTIONS) of the translations ``outputs`` (token lists)."""
+    from sacrebleu.metrics import BLEU
+
+    detokenized = [detokenize(tokens, split.language) for tokens in outputs]
+    tokenized = [" ".join(tokens) for tokens in outputs]
+    return {
+        "bleu": float(BLEU(**BLEU_OPTIONS["bleu"]).corpus_score(detokenized, [split.texts]).score),
+        "bleu_tok": float(BLEU(**BLEU_OPTIONS["bleu_tok"]).corpus_score(tokenized, [split.references]).score),
+    }
+
+
+def bleu_signatures() -> dict[str, str]:
+    """sacreBLEU's signature of each BLEU figure (its options and version), recorded with the scores."""
+    from sacrebleu.metrics import BLEU
+
+    signatures = {}
+    for name, options in BLEU_OPTIONS.items():
+        scorer = BLEU(**options)
+        scorer.corpus_score(["a"], [["a"]])  # the signature names the number of references: one
+        signatures[name] = str(scorer.get_signature())
+    return signatures
 
 
 def translate_split(
     model: Seq2Seq, split: ParallelSplit, vocab: Vocab, max_len: int, device: torch.device,
     beam: int = 1, penalty: float = 1.0, batch_size: int = 256,
-) -> list[str]:  # fmt: skip
-    """Tokenized translations of every source sentence of ``split`` (greedy when beam is 1)."""
+) -> list[list[str]]:  # fmt: skip
+    """The translation (target tokens) of every source sentence of ``split`` (greedy when beam is 1)."""
     was_training = model.training
     model.eval()
     lengths = split.source.lengths.clamp_min(1)  # an empty source reads one padding token
@@ -417,19 +441,18 @@ def translate_split(
             source = split.source.ids[row, : int(lengths[row])].tolist()
             out[row] = beam_search(model, source, beam, max_len, penalty)[0].ids
     model.train(was_training)
-    return [" ".join(vocab.decode(ids)) for ids in out]
+    return [vocab.decode(ids) for ids in out]
 
 
 def bleu_metrics(
     model: Seq2Seq, split: ParallelSplit, vocab: Vocab, trainer: TranslateTrainerConfig, max_len: int,
     device: torch.device, beam: bool,
 ) -> dict[str, float]:  # fmt: skip
-    metrics = {"bleu": corpus_bleu(translate_split(model, split, vocab, max_len, device), split.references)}
+    """Greedy ``bleu`` and ``bleu_tok``; with ``beam``, also ``bleu_beam<N>`` and ``bleu_tok_beam<N>``."""
+    metrics = corpus_bleu(translate_split(model, split, vocab, max_len, device), split)
     if beam:
-        hypotheses = translate_split(
-            model, split, vocab, max_len, device, trainer.beam, trainer.length_penalty
-        )
-        metrics[f"bleu_beam{trainer.beam}"] = corpus_bleu(hypotheses, split.references)
+        outputs = translate_split(model, split, vocab, max_len, device, trainer.beam, trainer.length_penalty)
+        metrics |= {f"{name}_beam{trainer.beam}": v for name, v in corpus_bleu(outputs, split).items()}
     return metrics
 
 
@@ -578,7 +601,11 @@ class TranslationTask(Task):
         return {
             "training_pairs": len(data.train.source),
             "vocabulary": [len(data.source_vocab), len(data.target_vocab)],
+            "bleu_signatures": bleu_signatures(),
         }
+
+    def metrics_info(self) -> dict[str, Any]:
+        return {"bleu_signatures": bleu_signatures()}
 
     def finish(self, artifacts: Path) -> dict[str, Any]:
         save_attention_figure(self.config, self.model, self.data, self.device, artifacts / "attention.png")
@@ -688,7 +715,7 @@ class Translator:
         return Translation(words, hypotheses[:nbest], dropped, unknown)
 
     def text(self, hypothesis: Hypothesis) -> str:
-        return detokenize(self.target_vocab.decode(hypothesis.ids))
+        return detokenize(self.target_vocab.decode(hypothesis.ids), self.run.config.data.target)
 
     def output_words(self, hypothesis: Hypothesis) -> list[str]:
         """One label per attention row: the output words as generated, then <eos> if it was reached."""

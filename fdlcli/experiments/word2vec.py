@@ -423,6 +423,9 @@ class HogwildEngine:
         chunk: int,
         threads: int,
     ) -> None:
+        from fdlcli.extras import require
+
+        require("numba", "model.engine=hogwild", "word2vec")
         from fdlcli.experiments._word2vec_hogwild import HogwildSkipGram
 
         self.corpus, self.cfg, self.chunk = corpus, cfg, chunk
