@@ -17,13 +17,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fdlcli import registry
+
+if TYPE_CHECKING:
+    from fdlcli.runs import Run
 from fdlcli.errors import ConfigError
 
 VERSION_BASE = "1.3"
@@ -392,6 +395,19 @@ def _check_values(run_config: RunConfig) -> None:
             problem = check()
             if problem:
                 raise ConfigError(f"invalid {section} config: {problem}")
+
+
+def open_run(path: str | Path, experiment: str | None = None) -> Run:
+    """A finished (or interrupted) run named by the user, a path or a run id, with its validated saved
+    config; ``experiment``: refuse a run of any other experiment."""
+    from fdlcli.errors import UsageError
+    from fdlcli.runs import CONFIG_FILE, Run, resolve_run_dir
+
+    run_dir = resolve_run_dir(path)
+    run_config = load_saved(run_dir / CONFIG_FILE)
+    if experiment is not None and run_config.name != experiment:
+        raise UsageError(f"{run_dir} is a {run_config.name} run, not a {experiment} one")
+    return Run(path=run_dir, config=run_config)
 
 
 def load_saved(path: Path) -> RunConfig:

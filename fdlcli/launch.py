@@ -422,8 +422,8 @@ def resume_sweep(sweep_dir: Path, fail_fast: bool = False, retry_failed: bool = 
 
 def resume(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Continue an interrupted run in its own directory (no Hydra needed: the config is saved)."""
-    run_dir = runs.resolve_run_dir(run_dir)
-    run_config = config_module.load_saved(run_dir / runs.CONFIG_FILE)
+    opened = config_module.open_run(run_dir)
+    run_dir, run_config = opened.path, opened.config
     if overrides:
         run_config = config_module.apply_overrides(run_config, overrides)
     if distributed.env_world_size() == 1 and run_config.trainer.devices > 1:
@@ -452,7 +452,5 @@ def _saved_overrides(run_dir: Path) -> list[str]:
 
 
 def evaluate(run_dir: Path, checkpoint: str, split: str) -> dict[str, float]:
-    run_dir = runs.resolve_run_dir(run_dir)
-    run_config = config_module.load_saved(run_dir / runs.CONFIG_FILE)
-    run = runs.Run(path=run_dir, config=run_config)
-    return registry.get(run_config.name).evaluate(run, checkpoint, split)
+    run = config_module.open_run(run_dir)
+    return registry.get(run.config.name).evaluate(run, checkpoint, split)

@@ -32,13 +32,9 @@ def _texts(text: tuple[str, ...]) -> list[str]:
 
 
 def _load_run(run_dir: Path, experiment: str):  # type: ignore[no-untyped-def]
-    from fdlcli import config, runs
+    from fdlcli import config
 
-    run_dir = runs.resolve_run_dir(run_dir)
-    run_config = config.load_saved(run_dir / runs.CONFIG_FILE)
-    if run_config.name != experiment:
-        raise UsageError(f"{run_dir} is a {run_config.name} run, not a {experiment} one")
-    return runs.Run(path=run_dir, config=run_config)
+    return config.open_run(run_dir, experiment)
 
 
 @click.command("tag")

@@ -24,7 +24,7 @@ def conv_figures(run_dir: Path, checkpoint: str, points: int, perplexity: float,
     class (tsne.png), of a convolutional run; written into the run's artifacts/."""
     import torch
 
-    from fdlcli import config, runs
+    from fdlcli import config
     from fdlcli.analysis import convnets
     from fdlcli.engine.checkpoint import CheckpointManager
     from fdlcli.errors import UsageError
@@ -32,11 +32,10 @@ def conv_figures(run_dir: Path, checkpoint: str, points: int, perplexity: float,
 
     if points < 2:
         raise UsageError(f"--points {points}: a t-SNE needs at least 2 points")
-    run_dir = runs.resolve_run_dir(run_dir)
-    run_config = config.load_saved(run_dir / runs.CONFIG_FILE)
+    run = config.open_run(run_dir)
+    run_config = run.config
     if not isinstance(run_config.model, CNNConfig):
-        raise UsageError(f"{run_dir} is a {run_config.name} run, not a convolutional one (cnn-*)")
-    run = runs.Run(path=run_dir, config=run_config)
+        raise UsageError(f"{run.path} is a {run_config.name} run, not a convolutional one (cnn-*)")
     task = ImageClassification(run_config)
     model = task.build_model()
     checkpoints = CheckpointManager(run.checkpoint_dir, run_config.name)

@@ -60,8 +60,9 @@ def interpolate_cmd(
     from fdlcli.analysis import interpolation
     from fdlcli.engine.checkpoint import CheckpointManager
     from fdlcli.engine.devices import configure_threads, resolve_device
+    from fdlcli.engine.supervised import SupervisedTask
     from fdlcli.errors import UsageError
-    from fdlcli.runs import atomic_write_json, resolve_run_dir
+    from fdlcli.runs import atomic_write_json
 
     if len(runs) > 2:
         raise UsageError("give one run (init -> trained) or two runs (trained -> trained)")
@@ -69,11 +70,10 @@ def interpolate_cmd(
         raise UsageError("--checkpoint names the trained end; the step-0 weights are the start already")
     settings = interpolation.InterpolationConfig(start, stop, step, split, examples, bn_examples)
     settings.check()
-    run_dirs = [resolve_run_dir(r) for r in runs]
-    run_config = config_module.load_saved(run_dirs[0] / "config.yaml")
+    opened = [config_module.open_run(r) for r in runs]
+    run_dirs = [run.path for run in opened]
+    run_config = opened[0].config
     spec = registry.get(run_config.name)
-    from fdlcli.engine.supervised import SupervisedTask
-
     if spec.task is None or not issubclass(spec.task, SupervisedTask):
         raise UsageError(f"experiment {spec.name!r} has no supervised task to interpolate")
     task = spec.task(run_config)

@@ -70,7 +70,7 @@ def runs_group() -> None:
 def list_cmd(experiment: str | None, status: str | None, limit: int | None, as_json: bool) -> None:
     """List the runs (the default of `fdl runs`)."""
     from fdlcli import catalog, runs
-    from fdlcli.cli import console
+    from fdlcli.terminal import console
 
     records = catalog.load(experiment, status)
     total = len(records)
@@ -168,7 +168,7 @@ def clean_cmd(
     A run whose process is still training is never deleted. A sweep whose last job is deleted goes too.
     """
     from fdlcli import catalog
-    from fdlcli.cli import console
+    from fdlcli.terminal import console
 
     max_age = catalog.parse_duration(older_than) if older_than is not None else None
     records = catalog.load(experiment)
@@ -281,7 +281,7 @@ def _print_comparison(comparison: Any, rows: list[dict[str, Any]], transpose: bo
     from rich.table import Table
 
     from fdlcli.analysis.compare import format_value
-    from fdlcli.cli import console
+    from fdlcli.terminal import console
 
     fields = ["experiment", "status", *comparison.keys, *comparison.metrics]
     if len({row["experiment"] for row in rows}) == 1:

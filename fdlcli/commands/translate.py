@@ -134,15 +134,14 @@ def translate_cmd(
 ) -> None:  # fmt: skip
     """Translate sentences with a trained translate-en-fr run: a prompt on a terminal, else line by line
     (one translation per input line; with --nbest N, N lines of "score<TAB>translation")."""
-    from fdlcli import config, runs
+    from fdlcli import config
     from fdlcli.engine.devices import configure_threads
     from fdlcli.errors import UsageError
     from fdlcli.experiments.seq2seq import Translator
 
-    run_dir = runs.resolve_run_dir(run_dir)
-    run = runs.Run(path=run_dir, config=config.load_saved(run_dir / runs.CONFIG_FILE))
+    run = config.open_run(run_dir)
     if not hasattr(run.config.data, "source_vocab"):
-        raise UsageError(f"{run_dir} is a {run.config.name} run, not a translation run")
+        raise UsageError(f"{run.path} is a {run.config.name} run, not a translation run")
     configure_threads(threads)
     translator = Translator(run, checkpoint, device="cpu")  # loaded once, for every line
     out_dir = run.artifacts_dir / "translate" / time.strftime("%Y%m%d-%H%M%S")
