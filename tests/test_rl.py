@@ -141,7 +141,7 @@ def test_dqn_cartpole_short_run_eval_and_play(env):
     summary = read_summary(run)
     assert summary["steps"] >= 600 and summary["updates"] >= 190 and len(summary["history"]) == 2
     names = {r["name"] for r in metric_records(run)}
-    assert {"train/return", "train/loss", "train/q_mean", "eval/return_mean"} <= names
+    assert {"train/return", "train/cost", "train/q_mean", "eval/return_mean"} <= names
     assert (run / "checkpoints" / "best.json").is_file()
 
     evaluated = fdl("eval", str(run), "--json", env=env)

@@ -40,10 +40,10 @@ def play_cmd(
     """Play episodes with a trained agent (pg-cartpole, dqn-cartpole, dqn-breakout) and show the returns."""
     from rich.table import Table
 
-    from fdlcli import config, runs
+    from fdlcli import config, registry, runs
     from fdlcli.cli import console
-    from fdlcli.engine.devices import resolve_device
-    from fdlcli.experiments._rl import load_network, play_episodes
+    from fdlcli.engine.loop import load_task
+    from fdlcli.experiments._rl import RLTask, play_episodes
 
     if record and render == "human":
         raise UsageError("--record and --render human do not combine; choose one")
@@ -52,9 +52,11 @@ def play_cmd(
         raise UsageError("--render human needs a display (DISPLAY is not set); use --record instead")
     run_dir = runs.resolve_run_dir(run_dir)
     run = runs.Run(path=run_dir, config=config.load_saved(run_dir / runs.CONFIG_FILE))
+    task_class = registry.get(run.config.name).task
+    if task_class is None or not issubclass(task_class, RLTask):
+        raise UsageError(f"{run.config.name} is not a reinforcement-learning experiment")
+    task, _ = load_task(task_class, run, checkpoint)  # the network with the checkpoint's weights
     trainer = run.config.trainer
-    device = resolve_device(trainer.device)
-    net = load_network(run, checkpoint, device)
     epsilon = trainer.eval_epsilon if epsilon is None else epsilon
 
     writer, video = None, None
@@ -63,8 +65,8 @@ def play_cmd(
         writer = _video_writer(video, fps)
     try:
         results = play_episodes(
-            net, trainer.env, episodes, seed=seed, epsilon=epsilon,
-            max_episode_steps=trainer.max_episode_steps, device=device,
+            task.model, trainer.env, episodes, seed=seed, epsilon=epsilon,
+            max_episode_steps=trainer.max_episode_steps, device=task.device,
             render_mode="rgb_array" if record else ("human" if render == "human" else None),
             on_frame=writer.append_data if writer is not None else None,
         )  # fmt: skip
