@@ -218,7 +218,7 @@ class _Loop:
                 state.best_value = monitored
         ref = self.save(label)
         if improved:
-            session.checkpoints.mark_best(ref, trainer.monitor, state.best_value, state.epoch)  # type: ignore[arg-type]
+            session.checkpoints.mark_best(ref, trainer.monitor, state.best_value, self.record_epoch)  # type: ignore[arg-type]
         if distributed.is_main():
             self.run.write_summary(self.summary(status="running"))
         return improved
