@@ -114,9 +114,10 @@ PG_SHORT = [
 ]  # fmt: skip
 
 
-def test_pg_resume_continues_exactly(env):
+def test_pg_resume_continues_exactly_and_plot_returns(env):
     """A run trained to 24 episodes then resumed to 48 logs exactly what a straight 48-episode run does
-    (each batch of episodes is seeded from (seed, batch), so a checkpoint needs no RNG or env state)."""
+    (each batch of episodes is seeded from (seed, batch), so a checkpoint needs no RNG or env state);
+    `fdl plot-returns` draws both runs."""
     straight = fdl("train", "pg-cartpole", "trainer.episodes=48", *PG_SHORT, env=env)
     assert straight.returncode == 0, straight.stderr
     first = fdl("train", "pg-cartpole", "trainer.episodes=24", *PG_SHORT, env=env)
@@ -135,6 +136,11 @@ def test_pg_resume_continues_exactly(env):
     # the annealed epsilon continued from where it was
     eps = [r["value"] for r in metric_records(part) if r["name"] == "train/epsilon"]
     assert eps == sorted(eps, reverse=True) and eps[0] == 0.5
+
+    # figure 9-6's plot: one curve per run, from the train/return records
+    plotted = fdl("plot-returns", str(full), str(part), "--out", str(full / "returns.png"), env=env)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (full / "returns.png").stat().st_size > 10_000
 
 
 def test_dqn_cartpole_short_run_eval_and_play(env):
