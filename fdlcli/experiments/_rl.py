@@ -166,7 +166,8 @@ class SeededEnvs:
         observations reached (checked against the saved ones)."""
         if len(state["actions"]) != self.num_envs:
             raise CheckpointError(
-                f"the checkpoint holds {len(state['actions'])} environments, the config {self.num_envs}"
+                f"the checkpoint holds {len(state['actions'])} environments, the config {self.num_envs}; "
+                f"resume with trainer.num_envs={len(state['actions'])}"
             )
         self.episode = state["episode"].numpy().copy()
         self.ended = state["ended"].numpy().copy()

@@ -236,8 +236,8 @@ class ReplayBuffer:
             stored, array = getattr(self, name), arrays.get(name)
             if array is None or not 0 <= row < self.rows or array.shape != (filled, *stored.shape[1:]):
                 raise CheckpointError(
-                    f"the checkpoint's replay buffer ({name}) does not fit trainer.buffer_size, num_envs "
-                    "and the environment of this config"
+                    f"the checkpoint's replay buffer ({name}) does not fit this config; resume with the "
+                    "trainer.buffer_size, num_envs and env the run was trained with"
                 )
             stored[:filled] = torch.from_numpy(array)
         self.row, self.full = row, full
