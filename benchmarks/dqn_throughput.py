@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from fdlcli import config as fdl_config
+from fdlcli.engine.loop import train
 from fdlcli.experiments._rl import make_env
-from fdlcli.experiments.dqn import NatureQNetwork, train
+from fdlcli.experiments.dqn import DQNTask, NatureQNetwork
 from fdlcli.runs import Run, read_metrics
 
 LEARNING_STARTS = 500
@@ -50,7 +51,7 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[floa
     ]
     run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
     with tempfile.TemporaryDirectory() as tmp:
-        train(Run(path=Path(tmp), config=run_config))
+        train(DQNTask, Run(path=Path(tmp), config=run_config))
         records = read_metrics(Path(tmp))
 
     def steady(name: str) -> float:  # the first logging window includes warm-up

@@ -92,10 +92,14 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+# records whose values are speeds, hence differ between identical runs (DQN's logging window)
+TIMING_METRICS = ("train/steps_per_s", "train/steps_per_cpu_s")
+
+
 def metric_records(run_dir: Path) -> list[dict]:
-    """metrics.jsonl without wall-clock times, for exact comparisons between runs."""
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in lines]
+    """metrics.jsonl without wall-clock times and speeds, for exact comparisons between runs."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in records if r["name"] not in TIMING_METRICS]
 
 
 def without_modules(env: dict[str, str], folder: Path, *modules: str) -> dict[str, str]:

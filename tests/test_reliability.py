@@ -41,6 +41,15 @@ KILLABLE = {
         "model.hidden=16",
         "trainer.threads=1",
     ],
+    # the replay buffer (600 transitions) wraps; checkpoint_every counts agent steps
+    "dqn-cartpole": [
+        "trainer.total_steps=1000",
+        "trainer.learning_starts=200",
+        "trainer.eval_every=500",
+        "trainer.eval_episodes=2",
+        "trainer.buffer_size=600",
+        "model.hidden=[32,32]",
+    ],
 }
 COMMON = ["trainer.checkpoint_every=25", "trainer.log_every=10", "trainer.histograms=false", "seed=11"]
 

@@ -1,14 +1,20 @@
 """Chapter 9: replay memory against gymnasium's own frame stacks, returns, configs, short real trainings,
-exact resume of pg-cartpole, evaluation episodes and `fdl play`."""
+exact resume of both agents, bf16 and compile, evaluation episodes and `fdl play`."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import fdl, metric_records, read_summary, run_dirs, without_modules
+from safetensors.torch import load_file
 
 from fdlcli.experiments._rl import EpisodeTracker, make_vector_env
 from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
@@ -108,9 +114,10 @@ PG_SHORT = [
 ]  # fmt: skip
 
 
-def test_pg_resume_continues_exactly(env):
+def test_pg_resume_continues_exactly_and_plot_returns(env):
     """A run trained to 24 episodes then resumed to 48 logs exactly what a straight 48-episode run does
-    (each batch of episodes is seeded from (seed, batch), so a checkpoint needs no RNG or env state)."""
+    (each batch of episodes is seeded from (seed, batch), so a checkpoint needs no RNG or env state);
+    `fdl plot-returns` draws both runs."""
     straight = fdl("train", "pg-cartpole", "trainer.episodes=48", *PG_SHORT, env=env)
     assert straight.returncode == 0, straight.stderr
     first = fdl("train", "pg-cartpole", "trainer.episodes=24", *PG_SHORT, env=env)
@@ -130,6 +137,11 @@ def test_pg_resume_continues_exactly(env):
     eps = [r["value"] for r in metric_records(part) if r["name"] == "train/epsilon"]
     assert eps == sorted(eps, reverse=True) and eps[0] == 0.5
 
+    # figure 9-6's plot: one curve per run, from the train/return records
+    plotted = fdl("plot-returns", str(full), str(part), "--out", str(full / "returns.png"), env=env)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (full / "returns.png").stat().st_size > 10_000
+
 
 def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path):
     result = fdl(
@@ -141,13 +153,19 @@ def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path):
     summary = read_summary(run)
     assert summary["steps"] >= 600 and summary["updates"] >= 190 and len(summary["history"]) == 2
     names = {r["name"] for r in metric_records(run)}
-    assert {"train/return", "train/loss", "train/q_mean", "eval/return_mean"} <= names
+    assert {"train/return", "train/cost", "train/q_mean", "eval/return_mean"} <= names
     assert (run / "checkpoints" / "best.json").is_file()
 
     evaluated = fdl("eval", str(run), "--json", env=env)
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads(evaluated.stdout)
     assert metrics["eval/episodes"] == 2 and metrics["eval/return_mean"] >= 8  # CartPole lasts >= 8 steps
+    # the val split replays the evaluation episodes of training: the best checkpoint scores its best value
+    evaluated = fdl("eval", str(run), "--split", "val", "--json", env=env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["eval/return_mean"] == summary["best"]["value"]
+    bad = fdl("eval", str(run), "--split", "train", env=env)
+    assert bad.returncode == 2 and "evaluated on episodes" in bad.stderr and "Traceback" not in bad.stderr
 
     played = fdl("play", str(run), "-n", "2", "--record", "--format", "gif", env=env)
     assert played.returncode == 0, played.stderr
@@ -199,3 +217,91 @@ def test_target_network_copy_and_soft_update():
     assert torch.allclose(target, before + 0.25)
     agent.sync_target()
     assert torch.equal(target, online)
+
+
+# learning from step 100 on, evaluations at 300 and 600, a 240-transition buffer that wraps at step 240
+DQN_SHORT = [
+    "trainer.total_steps=600", "trainer.learning_starts=100", "trainer.eval_every=300",
+    "trainer.eval_episodes=2", "trainer.log_every=10", "trainer.buffer_size=240", "model.hidden=[32,32]",
+    "seed=3",
+]  # fmt: skip
+
+
+def _latest(run: Path) -> Path:
+    return run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
+
+
+def _wait_for_step(run_root: Path, known: list[Path], step: int, process: subprocess.Popen) -> Path:
+    """The new run under ``run_root`` once it logged a record past ``step`` (the process still running)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        for run in (r for r in run_root.iterdir() if r not in known and (r / "metrics.jsonl").is_file()):
+            records = (run / "metrics.jsonl").read_text().splitlines()
+            if any(json.loads(line)["step"] > step for line in records if line.endswith("}")):
+                return run
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended or stalled before step {step}: {process.poll()}")
+
+
+def test_dqn_resume_after_sigterm_is_exact(env):
+    """Stopped by SIGTERM mid-run (learning under way, episodes in progress, the replay buffer wrapped)
+    and resumed, a DQN run logs exactly what an uninterrupted one does and ends with the same weights:
+    the checkpoint carries the replay buffer, both RNG streams and each environment's episode seed and
+    actions so far (replayed on resume)."""
+    straight = fdl("train", "dqn-cartpole", *DQN_SHORT, env=env)
+    assert straight.returncode == 0, straight.stderr
+    (reference,) = run_dirs(env, "dqn-cartpole")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdlcli", "train", "dqn-cartpole", *DQN_SHORT],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = _wait_for_step(reference.parent, [reference], 250, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    stopped = _latest(run)
+    with np.load(stopped / "arrays.npz", allow_pickle=False) as arrays:
+        assert bool(arrays["full"]) and arrays["frames"].shape == (60, 4, 4)  # 240 / 4 envs, wrapped
+    assert 250 < int(stopped.name.split("-")[1]) < 600
+
+    resumed = fdl("train", "--resume", str(run), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_records(run) == metric_records(reference)
+    assert read_summary(run)["final"] == read_summary(reference)["final"]
+    assert read_summary(run)["updates"] == read_summary(reference)["updates"] > 200
+    final, expected = (
+        load_file(str(_latest(run) / "model.safetensors")),
+        load_file(str(_latest(reference) / "model.safetensors")),
+    )
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+    for each in (run, reference):  # the replay buffer lives beside the newest checkpoint only
+        assert [p.parent for p in (each / "checkpoints").glob("*/arrays.npz")] == [_latest(each)]
+
+
+PRECISION_RUNS = {
+    "pg-cartpole": ["trainer.episodes=16", "trainer.eval_every=16", "trainer.eval_episodes=1"],
+    "dqn-cartpole": [
+        "trainer.total_steps=200", "trainer.learning_starts=40", "trainer.eval_every=200",
+        "trainer.eval_episodes=1", "trainer.log_every=20", "model.hidden=[32,32]",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", sorted(PRECISION_RUNS))
+def test_bf16_autocast_changes_the_figures_and_compile_runs(env, experiment):
+    """trainer.precision=bf16 runs the network under bf16 autocast (the losses differ from fp32 ones);
+    DQN's trainer.compile=true compiles both of its networks and learns what the eager one does."""
+    variants = {"32": [], "bf16": ["trainer.precision=bf16"]}
+    if experiment == "dqn-cartpole":
+        variants["compiled"] = ["trainer.compile=true"]
+    costs = {}
+    for label, extra in variants.items():
+        known = run_dirs(env, experiment)
+        result = fdl("train", experiment, *PRECISION_RUNS[experiment], *extra, env=env)
+        assert result.returncode == 0, result.stderr
+        (run,) = [r for r in run_dirs(env, experiment) if r not in known]
+        costs[label] = [r["value"] for r in metric_records(run) if r["name"] == "train/cost"]
+    assert len(costs["32"]) >= 2 and len(costs["bf16"]) == len(costs["32"])
+    assert costs["bf16"] != costs["32"]
+    if "compiled" in costs:
+        assert costs["compiled"] == pytest.approx(costs["32"], rel=1e-4)

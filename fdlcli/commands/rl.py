@@ -40,9 +40,9 @@ def play_cmd(
     """Play episodes with a trained agent (pg-cartpole, dqn-cartpole, dqn-breakout) and show the returns."""
     from rich.table import Table
 
-    from fdlcli import config, runs
-    from fdlcli.engine.devices import resolve_device
-    from fdlcli.experiments._rl import is_atari, load_network, play_episodes
+    from fdlcli import config, registry
+    from fdlcli.engine.loop import load_task
+    from fdlcli.experiments._rl import RLTask, is_atari, play_episodes
     from fdlcli.extras import require
     from fdlcli.terminal import console
 
@@ -55,13 +55,14 @@ def play_cmd(
         require("imageio", "fdl play --record", "rl")
         if video_format == "mp4":
             require("imageio_ffmpeg", "fdl play --record (MP4)", "rl", package="imageio-ffmpeg")
-    run_dir = runs.resolve_run_dir(run_dir)
-    run = runs.Run(path=run_dir, config=config.load_saved(run_dir / runs.CONFIG_FILE))
+    run = config.open_run(run_dir)
+    task_class = registry.get(run.config.name).task
+    if task_class is None or not issubclass(task_class, RLTask):
+        raise UsageError(f"{run.config.name} is not a reinforcement-learning experiment")
+    task, _ = load_task(task_class, run, checkpoint)  # the network with the checkpoint's weights
     trainer = run.config.trainer
     if (record or render == "human") and not is_atari(trainer.env):  # gymnasium draws them with pygame
         require("pygame", f"fdl play --{'record' if record else 'render human'} of {trainer.env}", "rl")
-    device = resolve_device(trainer.device)
-    net = load_network(run, checkpoint, device)
     epsilon = trainer.eval_epsilon if epsilon is None else epsilon
 
     writer, video = None, None
@@ -70,8 +71,8 @@ def play_cmd(
         writer = _video_writer(video, fps)
     try:
         results = play_episodes(
-            net, trainer.env, episodes, seed=seed, epsilon=epsilon,
-            max_episode_steps=trainer.max_episode_steps, device=device,
+            task.model, trainer.env, episodes, seed=seed, epsilon=epsilon,
+            max_episode_steps=trainer.max_episode_steps, device=task.device,
             render_mode="rgb_array" if record else ("human" if render == "human" else None),
             on_frame=writer.append_data if writer is not None else None,
         )  # fmt: skip

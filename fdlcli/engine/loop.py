@@ -74,7 +74,9 @@ class _Loop:
         self.cfg, self.trainer = run.config, run.config.trainer
         seed_everything(self.cfg.seed)
         self.task = task = task_class(self.cfg, session.device, run)
-        task._log = lambda metrics: self.session.writer.log(metrics, self.state.step, self.record_epoch)
+        task._log = lambda metrics, step: self.session.writer.log(
+            metrics, self.state.step if step is None else step, self.record_epoch
+        )
         task._message = session.message
         self.state = LoopState()
         self.log_epoch = 0
@@ -217,7 +219,7 @@ class _Loop:
                 state.best_value = monitored
         ref = self.save(label)
         if improved:
-            session.checkpoints.mark_best(ref, trainer.monitor, state.best_value, state.epoch)  # type: ignore[arg-type]
+            session.checkpoints.mark_best(ref, trainer.monitor, state.best_value, self.record_epoch)  # type: ignore[arg-type]
         if distributed.is_main():
             self.run.write_summary(self.summary(status="running"))
         return improved
@@ -333,8 +335,11 @@ class _Loop:
                 )
                 if distributed.is_main():
                     task.after_evaluation(state.step, state.history[-1])
-            elif trainer.checkpoint_every and state.step % trainer.checkpoint_every == 0:
-                self.save("periodic")
+            elif (
+                trainer.checkpoint_every
+                and state.step // trainer.checkpoint_every > before // trainer.checkpoint_every
+            ):
+                self.save("periodic")  # crossed, not hit: a step may advance the counter by more than one
 
     def _end(self) -> dict[str, Any]:
         state, task, session = self.state, self.task, self.session

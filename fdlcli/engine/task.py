@@ -86,8 +86,8 @@ class Task:
         self.config = config
         self.device = torch.device(device)
         self.run = run  # None when built outside a run directory (analyses, benchmarks)
-        # the loop's logger and console: (metrics) -> None and (text) -> None; no-ops outside training
-        self._log: Callable[[dict[str, float]], None] = lambda metrics: None
+        # the loop's logger and console: (metrics, step) -> None and (text) -> None; no-ops outside training
+        self._log: Callable[[dict[str, float], int | None], None] = lambda metrics, step: None
         self._message: Callable[[str], None] = lambda text: None
         self.train_model: nn.Module | None = None  # self.model as compiled / wrapped for data parallelism
 
@@ -212,9 +212,11 @@ class Task:
         """The ``epoch`` field of this task's metric records, if it keeps its own count (RL: episodes)."""
         return None
 
-    def log(self, metrics: dict[str, float]) -> None:
-        """Record metrics at the current step (metrics.jsonl and TensorBoard)."""
-        self._log(metrics)
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Record metrics (metrics.jsonl and TensorBoard) at the current step, or at ``step``: a step that
+        advances the counter by more than one may place what happened inside it (an episode that ended
+        after some of its agent steps) where it happened."""
+        self._log(metrics, step)
 
     def message(self, text: str) -> None:
         """A line on the console and in the run's log."""

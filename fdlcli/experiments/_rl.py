@@ -1,39 +1,41 @@
-"""What the chapter-9 agents share: environments, the solve criterion, evaluation episodes, ``fdl play``.
+"""What the chapter-9 agents share: environments, the solve criterion, evaluation episodes, the task base.
 
-Both agents (``policy_gradient.py`` and ``dqn.py``) act greedily by taking the arg-max of their network's
-output (action probabilities or Q-values), so one evaluation routine serves both: ``fdl eval RUN`` and
-the periodic evaluation during training play ``eval_episodes`` episodes with ``eval_epsilon`` exploration,
-and ``fdl play`` plays, renders and records episodes with the same code.
+Both agents (``policy_gradient.py`` and ``dqn.py``) are tasks (:class:`RLTask`) of the engine's one loop
+(fdlcli/engine/loop.py), which owns checkpoints, resume, the best checkpoint (``trainer.monitor``, by
+default ``eval/return_mean``, max), the summary and ``fdl eval``. Both act greedily by taking the
+arg-max of their network's output (action probabilities or Q-values), so one evaluation routine serves
+both: the periodic evaluation during training (``evaluate("val")``) and ``fdl eval RUN``
+(``evaluate("test")``, fresh episodes) play ``eval_episodes`` episodes with ``eval_epsilon``
+exploration, and ``fdl play`` plays, renders and records episodes with the same code.
 
 gymnasium 1.x semantics used throughout: an episode ends when ``terminated`` (the MDP ended: no
-bootstrapping) or ``truncated`` (a time limit: bootstrap from the final observation) is set; vector
-environments reset an ended sub-environment on the *next* ``step`` call (next-step autoreset), which
-returns the first observation of the new episode with reward 0 and ignores the action.
+bootstrapping) or ``truncated`` (a time limit: bootstrap from the final observation) is set; an ended
+environment resets on the *next* step call (next-step autoreset), which returns the first observation of
+the new episode with reward 0 and ignores the action.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fdlcli.config import RunConfig, TrainerConfig
-from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
-from fdlcli.engine.devices import configure_threads, resolve_device
-from fdlcli.engine.session import Session
-from fdlcli.errors import ConfigError
-from fdlcli.registry import ExperimentSpec, register
-from fdlcli.runs import Run
+from fdlcli.engine.optim import build_optimizer
+from fdlcli.engine.task import Task
+from fdlcli.errors import CheckpointError, ConfigError, UsageError
 
 
 @dataclass
 class RLTrainerConfig(TrainerConfig):
-    """Keys every RL experiment adds to ``trainer`` (``epochs``, ``monitor``, the data group: unused)."""
+    """Keys every RL experiment adds to ``trainer`` (``epochs`` and the data group do not apply)."""
 
+    monitor: str = "eval/return_mean"  # the best checkpoint: highest mean evaluation return
+    monitor_mode: str = "max"
     env: str = "CartPole-v1"
     max_episode_steps: int = 0  # 0 = the environment's own limit (CartPole-v1: 500)
     solve_return: float = 475.0  # CartPole-v1 is solved at an average return of 475 ...
@@ -99,6 +101,96 @@ def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 0, fram
     return SyncVectorEnv([thunk] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
 
 
+class SeededEnvs:
+    """``num_envs`` environments stepped together, every episode seeded from (seed, environment, episode).
+
+    Next-step autoreset, as gymnasium's vector environments do it, but with a seed per episode: the step
+    after an environment's episode ended resets it (its action is ignored, its reward is 0) with the seed
+    of its next episode. An environment's state is then a function of its episode's seed and of the
+    actions taken since that episode began (sticky actions are off, and Atari's no-op starts draw from
+    the RNG that the reset seeds), so a checkpoint holds just those small integer arrays and a resumed
+    run replays them to continue the very same episodes (:meth:`load_state_dict`).
+    """
+
+    def __init__(
+        self, env_id: str, num_envs: int, seed: int, max_episode_steps: int = 0, frame_stack: int = 4
+    ) -> None:
+        self.envs = [make_env(env_id, max_episode_steps, frame_stack) for _ in range(num_envs)]
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.num_envs, self.seed = num_envs, seed
+        self.episode = np.zeros(num_envs, dtype=np.int64)  # the episode each environment plays (0-based)
+        self.actions: list[list[int]] = [[] for _ in range(num_envs)]  # since that episode began
+        self.ended = np.zeros(num_envs, dtype=bool)  # its last step ended the episode: the next resets
+
+    def episode_seed(self, index: int) -> int:
+        return int(np.random.SeedSequence([self.seed, index, int(self.episode[index])]).generate_state(1)[0])
+
+    def reset(self) -> np.ndarray:
+        """Start every environment's first episode; returns the observations."""
+        self.episode[:], self.ended[:] = 0, False
+        self.actions = [[] for _ in range(self.num_envs)]
+        return np.stack([env.reset(seed=self.episode_seed(i))[0] for i, env in enumerate(self.envs)])
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(observations, rewards, terminated, truncated) of one step of every environment."""
+        observations = []
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        for i, env in enumerate(self.envs):
+            if self.ended[i]:  # a reset step
+                self.episode[i] += 1
+                self.actions[i] = []
+                obs, _ = env.reset(seed=self.episode_seed(i))
+            else:
+                action = int(actions[i])
+                obs, rewards[i], terminated[i], truncated[i], _ = env.step(action)
+                self.actions[i].append(action)
+            observations.append(obs)
+        self.ended = terminated | truncated
+        return np.stack(observations), rewards, terminated, truncated
+
+    def state_dict(self, observations: np.ndarray) -> dict[str, Any]:
+        """What :meth:`load_state_dict` needs to rebuild the environments, and the observations they
+        gave last (to check the replay against)."""
+        return {
+            "episode": torch.from_numpy(self.episode.copy()),
+            "ended": torch.from_numpy(self.ended.copy()),
+            "actions": [torch.tensor(actions, dtype=torch.int64) for actions in self.actions],
+            "observations": torch.from_numpy(np.array(observations)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> np.ndarray:
+        """Reset each environment with its episode's seed and replay that episode's actions; returns the
+        observations reached (checked against the saved ones)."""
+        if len(state["actions"]) != self.num_envs:
+            raise CheckpointError(
+                f"the checkpoint holds {len(state['actions'])} environments, the config {self.num_envs}; "
+                f"resume with trainer.num_envs={len(state['actions'])}"
+            )
+        self.episode = state["episode"].numpy().copy()
+        self.ended = state["ended"].numpy().copy()
+        self.actions = [[int(a) for a in actions.tolist()] for actions in state["actions"]]
+        observations = []
+        for i, env in enumerate(self.envs):
+            obs, _ = env.reset(seed=self.episode_seed(i))
+            for action in self.actions[i]:
+                obs = env.step(action)[0]
+            observations.append(obs)
+        replayed = np.stack(observations)
+        if not np.array_equal(replayed, state["observations"].numpy()):
+            raise CheckpointError(
+                "replaying the episodes in progress did not reach the checkpoint's observations "
+                "(was the environment or gymnasium changed?)"
+            )
+        return replayed
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
 def epsilon_greedy(
     greedy: torch.Tensor, epsilon: float, n_actions: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -149,67 +241,105 @@ class EpisodeTracker:
 
 
 # --------------------------------------------------------------------------------------------------
-# Checkpoints and evaluations inside a training session (both agents' loops).
+# The task both agents build on.
 
 
-def restore(
-    session: Session, net: nn.Module, optimizer: torch.optim.Optimizer, tracker: EpisodeTracker
-) -> dict[str, Any] | None:
-    """On resume, load the latest checkpoint into ``net``, ``optimizer`` and ``tracker`` and return its
-    trainer state (the loop takes its own counters from it); on a fresh start save the step-0 weights."""
-    checkpoints, writer = session.checkpoints, session.writer
-    latest = checkpoints.latest() if session.run.resume else None
-    if latest is None:
-        writer.rewind(0, 0)  # a resumed run killed before its first checkpoint starts over
-        checkpoints.save_initial(net)
-        return None
-    checkpoints.load_weights(net, latest, session.device)
-    saved = checkpoints.load_state(latest)
-    optimizer.load_state_dict(saved["optimizer"])
-    tracker.load(saved["tracker"])
-    session.seconds_before = saved["train_seconds"]
-    writer.rewind(saved["metrics_lines"], saved["step"])
-    return saved
+class RLTask(Task):
+    """An agent trained in steps by the engine's loop. Subclasses build the network
+    (:meth:`build_network`, also what ``fdl play`` loads weights into), play and learn in ``train_step``,
+    report finished episodes with :meth:`episode_ended` and set ``self.epsilon``; this class evaluates,
+    keeps the episode statistics and the solve criterion, and says how the run went."""
 
+    unit = "steps"
+    # the network runs under bf16 autocast and torch.compile; no data parallelism, no lr schedule, and no
+    # data group (RL runs have no dataset to limit)
+    supports = frozenset({"precision", "compile", "checkpoint_every"})
+    progress_value = "loss"
+    # fdl eval RUN --split ...: seeds of its episodes (val: those of the evaluations during training)
+    EVAL_SEEDS: ClassVar[dict[str, int]] = {"val": 1_000_000, "test": 10_000_000}
 
-def save_checkpoint(
-    session: Session,
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    tracker: EpisodeTracker,
-    step: int,
-    reason: str,
-    **counters: Any,
-) -> CheckpointRef:
-    """Weights (safetensors) and a ``weights_only`` trainer state: optimizer, episode statistics, the
-    loop's own ``counters`` (numbers, strings, lists and dicts of them) and the metrics position."""
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "tracker": tracker.state(),
-        "metrics_lines": session.writer.lines,
-        "train_seconds": session.train_seconds,
-        "reason": reason,
-        **counters,
-    }
-    return session.checkpoints.save(net, state, step)
+    @classmethod
+    def build_network(cls, config: RunConfig) -> nn.Module:
+        """The network whose weights a checkpoint holds (``self.model``); its forward maps a batch of
+        observations to one score per action, the greedy action being the arg-max."""
+        raise NotImplementedError
 
+    def trained_parameters(self) -> Any:
+        return self.model.parameters()
 
-def evaluate_during_training(
-    session: Session, net: nn.Module, step: int, episodes: int, best: float | None
-) -> tuple[dict[str, float], float, bool]:
-    """Evaluation episodes (the same seeds every time, so evaluations compare); logs them and returns
-    (metrics, best mean return so far, whether this one is the best)."""
-    run, trainer = session.run, session.run.config.trainer
-    metrics = episode_metrics(
-        play_episodes(
-            net, trainer.env, trainer.eval_episodes, seed=run.config.seed + 1_000_000,
-            epsilon=trainer.eval_epsilon, max_episode_steps=trainer.max_episode_steps, device=session.device,
+    def setup(self) -> None:
+        trainer = self.config.trainer
+        self.model = self.build_network(self.config).to(self.device)
+        self.optimizer = build_optimizer(self.config.optim, self.trained_parameters())
+        self.tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
+        self.epsilon = float("nan")  # the exploration of the latest step
+
+    # ---- episodes ------------------------------------------------------------------------------------
+
+    def episode_ended(self, episode_return: float, step: int) -> None:
+        """A training episode finished (its return is logged at ``step``)."""
+        tracker = self.tracker
+        if tracker.add(episode_return):
+            self.message(
+                f"solved: average return {tracker.average:.1f} over {tracker.window} episodes "
+                f"after {tracker.episodes} episodes, {tracker.env_steps} agent steps"
+            )
+        self.log({"train/return": episode_return}, step=step)
+
+    def finished(self) -> bool:
+        return self.config.trainer.stop_when_solved and self.tracker.solved_at is not None
+
+    def record_epoch(self) -> int:
+        return self.tracker.episodes  # the "epoch" field of an RL run's records counts episodes
+
+    # ---- evaluation ----------------------------------------------------------------------------------
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """``eval_episodes`` episodes (the same seeds every time, so evaluations compare)."""
+        if split not in self.EVAL_SEEDS:
+            raise UsageError(
+                f"--split {split}: a reinforcement-learning run is evaluated on episodes: "
+                "test (fresh ones) or val (those of the evaluations during training)"
+            )
+        trainer = self.config.trainer
+        episodes = play_episodes(
+            self.model, trainer.env, trainer.eval_episodes, seed=self.config.seed + self.EVAL_SEEDS[split],
+            epsilon=trainer.eval_epsilon, max_episode_steps=trainer.max_episode_steps, device=self.device,
+        )  # fmt: skip
+        return episode_metrics(episodes)
+
+    def after_evaluation(self, step: int, metrics: dict[str, float]) -> None:
+        tracker = self.tracker
+        self.message(
+            f"  {tracker.episodes} episodes, average training return {tracker.average:.1f} "
+            f"(last {len(tracker.returns)}), epsilon {self.epsilon:.3f}"
         )
-    )  # fmt: skip
-    session.writer.log(metrics, step, episodes)
-    value = metrics["eval/return_mean"]
-    improved = best is None or value > best
-    return metrics, value if improved else best, improved
+
+    # ---- state and the end ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load(state["tracker"])
+
+    def summary_fields(self) -> dict[str, Any]:
+        tracker = self.tracker
+        return {
+            "episodes": tracker.episodes,
+            "solved": tracker.solved_at is not None,
+            "solved_at": tracker.solved_at,
+            "train_return_avg": tracker.average,
+        }
+
+    def done_message(self, summary: dict[str, Any]) -> str:
+        tracker, solved = self.tracker, self.tracker.solved_at
+        if solved:
+            return f"solved after {solved['episodes']} episodes, {solved['env_steps']} agent steps"
+        return (
+            f"not solved: {tracker.episodes} episodes in {tracker.env_steps} agent steps, "
+            f"average return {tracker.average:.1f}"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,44 +404,3 @@ def episode_metrics(episodes: list[Episode], prefix: str = "eval") -> dict[str, 
         f"{prefix}/length_mean": float(np.mean([e.length for e in episodes])),
         f"{prefix}/episodes": float(len(episodes)),
     }
-
-
-# Networks of the RL experiments by experiment name, so `fdl play` and `fdl eval` can rebuild them.
-NETWORKS: dict[str, Callable[[RunConfig], nn.Module]] = {}
-
-
-def load_network(run: Run, which: str, device: torch.device) -> nn.Module:
-    build = NETWORKS.get(run.config.name)
-    if build is None:
-        raise ConfigError(f"{run.config.name} is not a reinforcement-learning experiment")
-    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
-    ref = checkpoints.resolve(which)
-    net = build(run.config).to(device)
-    checkpoints.load_weights(net, ref, device)
-    return net
-
-
-def evaluate_run(run: Run, which: str, split: str) -> dict[str, float]:
-    """``fdl eval RUN``: evaluation episodes of a checkpoint (the data split does not apply to RL)."""
-    trainer = run.config.trainer
-    device = resolve_device(trainer.device)
-    configure_threads(trainer.threads)
-    net = load_network(run, which, device)
-    # seeds past the ones training evaluations used, so this is a fresh sample of episodes
-    episodes = play_episodes(
-        net,
-        trainer.env,
-        trainer.eval_episodes,
-        seed=run.config.seed + 10_000_000,
-        epsilon=trainer.eval_epsilon,
-        max_episode_steps=trainer.max_episode_steps,
-        device=device,
-    )
-    metrics = episode_metrics(episodes)
-    run.write_eval(which, which, metrics, "episodes")
-    return metrics
-
-
-def register_rl(build_network: Callable[[RunConfig], nn.Module], **spec_fields: Any) -> ExperimentSpec:
-    NETWORKS[spec_fields["name"]] = build_network
-    return register(ExperimentSpec(custom_evaluate=evaluate_run, **spec_fields))

@@ -10,23 +10,24 @@ batched forward per step), and a replay buffer that stores each 84x84 frame once
 times in stacked observations: an observation's stack is rebuilt at sampling time from the rows before
 it, stopping at the episode's first frame exactly like ``FrameStackObservation(padding_type="reset")``.
 
-Transitions under gymnasium 1.x next-step autoreset: the step that ends an episode returns the final
-observation; the next ``step`` call of that sub-environment is a reset step (action ignored, reward 0)
-returning the new episode's first observation. The buffer stores every returned observation in its
-environment's column, marks steps taken from a final observation as invalid, and bootstraps a
-truncated episode (a time limit) from its final observation but a terminated one not at all.
+Transitions under next-step autoreset (``SeededEnvs``): the step that ends an episode returns the final
+observation; the next step of that environment is a reset step (action ignored, reward 0) returning the
+new episode's first observation. The buffer stores every returned observation in its environment's
+column, marks steps taken from a final observation as invalid, and bootstraps a truncated episode (a
+time limit) from its final observation but a terminated one not at all.
 
-Resume restores the online and target networks, the optimizer, the step and update counters (so the
-epsilon schedule continues where it was), the episode statistics and the evaluation history. It does not
-restore the replay buffer (50,000 Atari frames are 350 MB) or the episodes in progress: the environments
-restart and learning waits for ``learning_starts`` fresh steps, so a resumed run is not bit-identical to
-an uninterrupted one (``pg-cartpole``, which keeps no buffer, is).
+One step of the engine's loop is one step of all environments with the 0..k updates it brings (one per
+``train_every`` agent steps) and advances the counter by its real agent steps. Resume is exact: the
+checkpoint holds both networks, the optimizer, the counters, the exploration RNG and the replay sampler's
+state, the episodes in progress (each environment's episode seed and its actions so far, replayed on
+resume) and, beside the newest checkpoint only, the replay buffer (``save_arrays``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,23 +36,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from fdlcli.config import RunConfig
-from fdlcli.engine.checkpoint import CheckpointRef
-from fdlcli.engine.optim import build_optimizer
-from fdlcli.engine.seed import seed_everything
-from fdlcli.engine.session import run_session
+from fdlcli.engine.task import StepOutput
+from fdlcli.errors import CheckpointError, ConfigError
 from fdlcli.experiments._rl import (
-    EpisodeTracker,
+    RLTask,
     RLTrainerConfig,
+    SeededEnvs,
     epsilon_greedy,
-    evaluate_during_training,
     is_atari,
     make_env,
-    make_vector_env,
-    register_rl,
-    restore,
-    save_checkpoint,
 )
-from fdlcli.runs import Run
+from fdlcli.registry import ExperimentSpec, register
 
 
 @dataclass
@@ -85,6 +80,7 @@ class DQNTrainerConfig(RLTrainerConfig):
     double: bool = False  # Double DQN targets (not in the book)
     clip_rewards: bool = False  # learn from sign(reward), as the DQN papers do on Atari
     eval_every: int = 10_000  # agent steps between evaluations (each also writes a checkpoint)
+    log_every: int = 500  # updates per logged window of loss, Q-values and speeds
 
     def check(self) -> str | None:
         positive = (
@@ -168,7 +164,7 @@ def build_agent(config: RunConfig) -> DQNAgent:
     def network() -> nn.Module:
         if config.model.network == "nature":
             if len(shape) != 3 or shape[1:] != (84, 84):
-                raise ValueError(
+                raise ConfigError(
                     f"model.network=nature needs 84x84 frame stacks, {trainer.env} gives {shape}"
                 )
             return NatureQNetwork(shape[0], n_actions)
@@ -223,6 +219,28 @@ class ReplayBuffer:
         self.valid[r] = torch.from_numpy(valid)
         self.row = (r + 1) % self.rows
         self.full = self.full or self.row == 0
+
+    FIELDS = ("frames", "actions", "rewards", "terminated", "valid", "since_start")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The filled rows and the write position, for the checkpoint (``Task.save_arrays``)."""
+        filled = self.rows if self.full else self.row
+        arrays = {name: getattr(self, name)[:filled].numpy() for name in self.FIELDS}
+        return {**arrays, "row": np.array(self.row), "full": np.array(self.full)}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        """Take back :meth:`arrays`."""
+        row, full = int(arrays.get("row", -1)), bool(arrays.get("full", False))
+        filled = self.rows if full else row
+        for name in self.FIELDS:
+            stored, array = getattr(self, name), arrays.get(name)
+            if array is None or not 0 <= row < self.rows or array.shape != (filled, *stored.shape[1:]):
+                raise CheckpointError(
+                    f"the checkpoint's replay buffer ({name}) does not fit this config; resume with the "
+                    "trainer.buffer_size, num_envs and env the run was trained with"
+                )
+            stored[:filled] = torch.from_numpy(array)
+        self.row, self.full = row, full
 
     def observations(self, rows: torch.Tensor, envs: torch.Tensor) -> torch.Tensor:
         """The (stacked) observations at (rows, envs); a stack never reaches into the previous episode."""
@@ -285,187 +303,212 @@ def td_loss(
     return F.smooth_l1_loss(q, target), q.detach().mean()
 
 
-@dataclass
-class Counters:
-    step: int = 0  # agent steps (real ones, summed over environments)
-    updates: int = 0
-    best: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
+class DQNTask(RLTask):
+    """DQN in the engine's loop: a step is one step of every environment and the updates it brings."""
 
+    @classmethod
+    def build_network(cls, config: RunConfig) -> nn.Module:
+        return build_agent(config)
 
-def train(run: Run) -> dict[str, Any]:
-    cfg = run.config
-    trainer: DQNTrainerConfig = cfg.trainer
-    with run_session(run) as session:
-        device, checkpoints, writer = session.device, session.checkpoints, session.writer
-        seed_everything(cfg.seed)
-        agent = build_agent(cfg).to(device)
-        optimizer = build_optimizer(cfg.optim, agent.online.parameters())
-        tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
-        counters = Counters()
-        saved = restore(session, agent, optimizer, tracker)
-        if saved is not None:
-            counters = Counters(saved["step"], saved["updates"], saved["best"], saved["history"])
-            session.message(f"resumed at step {counters.step}; the replay buffer refills before learning")
+    def trained_parameters(self) -> Any:
+        return self.model.online.parameters()
 
-        def save(reason: str) -> CheckpointRef:
-            extra = {"updates": counters.updates, "best": counters.best, "history": counters.history}
-            return save_checkpoint(session, agent, optimizer, tracker, counters.step, reason, **extra)
+    def setup(self) -> None:
+        super().setup()
+        trainer: DQNTrainerConfig = self.config.trainer
+        self.trainer = trainer
+        self.stacked = is_atari(trainer.env)
+        self.updates = 0
+        self.steps_done = 0  # the loop's counter after the latest step (agent steps)
+        # exploration and replay sampling: their own RNG streams, carried by the checkpoint
+        self.rng = np.random.default_rng([self.config.seed, 0])
+        self.sampler = torch.Generator().manual_seed(self.config.seed * 1_000_003)
+        # the logging window (updates since train/cost was last logged) and the speed clocks
+        self.window_q = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.window_updates = 0
+        self.window_closes = False
+        self.clock = (time.monotonic(), time.process_time(), 0)
+        # the environments and the replay buffer: built when training starts (fdl eval/play need neither)
+        self.envs: SeededEnvs | None = None
+        self.buffer: ReplayBuffer | None = None
+        self.buffer_missing = False  # resumed from a checkpoint whose replay buffer did not load
 
-        n = trainer.num_envs
-        stacked = is_atari(trainer.env)
-        envs = make_vector_env(trainer.env, n, trainer.max_episode_steps, trainer.frame_stack)
-        n_actions = int(envs.single_action_space.n)
-        frame_space = envs.single_observation_space
-        frame_shape = frame_space.shape[1:] if stacked else frame_space.shape
-        dtype = torch.uint8 if frame_space.dtype == np.uint8 else torch.float32
-        buffer = ReplayBuffer(
-            trainer.buffer_size, n, frame_shape, dtype, trainer.frame_stack if stacked else 1
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.model.online.parameters())
+        return f"{self.trainer.env}: {self.trainer.num_envs} environments, Q-network of {params:,} parameters"
+
+    def compile(self) -> None:
+        self.model.online.compile()  # td_loss calls both networks directly, not the agent's forward
+        self.model.target.compile()
+
+    def total_steps(self) -> int:
+        return self.trainer.total_steps
+
+    def _start(self, state: dict[str, Any] | None = None) -> None:
+        """Build the environments and the (empty) replay buffer; start the first episodes, or with
+        ``state`` replay the episodes in progress of a checkpoint."""
+        trainer = self.trainer
+        self.envs = SeededEnvs(
+            trainer.env, trainer.num_envs, self.config.seed, trainer.max_episode_steps, trainer.frame_stack
         )
+        self.n_actions = int(self.envs.single_action_space.n)
+        space = self.envs.single_observation_space
+        frame_shape = space.shape[1:] if self.stacked else space.shape
+        dtype = torch.uint8 if space.dtype == np.uint8 else torch.float32
+        stack = trainer.frame_stack if self.stacked else 1
+        self.buffer = ReplayBuffer(trainer.buffer_size, trainer.num_envs, frame_shape, dtype, stack)
+        if state is None:
+            self.obs = self.envs.reset()
+            self.since_start = np.zeros(trainer.num_envs, dtype=np.int64)
+            self.episode_return = np.zeros(trainer.num_envs)
+        else:
+            self.obs = self.envs.load_state_dict(state["envs"])
+            self.since_start = state["since_start"].numpy().copy()
+            self.episode_return = state["episode_return"].numpy().copy()
+        self.clock = (time.monotonic(), time.process_time(), self.steps_done)
 
-        # a resumed run restarts its environments (and exploration RNG) from seeds tied to its step
-        rng = np.random.default_rng([cfg.seed, counters.step])
-        sampler = torch.Generator().manual_seed(cfg.seed * 1_000_003 + counters.step)
-        obs, _ = envs.reset(seed=cfg.seed * 1_000_003 + counters.step)
-        since_start = np.zeros(n, dtype=np.int64)
-        final = np.zeros(n, dtype=bool)  # obs is the last of an episode: the next step is a reset step
-        episode_return = np.zeros(n)
-        learn_from = counters.step + trainer.learning_starts
-        progress = session.start_progress(trainer.total_steps, counters.step, value_name="loss")
-        loss_sum, q_sum, window = 0.0, 0.0, 0
-        clock, cpu_clock, clock_step = time.monotonic(), time.process_time(), counters.step
+    def train_step(self, step: int, index: int) -> StepOutput:
+        if self.envs is None:
+            self._start()
+        if self.buffer_missing:
+            raise CheckpointError("the checkpoint this run resumes from has no replay buffer (arrays.npz)")
+        assert self.envs is not None and self.buffer is not None
+        trainer, tracker = self.trainer, self.tracker
+        self.epsilon = epsilon = trainer.epsilon(step)
+        with torch.no_grad():
+            q_values = self.model(torch.as_tensor(self.obs, device=self.device))
+        actions = epsilon_greedy(q_values.argmax(dim=1), epsilon, self.n_actions, self.rng)
+        final = self.envs.ended.copy()  # these environments' step is a reset step: no transition
+        next_obs, reward, terminated, truncated = self.envs.step(actions)
+        real = ~final
+        learn_reward = np.sign(reward) if trainer.clip_rewards else reward
+        frames = newest_frames(self.obs, self.stacked)
+        self.buffer.add(frames, self.since_start, actions, learn_reward, terminated, real)
+        after = step + int(real.sum())
+        tracker.env_steps = after
+        self.episode_return += reward * real
+        for i in np.flatnonzero((terminated | truncated) & real):
+            self.episode_ended(float(self.episode_return[i]), step=after)
+            self.episode_return[i] = 0.0
+        self.since_start = np.where(final, 0, self.since_start + 1)
+        self.obs = next_obs
 
-        def done() -> bool:
-            return counters.step >= trainer.total_steps or (
-                trainer.stop_when_solved and tracker.solved_at is not None
+        # ---- learning: one update per train_every agent steps, once enough experience is stored ----
+        losses = []
+        if after >= trainer.learning_starts:
+            for _ in range(after // trainer.train_every - step // trainer.train_every):
+                losses.append(self.update())
+        if after // trainer.target_update_every > step // trainer.target_update_every:
+            self.model.sync_target(trainer.target_tau)
+        before_updates = self.updates - len(losses)
+        self.window_closes = self.updates // trainer.log_every > before_updates // trainer.log_every
+        self.steps_done = after
+        cost = torch.stack(losses).sum() if losses else None
+        return StepOutput(cost=cost, weight=float(len(losses)), advance=after - step)
+
+    def update(self) -> torch.Tensor:
+        """One gradient step on a sampled minibatch; returns its (detached) loss."""
+        assert self.buffer is not None
+        trainer, agent = self.trainer, self.model
+        batch = [t.to(self.device) for t in self.buffer.sample(trainer.batch_size, self.sampler)]
+        loss, q_mean = td_loss(agent, batch, trainer.gamma, trainer.double)  # under the loop's autocast
+        with torch.autocast(self.device.type, enabled=False):  # backward and step in full precision
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if trainer.grad_clip:
+                nn.utils.clip_grad_norm_(agent.online.parameters(), trainer.grad_clip)
+            self.optimizer.step()
+        self.updates += 1
+        self.window_q += q_mean.double()
+        self.window_updates += 1
+        return loss.detach().float()
+
+    def log_due(self, step: int) -> bool:
+        return self.window_closes  # every log_every updates
+
+    def window_metrics(self, cost: float) -> dict[str, float]:
+        now, cpu_now, _ = clock = (time.monotonic(), time.process_time(), self.steps_done)
+        started, cpu_started, steps_then = self.clock
+        steps = self.steps_done - steps_then
+        metrics = {
+            "train/q_mean": self.window_q.item() / max(1, self.window_updates),
+            "train/epsilon": self.epsilon,
+            "train/return_avg": self.tracker.average,
+            "train/steps_per_s": steps / max(1e-9, now - started),
+            # per CPU second too: the figure that stays meaningful on a shared, loaded machine
+            "train/steps_per_cpu_s": steps / max(1e-9, cpu_now - cpu_started),
+        }
+        self.window_q.zero_()
+        self.window_updates, self.clock = 0, clock
+        return metrics
+
+    # ---- state ----------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            **super().state_dict(),
+            "updates": self.updates,
+            "steps_done": self.steps_done,
+            "rng": self.rng.bit_generator.state,
+            "sampler": self.sampler.get_state(),
+            "window_q": self.window_q.item(),
+            "window_updates": self.window_updates,
+        }
+        if self.envs is not None:  # the episodes in progress
+            state.update(
+                envs=self.envs.state_dict(self.obs),
+                since_start=torch.from_numpy(self.since_start.copy()),
+                episode_return=torch.from_numpy(self.episode_return.copy()),
             )
+        return state
 
-        while not done():
-            epsilon = trainer.epsilon(counters.step)
-            with torch.no_grad():
-                q_values = agent(torch.as_tensor(obs, device=device))
-            actions = epsilon_greedy(q_values.argmax(dim=1), epsilon, n_actions, rng)
-            next_obs, reward, terminated, truncated, _ = envs.step(actions)
-            real = ~final
-            learn_reward = np.sign(reward) if trainer.clip_rewards else reward
-            buffer.add(newest_frames(obs, stacked), since_start, actions, learn_reward, terminated, real)
-            before = counters.step
-            counters.step += int(real.sum())
-            episode_return += reward * real
-            ended = (terminated | truncated) & real
-            for i in np.flatnonzero(ended):
-                tracker.env_steps = counters.step
-                if tracker.add(float(episode_return[i])):
-                    session.message(
-                        f"solved: average return {tracker.average:.1f} over {tracker.window} episodes "
-                        f"after {tracker.episodes} episodes, {counters.step} agent steps"
-                    )
-                writer.log({"train/return": float(episode_return[i])}, counters.step, tracker.episodes)
-                episode_return[i] = 0.0
-            since_start = np.where(final, 0, since_start + 1)
-            final, obs = ended, next_obs
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.updates, self.steps_done = int(state["updates"]), int(state["steps_done"])
+        self.rng.bit_generator.state = state["rng"]
+        self.sampler.set_state(state["sampler"])
+        self.window_q.fill_(float(state["window_q"]))
+        self.window_updates = int(state["window_updates"])
+        if "envs" in state:  # saved after the first step: the replay buffer (load_arrays) comes too
+            self._start(state)
+            self.buffer_missing = True
 
-            # ---- learning: one update per train_every agent steps, once enough experience is stored ----
-            if counters.step >= learn_from:
-                for _ in range(counters.step // trainer.train_every - before // trainer.train_every):
-                    batch = [t.to(device) for t in buffer.sample(trainer.batch_size, sampler)]
-                    loss, q_mean = td_loss(agent, batch, trainer.gamma, trainer.double)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if trainer.grad_clip:
-                        nn.utils.clip_grad_norm_(agent.online.parameters(), trainer.grad_clip)
-                    optimizer.step()
-                    counters.updates += 1
-                    loss_sum, q_sum, window = loss_sum + loss.detach(), q_sum + q_mean, window + 1
-                    if counters.updates % trainer.log_every == 0:
-                        loss_value = float(loss_sum) / window
-                        session.check_finite(loss_value, counters.step)
-                        window_steps = counters.step - clock_step
-                        speed = window_steps / max(1e-9, time.monotonic() - clock)
-                        # per CPU second too: the figure that stays meaningful on a shared, loaded machine
-                        cpu_speed = window_steps / max(1e-9, time.process_time() - cpu_clock)
-                        writer.log(
-                            {
-                                "train/loss": loss_value,
-                                "train/q_mean": float(q_sum) / window,
-                                "train/epsilon": epsilon,
-                                "train/return_avg": tracker.average,
-                                "train/steps_per_s": speed,
-                                "train/steps_per_cpu_s": cpu_speed,
-                            },
-                            counters.step,
-                            tracker.episodes,
-                        )
-                        loss_sum, q_sum, window = 0.0, 0.0, 0
-                        clock, cpu_clock, clock_step = time.monotonic(), time.process_time(), counters.step
-                        progress.update(counters.step, loss_value)
-            if counters.step // trainer.target_update_every > before // trainer.target_update_every:
-                agent.sync_target(trainer.target_tau)
-            session.stop_if_requested(save)
+    def save_arrays(self) -> dict[str, np.ndarray]:
+        return self.buffer.arrays() if self.buffer is not None else {}
 
-            if counters.step // trainer.eval_every > before // trainer.eval_every or done():
-                metrics, counters.best, improved = evaluate_during_training(
-                    session, agent, counters.step, tracker.episodes, counters.best
-                )
-                counters.history.append(
-                    {"step": counters.step, "episodes": tracker.episodes, "epsilon": epsilon, **metrics}
-                )
-                ref = save("evaluation")
-                if improved:
-                    checkpoints.mark_best(ref, "eval/return_mean", counters.best, tracker.episodes)
-                run.write_summary(summary(run, tracker, counters, session.train_seconds, "running"))
-                session.message(
-                    f"step {counters.step}: {tracker.episodes} episodes, "
-                    f"average return {tracker.average:.1f} (last {len(tracker.returns)}), "
-                    f"epsilon {epsilon:.3f}, evaluation "
-                    f"{metrics['eval/return_mean']:.1f}" + ("  *" if improved else "")
-                )
-        envs.close()
-        result = summary(run, tracker, counters, session.train_seconds, "completed")
-        run.write_summary(result)
-        solved = tracker.solved_at
-        session.message(
-            (f"solved after {solved['episodes']} episodes, {solved['env_steps']} agent steps" if solved else
-             f"{tracker.episodes} episodes in {counters.step} agent steps, "
-             f"average return {tracker.average:.1f}")
-            + f"; run dir {run.path}"
-        )  # fmt: skip
-        return result
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if self.buffer is None:
+            raise CheckpointError("the checkpoint holds a replay buffer but no environment state")
+        self.buffer.load(arrays)
+        self.buffer_missing = False
+
+    # ---- the end --------------------------------------------------------------------------------------
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"updates": self.updates, **super().summary_fields()}
+
+    def finish(self, artifacts: Path) -> dict[str, Any]:
+        if self.envs is not None:
+            self.envs.close()
+        return {}
 
 
-def summary(
-    run: Run, tracker: EpisodeTracker, counters: Counters, seconds: float, status: str
-) -> dict[str, Any]:
-    return {
-        "experiment": run.config.name,
-        "status": status,
-        "steps": counters.step,
-        "updates": counters.updates,
-        "episodes": tracker.episodes,
-        "solved": tracker.solved_at is not None,
-        "solved_at": tracker.solved_at,
-        "train_return_avg": tracker.average,
-        "train_seconds": round(seconds, 2),
-        "final": counters.history[-1] if counters.history else {},
-        "best": {"metric": "eval/return_mean", "value": counters.best},
-        "history": counters.history,
-    }
-
-
-_COMMON = dict(chapter=9, model_config=QNetworkConfig, trainer_config=DQNTrainerConfig, custom_train=train)
-register_rl(
-    build_agent,
-    name="dqn-breakout",
-    dataset="ALE/Breakout-v5",
-    book_result="upward reward trend over 1,000 episodes",
-    description="DQN from pixels: Nature conv net, replay, target network, Huber loss",
-    **_COMMON,
+_COMMON = dict(chapter=9, model_config=QNetworkConfig, trainer_config=DQNTrainerConfig, task=DQNTask)
+register(
+    ExperimentSpec(
+        name="dqn-breakout",
+        dataset="ALE/Breakout-v5",
+        book_result="upward reward trend over 1,000 episodes",
+        description="DQN from pixels: Nature conv net, replay, target network, Huber loss",
+        **_COMMON,
+    )
 )
-register_rl(
-    build_agent,
-    name="dqn-cartpole",
-    dataset="CartPole-v1",
-    book_result="(not in the book: a quick check of the DQN code)",
-    description="the dqn-breakout code path on CartPole, MLP Q-network",
-    **_COMMON,
+register(
+    ExperimentSpec(
+        name="dqn-cartpole",
+        dataset="CartPole-v1",
+        book_result="(not in the book: a quick check of the DQN code)",
+        description="the dqn-breakout code path on CartPole, MLP Q-network",
+        **_COMMON,
+    )
 )

@@ -8,15 +8,17 @@ linearly over training (1.0, 0.5 or 0.25 -> 0.001) and finds annealing from 1.0 
 adds textbook REINFORCE (actions sampled from the policy) as a ninth setting.
 
 The 8 episodes of one update all start from the same weights, so they are played at once in an
-8-environment vector env (one batched forward per time step instead of 8). Each batch of episodes is
-seeded from (seed, batch number) and the exploration RNG likewise, so a checkpoint needs no environment
-or RNG state and a resumed run continues exactly as an uninterrupted one.
+8-environment vector env (one batched forward per time step instead of 8); one step of the engine's loop
+is such a batch and its update, and counts its episodes. Each batch of episodes is seeded from (seed,
+batch number) and the exploration RNG likewise, so a checkpoint needs no environment or RNG state and a
+resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,21 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fdlcli.config import RunConfig
-from fdlcli.engine.checkpoint import CheckpointRef
-from fdlcli.engine.optim import build_optimizer
-from fdlcli.engine.seed import seed_everything
-from fdlcli.engine.session import run_session
-from fdlcli.experiments._rl import (
-    EpisodeTracker,
-    RLTrainerConfig,
-    epsilon_greedy,
-    evaluate_during_training,
-    make_vector_env,
-    register_rl,
-    restore,
-    save_checkpoint,
-)
-from fdlcli.runs import Run
+from fdlcli.engine.task import StepOutput
+from fdlcli.experiments._rl import RLTask, RLTrainerConfig, epsilon_greedy, make_env, make_vector_env
+from fdlcli.registry import ExperimentSpec, register
 
 
 @dataclass
@@ -107,8 +97,6 @@ class PolicyNetwork(nn.Module):
 
 def env_shape(env_id: str) -> tuple[int, int]:
     """(observation size, number of actions) of a flat-observation environment."""
-    from fdlcli.experiments._rl import make_env
-
     env = make_env(env_id)
     shape = (int(np.prod(env.observation_space.shape)), int(env.action_space.n))
     env.close()
@@ -162,123 +150,85 @@ def play_batch(
     return torch.stack(observations), torch.stack(actions), torch.stack(rewards), torch.stack(masks)
 
 
-def train(run: Run) -> dict[str, Any]:
-    cfg = run.config
-    trainer: PGTrainerConfig = cfg.trainer
-    with run_session(run) as session:
-        device, checkpoints, writer = session.device, session.checkpoints, session.writer
-        seed_everything(cfg.seed)
-        net = build_policy(cfg).to(device)
-        optimizer = build_optimizer(cfg.optim, net.parameters())
-        tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
-        batch, best, history = 0, None, []
-        saved = restore(session, net, optimizer, tracker)
-        if saved is not None:
-            batch, best, history = saved["batch"], saved["best"], saved["history"]
+class PolicyGradientTask(RLTask):
+    """REINFORCE in the engine's loop: a step plays ``batch_episodes`` episodes and returns the policy
+    loss on them (the loop does the update); the counter counts episodes."""
 
-        def save(reason: str) -> CheckpointRef:
-            counters = {"batch": batch, "best": best, "history": history}
-            return save_checkpoint(session, net, optimizer, tracker, tracker.episodes, reason, **counters)
+    step_name = "episode"
 
-        envs = make_vector_env(trainer.env, trainer.batch_episodes, trainer.max_episode_steps)
-        progress = session.start_progress(
-            trainer.episodes, tracker.episodes, unit="episode", value_name="mean return"
+    @classmethod
+    def build_network(cls, config: RunConfig) -> nn.Module:
+        return build_policy(config)
+
+    def setup(self) -> None:
+        super().setup()
+        self.trainer: PGTrainerConfig = self.config.trainer
+        self.envs: Any = None  # built when training starts (fdl eval/play need none)
+
+    def total_steps(self) -> int:
+        return self.trainer.episodes
+
+    def train_step(self, step: int, index: int) -> StepOutput:
+        trainer, tracker = self.trainer, self.tracker
+        if self.envs is None:
+            self.envs = make_vector_env(trainer.env, trainer.batch_episodes, trainer.max_episode_steps)
+        self.epsilon = trainer.epsilon(step)
+        # the counter is batches x batch_episodes, so the batch's seed is a function of the step
+        batch_seed = self.config.seed * 1_000_003 + step
+        obs, actions, rewards, alive = play_batch(
+            self.model, self.envs, trainer, batch_seed, self.epsilon, self.device
         )
+        returns = discounted_returns(rewards, alive, trainer.gamma)
+        if trainer.normalize_returns:
+            valid = returns[alive.bool()]
+            returns = (returns - valid.mean()) / (valid.std() + 1e-8)
+        model = self.train_model if self.train_model is not None else self.model
+        log_probs = F.log_softmax(model(obs), dim=2).gather(2, actions.unsqueeze(2)).squeeze(2)
+        loss = -(log_probs * returns * alive).sum() / alive.sum()
 
-        def done() -> bool:
-            solved = trainer.stop_when_solved and tracker.solved_at is not None
-            return tracker.episodes >= trainer.episodes or solved
+        episode_returns = (rewards * alive).sum(0).tolist()
+        for ret, length in zip(episode_returns, alive.sum(0).tolist(), strict=True):
+            tracker.env_steps += int(length)
+            self.episode_ended(ret, step=tracker.episodes + 1)
+        return StepOutput(loss=loss, advance=len(episode_returns))
 
-        while not done():
-            epsilon = trainer.epsilon(tracker.episodes)
-            batch_seed = cfg.seed * 1_000_003 + batch * trainer.batch_episodes
-            obs, actions, rewards, alive = play_batch(net, envs, trainer, batch_seed, epsilon, device)
-            returns = discounted_returns(rewards, alive, trainer.gamma)
-            if trainer.normalize_returns:
-                valid = returns[alive.bool()]
-                returns = (returns - valid.mean()) / (valid.std() + 1e-8)
-            log_probs = F.log_softmax(net(obs), dim=2).gather(2, actions.unsqueeze(2)).squeeze(2)
-            loss = -(log_probs * returns * alive).sum() / alive.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            batch += 1
-            session.check_finite(loss.item(), tracker.episodes)
+    def log_due(self, step: int) -> bool:
+        return True  # every batch: its loss beside the training return and epsilon
 
-            episode_returns = (rewards * alive).sum(0).tolist()
-            for ret, length in zip(episode_returns, alive.sum(0).tolist(), strict=True):
-                tracker.env_steps += int(length)
-                if tracker.add(ret):
-                    session.message(
-                        f"solved: average return {tracker.average:.1f} over {tracker.window} episodes "
-                        f"after {tracker.episodes} episodes, {tracker.env_steps} environment steps"
-                    )
-                writer.log({"train/return": ret}, tracker.episodes, 0)
-            writer.log(
-                {
-                    "train/return_avg": tracker.average,
-                    "train/loss": loss.item(),
-                    "train/epsilon": epsilon,
-                    "train/env_steps": float(tracker.env_steps),
-                },
-                tracker.episodes,
-                0,
-            )
-            progress.update(tracker.episodes, tracker.average)
-            session.stop_if_requested(save)
+    def window_metrics(self, cost: float) -> dict[str, float]:
+        return {
+            "train/return_avg": self.tracker.average,
+            "train/epsilon": self.epsilon,
+            "train/env_steps": float(self.tracker.env_steps),
+        }
 
-            if batch % math.ceil(trainer.eval_every / trainer.batch_episodes) == 0 or done():
-                metrics, best, improved = evaluate_during_training(session, net, tracker.episodes, 0, best)
-                history.append({"episodes": tracker.episodes, "env_steps": tracker.env_steps, **metrics})
-                ref = save("evaluation")
-                if improved:
-                    checkpoints.mark_best(ref, "eval/return_mean", best, tracker.episodes)
-                run.write_summary(summary(run, tracker, history, best, session.train_seconds, "running"))
-                session.message(
-                    f"episode {tracker.episodes}: average return {tracker.average:.1f} "
-                    f"(last {len(tracker.returns)}), epsilon {epsilon:.3f}, greedy evaluation "
-                    f"{metrics['eval/return_mean']:.1f}" + ("  *" if improved else "")
-                )
-        envs.close()
-        result = summary(run, tracker, history, best, session.train_seconds, "completed")
-        run.write_summary(result)
-        solved = tracker.solved_at
-        session.message(
-            (f"solved after {solved['episodes']} episodes, {solved['env_steps']} steps" if solved else
-             f"not solved in {tracker.episodes} episodes")
-            + f"; run dir {run.path}"
-        )  # fmt: skip
-        return result
+    def evaluation_due(self, before: int, after: int) -> bool:
+        """Every ceil(eval_every / batch_episodes) batches."""
+        batches = after // self.trainer.batch_episodes
+        return batches % math.ceil(self.trainer.eval_every / self.trainer.batch_episodes) == 0
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {
+            "explore": self.trainer.explore.name,
+            **super().summary_fields(),
+            "env_steps": self.tracker.env_steps,
+        }
+
+    def finish(self, artifacts: Path) -> dict[str, Any]:
+        if self.envs is not None:
+            self.envs.close()
+        return {}
 
 
-def summary(
-    run: Run, tracker: EpisodeTracker, history: list[dict[str, Any]], best: float | None, seconds: float,
-    status: str,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "experiment": run.config.name,
-        "status": status,
-        "explore": run.config.trainer.explore.name,
-        "episodes": tracker.episodes,
-        "env_steps": tracker.env_steps,
-        "solved": tracker.solved_at is not None,
-        "solved_at": tracker.solved_at,
-        "train_return_avg": tracker.average,
-        "train_seconds": round(seconds, 2),
-        "final": history[-1] if history else {},
-        "best": {"metric": "eval/return_mean", "value": best},
-        "history": history,
-    }
-
-
-register_rl(
-    build_policy,
-    name="pg-cartpole",
-    chapter=9,
-    dataset="CartPole-v1",
-    book_result="annealed epsilon 1.0->0.001 learns best (fig. 9-6)",
-    description="REINFORCE, MLP 4-16-16-2, 8 exploration settings (explore=...)",
-    model_config=PolicyConfig,
-    trainer_config=PGTrainerConfig,
-    custom_train=train,
+register(
+    ExperimentSpec(
+        name="pg-cartpole",
+        chapter=9,
+        dataset="CartPole-v1",
+        book_result="annealed epsilon 1.0->0.001 learns best (fig. 9-6)",
+        description="REINFORCE, MLP 4-16-16-2, 8 exploration settings (explore=...)",
+        model_config=PolicyConfig,
+        trainer_config=PGTrainerConfig,
+        task=PolicyGradientTask,
+    )
 )
