@@ -324,8 +324,6 @@ def requested_features(run_config: RunConfig) -> dict[str, str]:
 def _refuse_unsupported(run_config: RunConfig, spec: registry.ExperimentSpec) -> None:
     """A trainer key the experiment cannot honour is an error, never silently ignored."""
     task = spec.task
-    if task is None:
-        return
     for feature, setting in requested_features(run_config).items():
         if feature not in task.supports:
             raise ConfigError(

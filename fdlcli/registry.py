@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,30 +38,21 @@ class ExperimentSpec:
     book_result: str
     description: str
     model_config: type
-    task: type[Task] | None = None
+    task: type[Task]
     data_config: type | None = None
     trainer_config: type | None = None
     model_shortcuts: tuple[str, ...] = ()
-    # TRANSITIONAL (issue 18): experiments not yet moved onto the engine keep their own loops here
-    custom_train: Callable[[Run], dict[str, Any]] | None = None
-    custom_evaluate: Callable[[Run, str, str], dict[str, float]] | None = None
 
     def train(self, run: Run) -> dict[str, Any]:
         """Train (or resume) ``run``; returns its summary."""
         from fdlcli.engine.loop import train
 
-        if self.custom_train is not None:
-            return self.custom_train(run)
-        assert self.task is not None
         return train(self.task, run)
 
     def evaluate(self, run: Run, which: str, split: str) -> dict[str, float]:
         """Metrics of a saved checkpoint of ``run`` (``fdl eval``), recorded in the run."""
         from fdlcli.engine.loop import evaluate_checkpoint
 
-        if self.custom_evaluate is not None:
-            return self.custom_evaluate(run, which, split)
-        assert self.task is not None
         return evaluate_checkpoint(self.task, run, which, split)
 
 

@@ -74,7 +74,7 @@ def interpolate_cmd(
     run_dirs = [run.path for run in opened]
     run_config = opened[0].config
     spec = registry.get(run_config.name)
-    if spec.task is None or not issubclass(spec.task, SupervisedTask):
+    if not issubclass(spec.task, SupervisedTask):
         raise UsageError(f"experiment {spec.name!r} has no supervised task to interpolate")
     task = spec.task(run_config)
     device = resolve_device(run_config.trainer.device)
