@@ -385,6 +385,22 @@ def train(task_class: type[Task], run: Run) -> dict[str, Any]:
         return _Loop(task_class, run, session).fit()
 
 
+def resolve_checkpoint(run: Run, which: str) -> CheckpointRef:
+    """Checkpoint ``which`` (best, last, init, step-N) of a run."""
+    return CheckpointManager(run.checkpoint_dir, run.config.name).resolve(which)
+
+
+def load_weights(
+    run: Run, which: str | CheckpointRef, module: nn.Module, device: torch.device | str = "cpu"
+) -> CheckpointRef:
+    """Load a checkpoint of ``run`` into ``module`` (inference commands and analyses that build their
+    model without a task: ``fdl tag``, ``fdl translate``, the autoencoder's code analysis)."""
+    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
+    ref = checkpoints.resolve(which) if isinstance(which, str) else which
+    checkpoints.load_weights(module, ref, device)
+    return ref
+
+
 def load_task(task_class: type[Task], run: Run, which: str) -> tuple[Task, CheckpointRef]:
     """A task rebuilt from a finished run's config with the weights of checkpoint ``which`` (analyses,
     ``fdl eval``, ``fdl play``)."""

@@ -34,7 +34,7 @@ from torch import nn
 
 from fdlcli.data import ArraySplits, image_classification_arrays, minibatches
 from fdlcli.data.tensors import Arrays
-from fdlcli.engine.checkpoint import CheckpointManager
+from fdlcli.engine.loop import load_weights
 from fdlcli.engine.supervised import SupervisedTask
 from fdlcli.engine.tracking import log
 from fdlcli.registry import ExperimentSpec, register
@@ -237,7 +237,7 @@ def analyze(task: AutoencoderTask, run: Run) -> dict[str, Any]:
     cfg: AutoencoderConfig = run.config.model
     started = time.monotonic()
     model = task.build_model()
-    CheckpointManager(run.checkpoint_dir, run.config.name).load_weights(model, _best(run))
+    load_weights(run, "best", model)
     data = task.load_data()
     (train_x, train_y), (test_x, test_y) = data.train, data.test
     pca = PCA(train_x, cfg.code_size)
@@ -276,8 +276,6 @@ def analyze(task: AutoencoderTask, run: Run) -> dict[str, Any]:
     return result
 
 
-def _best(run: Run) -> Any:
-    return CheckpointManager(run.checkpoint_dir, run.config.name).resolve("best")
 
 
 def _register(name: str, book_result: str, description: str) -> None:

@@ -262,15 +262,14 @@ class PosTagging(ClassificationTask):
 
 def load_tagger(run: Run, checkpoint: str = "best") -> tuple[WindowTagger, dict[str, int], list[str]]:
     """A trained tagger, its word index and tag names, from the run alone (no data, no embeddings file)."""
-    from fdlcli.engine.checkpoint import CheckpointManager
+    from fdlcli.engine.loop import load_weights, resolve_checkpoint
     from fdlcli.errors import RunDirError
 
     path = run.path / "artifacts" / VOCAB_FILE
     if not path.is_file():
         raise RunDirError(f"{run.path} has no artifacts/{VOCAB_FILE} (was it trained by pos-tagger?)")
     meta = json.loads(path.read_text())
-    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
-    ref = checkpoints.resolve(checkpoint)
+    ref = resolve_checkpoint(run, checkpoint)
     try:  # the table's width is in the checkpoint itself
         from safetensors import safe_open
 
@@ -279,7 +278,7 @@ def load_tagger(run: Run, checkpoint: str = "best") -> tuple[WindowTagger, dict[
     except Exception as exc:  # a damaged file: load_weights below would say the same
         raise RunDirError(f"cannot read the embedding table of {ref.path}: {exc}") from None
     model = WindowTagger(torch.zeros(len(meta["words"]), dim), len(meta["tags"]), run.config.model)
-    checkpoints.load_weights(model, ref)
+    load_weights(run, ref, model)
     return model, {w: i for i, w in enumerate(meta["words"])}, meta["tags"]
 
 

@@ -131,7 +131,7 @@ class SentimentClassification(ClassificationTask):
 
 def load_classifier(run: Run, checkpoint: str = "best") -> tuple[SentimentLSTM, dict[str, int]]:
     """A trained model and its word index, from the run alone (no dataset needed)."""
-    from fdlcli.engine.checkpoint import CheckpointManager
+    from fdlcli.engine.loop import load_weights
     from fdlcli.errors import RunDirError
 
     path = run.path / "artifacts" / VOCAB_FILE
@@ -139,8 +139,7 @@ def load_classifier(run: Run, checkpoint: str = "best") -> tuple[SentimentLSTM, 
         raise RunDirError(f"{run.path} has no artifacts/{VOCAB_FILE} (was it trained by sentiment-lstm?)")
     words = json.loads(path.read_text())
     model = SentimentLSTM(len(words), run.config.model)
-    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
-    checkpoints.load_weights(model, checkpoints.resolve(checkpoint))
+    load_weights(run, checkpoint, model)
     return model.eval(), {w: i for i, w in enumerate(words)}
 
 

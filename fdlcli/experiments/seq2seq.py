@@ -51,8 +51,8 @@ from fdlcli.data.translation import (
     save_vocabs,
     tokenize,
 )
-from fdlcli.engine.checkpoint import CheckpointManager
 from fdlcli.engine.devices import resolve_device
+from fdlcli.engine.loop import load_weights
 from fdlcli.engine.optim import build_optimizer, set_lr
 from fdlcli.engine.seed import epoch_generator
 from fdlcli.engine.task import StepOutput, Task
@@ -647,8 +647,7 @@ def load_model(run: Run, which: str, device: torch.device) -> tuple[Seq2Seq, Voc
     """The model of checkpoint ``which`` and the run's vocabularies, without the dataset."""
     source, target = load_vocabs(run.path)
     model = build_model(run.config, source, target)
-    checkpoints = CheckpointManager(run.checkpoint_dir, run.config.name)
-    checkpoints.load_weights(model, checkpoints.resolve(which), device)
+    load_weights(run, which, model, device)
     return model.to(device).eval(), source, target
 
 
