@@ -155,8 +155,29 @@ def conf_dir() -> Path:
 
 
 def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files and the nodes made from dataclass defaults."""
     directory = conf_dir() / group
-    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+    files = {p.stem for p in directory.glob("*.yaml")} if directory.is_dir() else set()
+    return sorted(files | {name for g, name, _ in _default_nodes() if g == group})
+
+
+def _default_nodes() -> list[tuple[str, str, type]]:
+    """Config group options whose values are a dataclass's defaults, so those defaults live in one place
+    (the dataclass): ``trainer/default`` and each experiment's ``ExperimentSpec.model_group``."""
+    nodes = [("trainer", "default", TrainerConfig)]
+    nodes += [("model", s.model_group, s.model_config) for s in registry.specs() if s.model_group]
+    return nodes
+
+
+def _store_default_nodes() -> None:
+    from dataclasses import asdict
+
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, name, schema in _default_nodes():
+        # a plain node, not a typed schema: experiment overlays add their own trainer keys to it
+        store.store(group=group, name=name, node=OmegaConf.create(asdict(schema())))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,6 +197,7 @@ def hydra_context(job_name: str = "fdl") -> Iterator[None]:
 
     directory = conf_dir()
     if _initialized_for != directory or not GlobalHydra.instance().is_initialized():
+        _store_default_nodes()
         GlobalHydra.instance().clear()
         initialize_config_dir(config_dir=str(directory), version_base=VERSION_BASE, job_name=job_name)
         _initialized_for = directory

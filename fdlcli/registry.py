@@ -42,6 +42,9 @@ class ExperimentSpec:
     data_config: type | None = None
     trainer_config: type | None = None
     model_shortcuts: tuple[str, ...] = ()
+    # a model group option made from ``model_config``'s defaults (no YAML file: the dataclass is the one
+    # place they live); experiments select it with ``override /model: <model_group>``
+    model_group: str | None = None
 
     def train(self, run: Run) -> dict[str, Any]:
         """Train (or resume) ``run``; returns its summary."""

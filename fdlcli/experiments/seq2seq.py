@@ -659,6 +659,7 @@ register(
         book_result="training perplexity ~6 -> ~4 (WMT'15, 8 GPUs, 4 days)",
         description="GRU encoder-decoder with Bahdanau attention, buckets, beam search",
         model_config=Seq2SeqConfig,
+        model_group="seq2seq",
         data_config=TranslationDataConfig,
         trainer_config=TranslateTrainerConfig,
         task=TranslationTask,
