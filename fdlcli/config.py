@@ -165,7 +165,9 @@ def _default_nodes() -> list[tuple[str, str, type]]:
     """Config group options whose values are a dataclass's defaults, so those defaults live in one place
     (the dataclass): ``trainer/default`` and each experiment's ``ExperimentSpec.model_group``."""
     nodes = [("trainer", "default", TrainerConfig)]
-    nodes += [("model", s.model_group, s.model_config) for s in registry.specs() if s.model_group]
+    nodes += sorted(
+        {("model", s.model_group, s.model_config) for s in registry.specs() if s.model_group}, key=str
+    )
     return nodes
 
 

@@ -287,6 +287,7 @@ def _register(name: str, book_result: str, description: str) -> None:
             book_result=book_result,
             description=description,
             model_config=AutoencoderConfig,
+            model_group="autoencoder",
             task=AutoencoderTask,
         )
     )

@@ -236,6 +236,7 @@ for name, dataset, book_result, description in (
             book_result=book_result,
             description=description,
             model_config=CNNConfig,
+            model_group="cnn",
             task=ImageClassification,
             data_config=ImageDataConfig,
         )

@@ -302,7 +302,13 @@ def print_task_table(metrics: dict[str, float], split: str, tasks: list[int], na
 def _spec(name: str, task: type[SequenceTask], **fields: Any) -> ExperimentSpec:
     return register(
         ExperimentSpec(
-            name=name, chapter=8, model_config=DNCConfig, trainer_config=DNCTrainerConfig, task=task, **fields
+            name=name,
+            chapter=8,
+            model_config=DNCConfig,
+            model_group="dnc",
+            trainer_config=DNCTrainerConfig,
+            task=task,
+            **fields,
         )
     )
 

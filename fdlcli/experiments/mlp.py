@@ -118,6 +118,7 @@ for name, book_result, description in (
             book_result=book_result,
             description=description,
             model_config=MLPConfig,
+            model_group="mlp" if name == "mlp-mnist" else None,  # logreg: conf/model/logreg.yaml
             task=MNISTClassification,
             data_config=ShiftDataConfig,
         )

@@ -228,6 +228,7 @@ register(
         book_result="annealed epsilon 1.0->0.001 learns best (fig. 9-6)",
         description="REINFORCE, MLP 4-16-16-2, 8 exploration settings (explore=...)",
         model_config=PolicyConfig,
+        model_group="policy",
         trainer_config=PGTrainerConfig,
         task=PolicyGradientTask,
     )

@@ -290,6 +290,7 @@ register(
         book_result="over 96% accuracy (100 epochs, Google News vectors)",
         description="feed-forward n-gram tagger over fixed word2vec embeddings, BN, Adam",
         model_config=PosConfig,
+        model_group="pos",
         data_config=ConllDataConfig,
         task=PosTagging,
     )

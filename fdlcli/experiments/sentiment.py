@@ -158,6 +158,7 @@ register(
         book_result="about 86% test accuracy at the best epoch, then overfitting",
         description="embedding -> LSTM (length-bucketed) -> last output -> BN layer -> 2 classes, Adam",
         model_config=SentimentConfig,
+        model_group="lstm",
         data_config=ImdbDataConfig,
         task=SentimentClassification,
     )

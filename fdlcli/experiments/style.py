@@ -303,6 +303,7 @@ register(
         book_result="a stylized image (qualitative)",
         description="Gatys et al. style transfer on VGG-19 features (weights from a file)",
         model_config=StyleConfig,
+        model_group="style",
         task=StyleTransfer,
         model_shortcuts=("content", "style", "weights"),
     )

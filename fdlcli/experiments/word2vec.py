@@ -700,6 +700,7 @@ for name, description in [
             book_result="neighbours such as eight -> six, seven, five, nine (text8, 5 epochs)",
             description=description,
             model_config=SkipGramConfig,
+            model_group="skipgram",
             task=SkipGramTask,
             data_config=TextDataConfig,
             trainer_config=SkipGramTrainerConfig,
