@@ -65,6 +65,8 @@ def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.Monke
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("FDL_DEBUG", raising=False)
+    for size in ("COLUMNS", "LINES"):  # set to 80x24 in pytest-xdist workers: fdl would print 80 wide
+        monkeypatch.delenv(size, raising=False)
     return {**os.environ, **values}
 
 
