@@ -63,33 +63,16 @@ def run_one(name: str, variant_name: str, device: str, timeout: float, env: dict
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired:
-            return {
-                "name": name,
-                "variant": variant_name,
-                "status": "FAILED",
-                "why": f"timeout {timeout:.0f} s",
-            }
-        seconds = time.monotonic() - started
-        last_line = (done.stderr.strip().splitlines() or [""])[-1][:100]
-        result.update(seconds=seconds, why=last_line)
+            return {**result, "status": "FAILED", "why": f"timeout {timeout:.0f} s"}
+        result.update(seconds=time.monotonic() - started)
+        result["why"] = (done.stderr.strip().splitlines() or [""])[-1][:100]
         if refuse:
             ok = done.returncode == 2 and "does not support" in done.stderr
-            status = "refused" if ok else "FAILED"
-            return {
-                "name": name,
-                "variant": variant_name,
-                "status": status,
-                "seconds": seconds,
-                "why": last_line,
-            }
+            return {**result, "status": "refused" if ok else "FAILED"}
+        if done.returncode == 2 and "Traceback" not in done.stderr:  # refused for another reason, in
+            return {**result, "status": "refused"}  # one line (skip-gram's Hogwild engine: CPU only)
         if done.returncode != 0:
-            return {
-                "name": name,
-                "variant": variant_name,
-                "status": "FAILED",
-                "seconds": seconds,
-                "why": last_line,
-            }
+            return {**result, "status": "FAILED"}
         metrics = [json.loads(line) for path in Path(runs).glob("**/metrics.jsonl") for line in path.open()]
         values = [m["value"] for m in metrics if m["name"].startswith("train/")]
         finite = all(v is not None and math.isfinite(v) for v in values)
