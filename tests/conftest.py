@@ -17,6 +17,9 @@ MIRROR = Path(os.environ.get("FDL_DATA_DIR") or REPO.parent / "shared" / "data")
 def pytest_configure(config: pytest.Config) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
     os.environ["HF_DATASETS_OFFLINE"] = "1"
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # xdist workers get COLUMNS=80 LINES=24: the fdl commands
+        os.environ.pop("COLUMNS", None)  # the tests start would print their tables 80 wide
+        os.environ.pop("LINES", None)
     _pin_xdist_worker()
 
 
@@ -65,8 +68,6 @@ def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.Monke
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("FDL_DEBUG", raising=False)
-    for size in ("COLUMNS", "LINES"):  # set to 80x24 in pytest-xdist workers: fdl would print 80 wide
-        monkeypatch.delenv(size, raising=False)
     return {**os.environ, **values}
 
 

@@ -123,7 +123,7 @@ def test_plot_overlays_a_sweep_and_reports_the_threshold(sweep, env, capsys, tmp
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--metric", "val/nope"], "logged metrics: train/cost"),
+        (["--metric", "val/nope"], "logged metrics: test/accuracy, test/cost, test/error, train/cost"),
         (["--threshold", "x"], "Invalid value"),
     ],
 )
@@ -238,7 +238,7 @@ def test_batch_norm_statistics_are_reestimated_along_the_path(env):
     reference = BNNet()
     reference.load_state_dict(end)
     reestimate_batch_norm(reference, bn_data, 100)
-    expected = task.evaluate(reference, data.test, 100)
+    expected = task.metrics(reference, data.test, 100)
     assert result.metrics[2] == expected
     # ...and those statistics are the mean of the pre-BN activations over the data (equal minibatches)
     with torch.no_grad():
