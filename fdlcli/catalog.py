@@ -36,7 +36,7 @@ STATUSES = ("running", "completed", "interrupted", "diverged", "failed", DEAD, N
 FAILED_STATUSES = ("failed", "diverged")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object, or {} for a missing or unreadable file (a listing never fails on one bad run)."""
     try:
         with open(path) as handle:
@@ -120,7 +120,7 @@ class RunRecord:
     @functools.cached_property
     def summary(self) -> dict[str, Any]:
         """summary.json, read when first needed (a listing sorts and filters on meta.json alone)."""
-        return _read_json(self.path / runs.SUMMARY_FILE)
+        return read_json_object(self.path / runs.SUMMARY_FILE)
 
     @property
     def recorded_status(self) -> str | None:
@@ -237,7 +237,7 @@ def read_record(path: Path, root: Path | None = None) -> RunRecord:
         parts = relative.parts
     except ValueError:  # a run outside the runs root: its path is its id
         relative, parts = path, ()
-    meta = _read_json(path / runs.META_FILE)
+    meta = read_json_object(path / runs.META_FILE)
     experiment = meta.get("experiment") or (parts[0] if parts else path.parent.name)
     sweep = str(Path(*parts[:3])) if len(parts) == 4 and parts[1] == SWEEPS_DIR else None
     recorded = meta.get("status")

@@ -20,22 +20,10 @@ import yaml
 
 from fdlcli import catalog, runs
 from fdlcli.analysis.curves import expand_run_dirs, lower_is_better
+from fdlcli.analysis.rundata import flatten
 from fdlcli.errors import UsageError
 
 MISSING = object()  # a key one run has and another has not
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = value
-    return flat
 
 
 def load_config(run_dir: Path) -> dict[str, Any]:
@@ -43,7 +31,8 @@ def load_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / runs.CONFIG_FILE
     try:
         loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        return flatten(yaml.load(path.read_text(), Loader=loader) or {})
+        loaded = yaml.load(path.read_text(), Loader=loader) or {}
+        return flatten(loaded) if isinstance(loaded, dict) else {}
     except (OSError, yaml.YAMLError):
         return {}
 

@@ -16,8 +16,9 @@ from typing import Any
 import yaml
 
 from fdlcli.analysis.sweeps import user_overrides
+from fdlcli.catalog import read_json_object
 from fdlcli.errors import RunDirError
-from fdlcli.runs import CONFIG_FILE, META_FILE, OVERRIDES_FILE, SUMMARY_FILE, read_json
+from fdlcli.runs import CONFIG_FILE, META_FILE, OVERRIDES_FILE, SUMMARY_FILE
 
 EVALS_FILE = "evals.jsonl"  # one JSON record per `fdl eval`, where the engine appends them
 
@@ -60,14 +61,6 @@ def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _read_json_or_empty(path: Path) -> dict[str, Any]:
-    try:
-        data = read_json(path)
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def load_run(path: Path) -> RunData:
     """Read a run directory; a missing or unreadable summary/meta reads as empty (a run still starting)."""
     path = Path(path)
@@ -84,7 +77,7 @@ def load_run(path: Path) -> RunData:
     except (OSError, yaml.YAMLError):
         saved = []
     overrides = user_overrides(str(o) for o in saved) if isinstance(saved, list) else []
-    meta, summary = _read_json_or_empty(path / META_FILE), _read_json_or_empty(path / SUMMARY_FILE)
+    meta, summary = read_json_object(path / META_FILE), read_json_object(path / SUMMARY_FILE)
     return RunData(path, config, overrides, meta, summary)
 
 
@@ -95,7 +88,7 @@ def read_evals(run_dir: Path) -> list[dict[str, Any]]:
     """
     found = []
     for path in sorted(Path(run_dir).glob("eval-*.json")):
-        record = _read_json_or_empty(path)
+        record = read_json_object(path)
         if isinstance(record.get("metrics"), dict):
             found.append({"source": path.name, **record})
     jsonl = Path(run_dir) / EVALS_FILE

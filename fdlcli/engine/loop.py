@@ -285,6 +285,12 @@ class _Loop:
             self._steps(total)
         return self._end()
 
+    def announce(self, heading: str, shown: list[str], improved: bool) -> None:
+        """The console line of an evaluation (``*``: a new best), then the task's own after-evaluation."""
+        self.session.message("  ".join([heading, *shown]) + ("  *" if improved else ""))
+        if distributed.is_main():
+            self.task.after_evaluation(self.state.step, self.state.history[-1])
+
     def _epochs(self, total: int) -> None:
         state, trainer, task, session = self.state, self.trainer, self.task, self.session
         if state.epoch >= trainer.epochs:
@@ -308,13 +314,10 @@ class _Loop:
             self.log_epoch = state.epoch
             improved = self.validate("epoch")
             val = {k: v for k, v in task.headline(state.history[-1]).items() if k.startswith("val/")}
-            session.message(
-                f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}  "
-                + "  ".join(f"val {k[4:]} {v:.4f}" for k, v in val.items())
-                + ("  *" if improved else "")
+            shown = [f"val {k[4:]} {v:.4f}" for k, v in val.items()]
+            self.announce(
+                f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}", shown, improved
             )
-            if distributed.is_main():
-                task.after_evaluation(state.step, state.history[-1])
 
     def _steps(self, total: int) -> None:
         state, trainer, task, session = self.state, self.trainer, self.task, self.session
@@ -327,14 +330,9 @@ class _Loop:
             session.stop_if_requested(self.save)
             if task.evaluation_due(before, state.step) or end:
                 improved = self.validate("evaluation")
-                shown = {k: v for k, v in task.headline(state.history[-1]).items() if k != "step"}
-                session.message(
-                    f"{task.step_name} {state.step}/{total}  "
-                    + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-                    + ("  *" if improved else "")
-                )
-                if distributed.is_main():
-                    task.after_evaluation(state.step, state.history[-1])
+                headline = task.headline(state.history[-1])
+                shown = [f"{k} {v:.4g}" for k, v in headline.items() if k != "step"]
+                self.announce(f"{task.step_name} {state.step}/{total}", shown, improved)
             elif (
                 trainer.checkpoint_every
                 and state.step // trainer.checkpoint_every > before // trainer.checkpoint_every
