@@ -86,6 +86,20 @@ def fdl(
     )
 
 
+def fdl_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """The command line's entry point in this process: its exit code and stderr. For commands that fail
+    before any training (each subprocess costs seconds of interpreter start and torch import); the `env`
+    fixture has set the same environment variables here as a subprocess gets."""
+    from fdlcli.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exited:
+        code = exited.code if isinstance(exited.code, int) else 1
+    return code, capsys.readouterr().err
+
+
 def run_dirs(env: dict[str, str], experiment: str) -> list[Path]:
     root = Path(env["FDL_RUNS_DIR"]) / experiment
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name != "sweeps") if root.exists() else []
