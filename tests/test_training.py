@@ -152,13 +152,13 @@ def test_concurrent_starts_get_distinct_run_directories(env):
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(8)
+        for _ in range(5)  # five processes claim directories in the same second (8 cost 20 s more)
     ]
     for process in processes:
         _, stderr = process.communicate(timeout=240)
         assert process.returncode == 0, stderr
     runs = run_dirs(env, "logreg-mnist")
-    assert len(runs) == 8
+    assert len(runs) == 5
     assert all(read_summary(run)["status"] == "completed" for run in runs)
 
 
