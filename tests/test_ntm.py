@@ -99,8 +99,7 @@ def test_module_shapes_and_gradients(controller: str) -> None:
 
 TINY = [
     "trainer.log_every=1", "data.eval_size=8", "data.batch_size=2", "data.length=4", "data.test_lengths=[6]",
-    "data.length_eval_size=3", "trainer.threads=1", "trainer.steps=12", "trainer.eval_every=4",
-    "trainer.checkpoint_every=2",
+    "data.length_eval_size=3", "trainer.threads=1", "trainer.steps=8", "trainer.eval_every=4",
 ]  # fmt: skip
 TINY_NTM = [*TINY, "model.hidden=8", "model.memory_slots=8", "model.word_size=4"]
 
@@ -111,14 +110,14 @@ def test_ntm_copy_trains_resumes_exactly_and_tests_longer_lengths(env):
     _train("ntm-copy", TINY_NTM)
     (reference,) = run_dirs(env, "ntm-copy")
     final = read_summary(reference)["final"]
-    assert read_summary(reference)["steps"] == 12
+    assert read_summary(reference)["steps"] == 8
     assert 0 <= final["test/bit_errors"] <= 4 * 8 and 0 <= final["test/bit_errors_len6"] <= 6 * 8
     assert (reference / "artifacts" / "heads.png").stat().st_size > 10_000
 
-    # a shorter run (ending where the long one evaluates), extended by `fdl train --resume` to 12 steps
-    _train("ntm-copy", [*TINY_NTM, "trainer.steps=8"])
+    # a shorter run (ending where the long one evaluates), extended by `fdl train --resume` to 8 steps
+    _train("ntm-copy", [*TINY_NTM, "trainer.steps=4"])
     (shorter,) = [r for r in run_dirs(env, "ntm-copy") if r != reference]
-    launch.resume(shorter, ["trainer.steps=12"])
+    launch.resume(shorter, ["trainer.steps=8"])
     _assert_same_run(shorter, reference)
 
     shown = fdl("eval", str(reference), "--json", env=env)  # the per-length table on stderr
