@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,28 @@ class CopyDataConfig(DataConfig):
     hub_id: str = ""
     bits: int = 6  # width of each binary vector
     sequences: int = 4  # sequences per series
-    length: int = 5  # vectors per sequence
+    length: int = 5  # vectors per sequence (the longest, with min_length)
+    # 0: every sequence has `length` vectors; else each minibatch draws its length from min_length..length
+    # and the validation / test series spread evenly over those lengths (the NTM paper's copy task)
+    min_length: int = 0
     batch_size: int = 32
     eval_size: int = 1000  # series in the fixed evaluation set
+    # lengths beyond training at which the test also counts the bit errors per series (generalization)
+    test_lengths: list[int] = field(default_factory=list)
+    length_eval_size: int = 100  # series per test length
+
+    def check(self) -> str | None:
+        if min(self.bits, self.sequences, self.length, self.batch_size, self.eval_size) <= 0:
+            return "data.bits, sequences, length, batch_size and eval_size must be positive"
+        if not 0 <= self.min_length <= self.length:
+            return f"data.min_length={self.min_length} must be in [0, data.length={self.length}]"
+        if any(n <= 0 for n in self.test_lengths) or (self.test_lengths and self.length_eval_size <= 0):
+            return f"data.test_lengths={self.test_lengths} and data.length_eval_size must be positive"
+        return None
+
+    def lengths(self) -> list[int]:
+        """The sequence lengths of training (and of the validation and test series)."""
+        return list(range(self.min_length, self.length + 1)) if self.min_length else [self.length]
 
 
 @dataclass
@@ -82,22 +101,34 @@ class DNCTrainerConfig(TrainerConfig):
         return None
 
 
+@dataclass
+class CopyTrainerConfig(DNCTrainerConfig):
+    # stop once val/bit_errors (wrong bits per series) is below this, as the NTM paper trains; 0 = never
+    stop_bit_errors: float = 0.0
+
+    def check(self) -> str | None:
+        if self.stop_bit_errors < 0:
+            return f"trainer.stop_bit_errors={self.stop_bit_errors} must be >= 0"
+        return super().check()
+
+
 # --------------------------------------------------------------------------------------------------
-# The two tasks: batches, loss and evaluation; the engine's loop does the rest.
+# The tasks: batches, loss and evaluation; the engine's loop does the rest.
 
 
 class SequenceTask(Task):
-    """``trainer.steps`` minibatches of sequences through a DNC; evaluations every ``trainer.eval_every``
-    steps report ``error`` (the monitored ``val/error`` picks the best checkpoint); the final model is
-    tested at the end."""
+    """``trainer.steps`` minibatches of sequences through a sequence model (a DNC, an NTM, an LSTM:
+    ``forward(inputs, record)`` -> (logits, trace) and ``compile_step()``); evaluations every
+    ``trainer.eval_every`` steps report ``error`` (the monitored metric picks the best checkpoint); the
+    final model is tested at the end."""
 
     unit = "steps"
     supports = frozenset({"precision", "compile", "schedule", "checkpoint_every"})
     test_checkpoints = ("final",)
-    model: DNC
+    model: Any
 
     @abstractmethod
-    def build_model(self) -> DNC: ...
+    def build_model(self) -> torch.nn.Module: ...
 
     @abstractmethod
     def loss(self, step: int) -> torch.Tensor:
@@ -121,10 +152,13 @@ class SequenceTask(Task):
         return StepOutput(loss=self.loss(step))
 
 
-def copy_series(cfg: CopyDataConfig, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+def copy_series(
+    cfg: CopyDataConfig, batch: int, generator: torch.Generator, length: int | None = None
+) -> tuple[torch.Tensor, ...]:
     """(inputs [b, T, bits+1], targets [b, T, bits], mask [b, T]) of ``batch`` series: each sequence is
-    ``length`` vectors, a delimiter step (the extra channel), then ``length`` blank steps to recall on."""
-    bits, n, seqs = cfg.bits, cfg.length, cfg.sequences
+    ``length`` (default: ``cfg.length``) vectors, a delimiter step (the extra channel), then ``length``
+    blank steps to recall on."""
+    bits, n, seqs = cfg.bits, length or cfg.length, cfg.sequences
     vectors = torch.randint(0, 2, (batch, seqs, n, bits), generator=generator).float()
     segment = 2 * n + 1
     inputs = torch.zeros(batch, seqs, segment, bits + 1)
@@ -139,51 +173,131 @@ def copy_series(cfg: CopyDataConfig, batch: int, generator: torch.Generator) -> 
 
 
 class CopyTask(SequenceTask):
+    """The copy task for any sequence model (``model_class(bits + 1, bits, config.model)``): the book's
+    series of fixed-length sequences (``dnc-copy``) or the NTM paper's single sequences of random length
+    (``data=copy-ntm``, with the bit errors per series at longer ``data.test_lengths``)."""
+
+    model_class: ClassVar[type[torch.nn.Module]] = DNC
+
     @property
     def data(self) -> CopyDataConfig:
         return self.config.data
 
-    def build_model(self) -> DNC:
-        return DNC(self.data.bits + 1, self.data.bits, self.config.model)
+    def setup(self) -> None:
+        super().setup()
+        self.val_bit_errors = float("inf")  # the last validation's, for trainer.stop_bit_errors
+
+    def build_model(self) -> torch.nn.Module:
+        return self.model_class(self.data.bits + 1, self.data.bits, self.config.model)
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        lengths = self.data.lengths()
+        span = f"{lengths[0]}-{lengths[-1]}" if len(lengths) > 1 else str(lengths[0])
+        return f"{type(self.model).__name__}, {params:,} parameters; sequences of {span} vectors"
 
     def loss(self, step: int) -> torch.Tensor:
         generator = epoch_generator(self.config.seed, step)
+        length = None
+        if self.data.min_length:  # one length per minibatch: no padding, no masked steps
+            length = int(torch.randint(self.data.min_length, self.data.length + 1, (1,), generator=generator))
         inputs, targets, mask = (
-            t.to(self.device) for t in copy_series(self.data, self.data.batch_size, generator)
+            t.to(self.device) for t in copy_series(self.data, self.data.batch_size, generator, length)
         )
         logits, _ = self.model(inputs)
         per_bit = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=2)
         return (per_bit * mask).sum() / mask.sum()  # bits of cross-entropy per recalled vector
 
-    def eval_set(self, split: str) -> tuple[torch.Tensor, ...]:
+    def eval_set(self, split: str) -> list[tuple[torch.Tensor, ...]]:
+        """The fixed series of ``split``, one (inputs, targets, mask) group per length, ``eval_size`` in
+        all spread evenly over the training lengths."""
         # fixed series, disjoint in seed space from the training stream (seed * 1_000_003 + step)
         offset = {"val": 1, "test": 2, "train": 3}[split]
         generator = torch.Generator().manual_seed(10**12 + 97 * self.config.seed + offset)
-        return copy_series(self.data, self.data.eval_size, generator)
+        lengths = self.data.lengths()
+        share, extra = divmod(self.data.eval_size, len(lengths))
+        counts = [share + (i < extra) for i in range(len(lengths))]
+        return [
+            copy_series(self.data, n, generator, length)
+            for length, n in zip(lengths, counts, strict=True)
+            if n
+        ]
 
-    @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
-        inputs, targets, mask = self.eval_set(split)
+    def length_set(self, length: int) -> tuple[torch.Tensor, ...]:
+        """``data.length_eval_size`` fixed test series of ``length`` vectors (generalization)."""
+        generator = torch.Generator().manual_seed(10**12 + 97 * self.config.seed + 7919 * length + 4)
+        return copy_series(self.data, self.data.length_eval_size, generator, length)
+
+    def wrong_bits(self, series: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, float]:
+        """Wrong recalled bits per series [b], and the summed cross-entropy over the recalled vectors."""
+        inputs, targets, mask = series
         wrong_bits = torch.zeros(len(inputs))
-        cost = 0.0
-        for lo in range(0, len(inputs), 250):
-            x, y, m = (t[lo : lo + 250].to(self.device) for t in (inputs, targets, mask))
+        cost, chunk = 0.0, self.config.trainer.eval_batch_size
+        for lo in range(0, len(inputs), chunk):
+            x, y, m = (t[lo : lo + chunk].to(self.device) for t in (inputs, targets, mask))
             logits, _ = self.model(x)
             per_bit = F.binary_cross_entropy_with_logits(logits, y, reduction="none").sum(dim=2)
             cost += float((per_bit * m).sum())
             wrong = ((logits > 0).float() != y).float().sum(dim=2) * m
-            wrong_bits[lo : lo + 250] = wrong.sum(dim=1).cpu()
-        total_bits = float(mask.sum()) * self.data.bits
-        return {
-            "cost": cost / float(mask.sum()),
-            "error": float(wrong_bits.sum()) / total_bits,  # fraction of recalled bits wrong
+            wrong_bits[lo : lo + chunk] = wrong.sum(dim=1).cpu()
+        return wrong_bits, cost
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        groups = self.eval_set(split)
+        counted = [self.wrong_bits(series) for series in groups]
+        wrong_bits = torch.cat([wrong for wrong, _ in counted])
+        recalled = sum(float(mask.sum()) for _, _, mask in groups)
+        metrics = {
+            "cost": sum(cost for _, cost in counted) / recalled,
+            "error": float(wrong_bits.sum()) / (recalled * self.data.bits),  # fraction of recalled bits wrong
             "series_error": float((wrong_bits > 0).float().mean()),  # series with any wrong bit
+            "bit_errors": float(wrong_bits.mean()),  # wrong bits per series (the NTM paper's measure)
         }
+        if split == "val":
+            self.val_bit_errors = metrics["bit_errors"]
+        if split == "test":
+            for length in self.data.test_lengths:
+                metrics[f"bit_errors_len{length}"] = float(self.wrong_bits(self.length_set(length))[0].mean())
+        return metrics
+
+    def finished(self) -> bool:
+        stop = self.config.trainer.stop_bit_errors
+        return bool(stop) and self.val_bit_errors < stop
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val_bit_errors": self.val_bit_errors} if self.config.trainer.stop_bit_errors else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.val_bit_errors = float(state.get("val_bit_errors", float("inf")))
+
+    def headline(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {k: v for k, v in metrics.items() if "_len" not in k}  # show_evaluation has those
+
+    def show_evaluation(self, metrics: dict[str, float], split: str, checkpoint: CheckpointRef) -> None:
+        lengths = [n for n in self.data.test_lengths if f"{split}/bit_errors_len{n}" in metrics]
+        if not lengths:
+            return
+        from rich.table import Table
+
+        from fdlcli.terminal import make_console
+
+        table = Table(title=f"bit errors per series by length ({checkpoint.name}, step {checkpoint.step})")
+        table.add_column("length", justify="right")
+        table.add_column("bit errors per series", justify="right")
+        for n in lengths:
+            table.add_row(str(n), f"{metrics[f'{split}/bit_errors_len{n}']:.3f}")
+        make_console(stderr=True).print(table)
 
     def finish(self, artifacts: Path) -> dict[str, Any]:
+        self.plot_memory(artifacts)
+        return {}
+
+    def plot_memory(self, artifacts: Path) -> None:
+        """The memory at work on one test series after training (the book's figure 8-9)."""
         from fdlcli.analysis.dnc_plots import plot_weightings
 
-        inputs, targets, _ = self.eval_set("test")
+        inputs, targets, _ = self.eval_set("test")[0]
         with torch.no_grad():
             logits, trace = self.model(inputs[:1].to(self.device), record=True)
         assert trace is not None
@@ -191,7 +305,6 @@ class CopyTask(SequenceTask):
             inputs[0], targets[0], torch.sigmoid(logits[0]).cpu(), {k: v[0].cpu() for k, v in trace.items()},
             self.data.length, artifacts / "weightings.png",
         )  # fmt: skip
-        return {}
 
 
 class BabiTask(SequenceTask):
@@ -212,7 +325,7 @@ class BabiTask(SequenceTask):
             + (f" except {', '.join(other)}" if other else "")
         )
 
-    def build_model(self) -> DNC:
+    def build_model(self) -> torch.nn.Module:
         size = len(self.babi.lexicon)
         return DNC(size, size, self.config.model)
 
@@ -306,7 +419,6 @@ def _spec(name: str, task: type[SequenceTask], **fields: Any) -> ExperimentSpec:
             chapter=8,
             model_config=DNCConfig,
             model_group="dnc",
-            trainer_config=DNCTrainerConfig,
             task=task,
             **fields,
         )
@@ -320,6 +432,7 @@ _spec(
     book_result="copies 4 sequences of 5 vectors through 10 slots, freeing and reusing memory (figure 8-9)",
     description="DNC copy task, feed-forward controller, 10 memory slots, 1 read head",
     data_config=CopyDataConfig,
+    trainer_config=CopyTrainerConfig,
 )
 _spec(
     "dnc-babi",
@@ -328,4 +441,5 @@ _spec(
     book_result="~500k iterations: good on most tasks, bad on path finding; DNC paper mean error 16.7%",
     description="DNC, LSTM controller, joint training on the 20 bAbI tasks, loss at answer steps",
     data_config=BabiDataConfig,
+    trainer_config=DNCTrainerConfig,
 )

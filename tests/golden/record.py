@@ -37,6 +37,11 @@ CIFAR = [
     "data.train_limit=256", "data.batch_size=64", "data.eval_limit=200", "trainer.epochs=2",
     "trainer.log_every=2", "trainer.histograms=false",
 ]  # fmt: skip
+# the NTM paper's copy task, shortened: lengths 1-6, tested at 10 and 12
+COPY_NTM = [
+    "trainer.steps=8", "trainer.eval_every=4", "trainer.log_every=2", "data.length=6", "data.eval_size=12",
+    "data.batch_size=4", "data.test_lengths=[10,12]", "data.length_eval_size=4",
+]  # fmt: skip
 WORD2VEC = ["data.train_limit=20000", "trainer.epochs=2", "trainer.tsne=false", "trainer.log_every=5"]
 I = compare.INPUTS_PLACEHOLDER  # noqa: E741
 
@@ -79,6 +84,8 @@ COMMANDS: dict[str, list[str]] = {
         "trainer.steps=8", "trainer.eval_every=4", "trainer.log_every=2", "data.eval_size=20",
         "data.batch_size=4", "model.hidden=16",
     ],
+    "ntm-copy": [*COPY_NTM, "model.hidden=16", "model.memory_slots=16", "model.word_size=8"],
+    "lstm-copy": [*COPY_NTM, "model.hidden=16", "model.layers=2"],
     "dqn-cartpole": [
         "trainer.total_steps=600", "trainer.learning_starts=200", "trainer.eval_every=300",
         "trainer.eval_episodes=2", "trainer.log_every=20",
