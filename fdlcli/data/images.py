@@ -39,9 +39,15 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def random_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """A different random size x size window of every image, gathered in one indexing op."""
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     top = torch.randint(0, h - size + 1, (n,), device=x.device)
     left = torch.randint(0, w - size + 1, (n,), device=x.device)
+    return crop_at(x, top, left, size)
+
+
+def crop_at(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
+    """The size x size window of image i whose corner is (top[i], left[i]), all gathered in one op."""
+    n, c = x.shape[:2]
     offsets = torch.arange(size, device=x.device)
     rows = (top[:, None] + offsets)[:, None, :, None]  # [n,1,size,1]
     cols = (left[:, None] + offsets)[:, None, None, :]  # [n,1,1,size]

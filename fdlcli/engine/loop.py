@@ -295,7 +295,8 @@ class _Loop:
         state, trainer, task, session = self.state, self.trainer, self.task, self.session
         if state.epoch >= trainer.epochs:
             session.message(f"run already complete ({state.epoch}/{trainer.epochs} epochs); nothing to train")
-        for epoch in range(state.epoch, trainer.epochs):
+        # a task may declare fractional epochs (cnn-cifar10-fast's 9.9): its last pass is a partial one
+        for epoch in range(state.epoch, math.ceil(trainer.epochs)):
             self.log_epoch = epoch
             steps = task.start_epoch(epoch)
             task.model.train()
