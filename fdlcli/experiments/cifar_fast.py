@@ -92,6 +92,9 @@ class FastCNNConfig:
 class FastDataConfig(DataConfig):
     """CIFAR-10 keys of cnn-cifar10-fast (``data.val_size=0``: train on all 50,000 images)."""
 
+    name: str = "cifar10"
+    hub_id: str = "uoft-cs/cifar10"
+    batch_size: int = 1024
     val_shuffle_seed: int | None = 0  # as cnn-cifar10: the mirror is sorted by class
     flip: bool = True  # alternating flip (airbench): every image flipped on every other epoch
     translate: int = 2  # random translation by up to this many pixels, reflect padding
