@@ -231,14 +231,15 @@ def main() -> None:
         return
     overrides = [f"seed={args.seed}", *args.fdl]
     train_limit = eval_limit = 0
-    if args.quick:  # a few minibatches of narrow conv groups on 1,024 images; the reference's first 8
+    if args.quick:  # narrow conv groups on 1,024 images, low targets: every code path within a minute
         overrides += [
             "data.train_limit=1024",
             "data.batch_size=256",
             "trainer.epochs=2",
             "model.widths=[16,32,32]",
         ]
-        train_limit, eval_limit, args.eval_every, args.cap_minutes = 1024, 500, 4, 0.2
+        train_limit, eval_limit, args.eval_every, args.cap_minutes = 1024, 500, 4, 1.0
+        args.target, args.fdl_targets = 0.1, [0.1, 0.12]
     torch.manual_seed(args.seed)
     runs: dict[str, Callable[[], Curve]] = {
         "fdl": lambda: fdl_curve(overrides, args.fdl_targets, args.cap_minutes, eval_limit),
