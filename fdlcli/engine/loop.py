@@ -314,10 +314,14 @@ class _Loop:
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             self.log_epoch = state.epoch
             improved = self.validate("epoch")
-            val = {k: v for k, v in task.headline(state.history[-1]).items() if k.startswith("val/")}
-            shown = [f"val {k[4:]} {v:.4f}" for k, v in val.items()]
+            # test/ records: a task that trains on every example evaluates on the test set (cnn-cifar10-fast)
+            held_out = ("val/", "test/")
+            val = {k: v for k, v in task.headline(state.history[-1]).items() if k.startswith(held_out)}
+            shown = [f"{k.replace('/', ' ', 1)} {v:.4f}" for k, v in val.items()]
             self.announce(
-                f"epoch {state.epoch}/{trainer.epochs}  train cost {epoch_cost:.4f}", shown, improved
+                f"epoch {min(state.epoch, trainer.epochs):g}/{trainer.epochs:g}  train cost {epoch_cost:.4f}",
+                shown,
+                improved,
             )
 
     def _steps(self, total: int) -> None:

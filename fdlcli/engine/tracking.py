@@ -218,11 +218,16 @@ class ConsoleProgress:
             self._progress.start()
 
     def update(
-        self, step: int, value: float | None, epoch: int | None = None, epochs: int | None = None
+        self, step: int, value: float | None, epoch: int | None = None, epochs: float | None = None
     ) -> None:
         """``step`` of the total; ``epoch`` (0-based) of ``epochs`` for loops that have epochs."""
         value_text = f"{value:.4f}" if value is not None else "-"
-        stage = f"epoch {epoch + 1}/{epochs}" if epoch is not None else f"{self.unit}s"
+        if epoch is None:
+            stage = f"{self.unit}s"
+        elif epochs is None:
+            stage = f"epoch {epoch + 1}"
+        else:  # a fractional last epoch (cnn-cifar10-fast's 9.9) shows as such: epoch 9.9/9.9
+            stage = f"epoch {min(epoch + 1, epochs):g}/{epochs:g}"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, stage=stage, value=value_text)
         elif not self.quiet and time.monotonic() - self._last_print >= self.print_every_s:
