@@ -409,12 +409,12 @@ class FastCIFARTask(Task):
         if not self.lookahead:
             return
         total = self.total_steps()
-        if steps_done >= total:
-            decay = 1.0
-        elif steps_done % LOOKAHEAD_EVERY == 0:
-            decay = 0.95**5 * (steps_done / total) ** 3
-        else:
+        last = steps_done >= total
+        if steps_done % LOOKAHEAD_EVERY and not last:
             return
+        # as airbench: a regular update on every 5th step, the last one included; then the last step's
+        # copy of the average into the weights (decay 1)
+        decay = 0.95**5 * (steps_done / total) ** 3 if steps_done % LOOKAHEAD_EVERY == 0 else 1.0
         for average, current in zip(self.lookahead, self._averaged(), strict=True):
             average.lerp_(current, 1.0 - decay)
             current.copy_(average)
