@@ -23,7 +23,7 @@ NAME = "cnn-cifar10-fast"
 # 4 minibatches per epoch, 2.5 epochs: 10 steps, lookahead updates at steps 5 and 10, the whitening bias
 # frozen from epoch 1 on
 SMALL = [
-    "data.train_limit=256", "data.batch_size=64", "data.eval_limit=200", "trainer.epochs=2.5",
+    "data.train_limit=256", "data.batch_size=64", "data.eval_limit=100", "trainer.epochs=2.5", "model.tta=1",
     "trainer.whiten_bias_epochs=1", "model.widths=[16,32,32]", "model.whiten_images=256",
     "trainer.log_every=3", "trainer.device=cpu", "trainer.threads=1", "seed=4",
 ]  # fmt: skip
