@@ -1,55 +1,45 @@
-"""DNC step time against memory size, and the vectorized memory operations against the loop reference.
+"""A DNC training step at the dnc-babi size: fdl's cell against today's reference cell, same inputs.
 
-1. Training step time (forward + backward) of the DNC module (LSTM controller of 256 units, word size 64,
-   4 read heads, a minibatch of 16 sequences of 50 steps) for 16 to 256 memory slots: the link matrix
-   makes a step O(N^2) in the slots.
-2. One full memory step (retention, usage, allocation, write weighting, write, links, precedence,
-   directional and read weightings) computed by fdlcli/models/dnc.py and by the straightforward loops of
-   fdlcli/models/dnc_reference.py on the same random state, in one process; the results must agree and
-   the last line is ``ratio <loop time / vectorized time>``.
+1. The vectorized memory operations of fdlcli/models/dnc.py against the straightforward loops of
+   fdlcli/models/dnc_reference.py on one random memory state: the results must agree.
+2. One full training step (forward, cross-entropy at the answer steps, backward, gradient clipping at 10,
+   Adam) of the dnc-babi model (159-word lexicon, LSTM controller of 256 units, memory 64 x 32, 4 read
+   heads) on a minibatch of 32 stories of 80 time steps (the mean en-10k story is 79 tokens), once with
+   the reference cell (benchmarks/dnc_reference_cell.py: the DNC module as it was before issue 20, one
+   ``nn.LSTMCell`` call, interface and output layer per time step) and once with fdl's, as
+   ``fdl train dnc-babi`` runs it (the input projection and the output layer batched over time, the
+   time step ``torch.compile``d unless --no-compile, denormals flushed unless --no-flush). Both start
+   from the same weights; their logits and gradients must agree within float tolerance.
 
 Times are process CPU time (the figure that holds on a machine shared with other jobs), on one thread
-unless --threads says otherwise.
+unless --threads says otherwise; the two steps alternate and each reports its fastest of --repeats (load
+from other jobs only ever adds time). The last line is ``ratio <reference step time / fdl step time>``.
+The first compile takes a few minutes of wall time on a cold cache (not counted).
 
-    python benchmarks/dnc_step.py [--slots 16 32 64 128 256] [--ref-slots 32] [--threads 1]
+    python benchmarks/dnc_step.py [--batch 32] [--steps 80] [--repeats 5] [--threads 1] [--no-compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 
 from fdlcli.models import dnc
-from fdlcli.models import dnc_reference as ref
+from fdlcli.models import dnc_reference as loops
 
+sys.path.insert(0, str(Path(__file__).parent))
+import dnc_reference_cell as reference  # benchmarks/ is not a package: imported from its folder
 
-def cpu_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm up
-    start = time.process_time()
-    for _ in range(repeats):
-        fn()
-    return (time.process_time() - start) / repeats
-
-
-def step_times(slots: list[int], batch: int, steps: int) -> None:
-    print(f"training step (forward + backward), batch {batch} x {steps} steps, LSTM 256, W 64, R 4:")
-    for n in slots:
-        torch.manual_seed(0)
-        cfg = dnc.DNCConfig(hidden=256, memory_slots=n, word_size=64, read_heads=4)
-        model = dnc.DNC(159, 159, cfg)
-        inputs = torch.randn(batch, steps, 159)
-
-        def train_step(model: dnc.DNC = model, inputs: torch.Tensor = inputs) -> None:
-            model.zero_grad(set_to_none=True)
-            model(inputs)[0].sum().backward()
-
-        seconds = cpu_time(train_step, repeats=2)
-        print(f"  N={n:4d}  {seconds:7.3f} s per minibatch  {1000 * seconds / steps:7.2f} ms per time step")
+LEXICON = 159  # words of the book's bAbI lexicon: the DNC's input and output size
 
 
 def memory_step(ops: ModuleType, state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -96,31 +86,95 @@ def random_state(batch: int, n: int, word: int, heads: int) -> dict[str, torch.T
     }
 
 
+def check_memory_ops() -> None:
+    state = random_state(batch=2, n=32, word=16, heads=2)
+    for a, b in zip(memory_step(dnc, state), memory_step(loops, state), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    print("memory operations, batch 2, N=32, W 16, R 2: vectorized = loop reference")
+
+
+class Trainer:
+    """One model, its Adam optimizer and the training step of ``BabiTask`` (loss at the answer steps)."""
+
+    def __init__(self, model: torch.nn.Module, flush_denormal: bool) -> None:
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.flush_denormal = flush_denormal
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        logits, _ = self.model(inputs)
+        F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1).backward()
+        return logits.detach()
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        torch.set_flush_denormal(self.flush_denormal)  # process-wide: set for each model's own step
+        self.forward_backward(inputs, targets)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+        self.optimizer.step()
+
+
+def cpu_seconds(fn: Callable[[], object]) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--slots", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--ref-slots", type=int, default=32, help="memory slots of the loop comparison")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=80, help="time steps (tokens) per story")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="fdl's cell eager")
+    parser.add_argument("--no-flush", dest="flush", action="store_false", help="keep denormals for fdl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cpu = platform.processor() or platform.machine()
-    print(f"torch {torch.__version__}, {cpu}, {args.threads} thread(s)")
-    step_times(args.slots, args.batch, args.steps)
-
-    state = random_state(batch=2, n=args.ref_slots, word=16, heads=2)
-    fast = memory_step(dnc, state)
-    slow = memory_step(ref, state)
-    for a, b in zip(fast, slow, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    vectorized = cpu_time(lambda: memory_step(dnc, state), repeats=50)
-    loops = cpu_time(lambda: memory_step(ref, state), repeats=1)
     print(
-        f"one memory step, batch 2, N={args.ref_slots}, W 16, R 2 (results agree): vectorized "
-        f"{1e3 * vectorized:.3f} ms, loop reference {1e3 * loops:.1f} ms"
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} thread(s)"
     )
-    print(f"ratio {loops / vectorized:.1f}")
+    check_memory_ops()
+
+    torch.manual_seed(0)
+    cfg = dnc.DNCConfig(controller="lstm", hidden=256, memory_slots=64, word_size=32, read_heads=4)
+    ref_model = reference.DNC(LEXICON, LEXICON, reference.DNCConfig(**vars(cfg)))
+    fdl_model = dnc.DNC(LEXICON, LEXICON, copy.deepcopy(cfg))
+    fdl_model.load_state_dict(ref_model.state_dict())  # the same parameters: old checkpoints load
+    if args.compile:
+        fdl_model.compile_step()
+    ref, fdl = Trainer(ref_model, flush_denormal=False), Trainer(fdl_model, flush_denormal=args.flush)
+
+    g = torch.Generator().manual_seed(1)
+    inputs = F.one_hot(torch.randint(0, LEXICON, (args.batch, args.steps), generator=g), LEXICON).float()
+    targets = torch.randint(0, LEXICON, (args.batch, args.steps), generator=g)
+    targets[torch.rand(args.batch, args.steps, generator=g) > 0.1] = -1  # ~1 answer step in 10
+
+    # the same function: logits and gradients (compiling happens here, not timed). Not the Adam update: its
+    # first step moves every weight by about lr * sign(gradient), so float noise in a gradient near 0 flips it
+    start = time.time()
+    torch.set_flush_denormal(args.flush)
+    fdl_logits = fdl.forward_backward(inputs, targets)
+    torch.set_flush_denormal(False)
+    ref_logits = ref.forward_backward(inputs, targets)
+    torch.testing.assert_close(fdl_logits, ref_logits, rtol=1e-4, atol=1e-5)
+    for (name, p), q in zip(fdl_model.named_parameters(), ref_model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-6, msg=f"gradient of {name}")
+    print(f"logits and gradients agree (first step, compile included: {time.time() - start:.0f} s wall)")
+
+    times: dict[str, list[float]] = {"reference": [], "fdl": []}
+    for _ in range(args.repeats):
+        times["reference"].append(cpu_seconds(lambda: ref.step(inputs, targets)))
+        times["fdl"].append(cpu_seconds(lambda: fdl.step(inputs, targets)))
+    best = {name: min(seconds) for name, seconds in times.items()}
+    how = ("compiled" if args.compile else "eager") + (", denormals flushed" if args.flush else "")
+    print(
+        f"training step, batch {args.batch} x {args.steps} time steps, LSTM 256, N 64, W 32, R 4 "
+        f"(fastest of {args.repeats}):"
+    )
+    for name, label in (("reference", "reference cell"), ("fdl", f"fdl cell ({how})")):
+        seconds = best[name]
+        print(f"  {label:<40} {seconds:7.3f} s  {1e3 * seconds / args.steps:6.2f} ms per time step")
+    print(f"ratio {best['reference'] / best['fdl']:.2f}")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,52 @@ def test_module_shapes_and_gradients(controller: str) -> None:
     assert float(model.interface.weight.grad.abs().sum()) > 0  # the memory path is differentiable
 
 
+def reference_cell():
+    """benchmarks/dnc_reference_cell.py: the DNC module before issue 20 (one LSTMCell call, interface and
+    output layer per time step), which the faster module must compute the same function as."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dnc_reference_cell.py"
+    spec = importlib.util.spec_from_file_location("dnc_reference_cell", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("controller", "clip"), [("lstm", 20.0), ("lstm", 0.05), ("feedforward", 0.0)])
+def test_batched_cell_equals_the_reference_cell(controller: str, clip: float) -> None:
+    """The same parameters give the same logits, traces and gradients as the per-step reference: the
+    input projection and output layer batched over time, the weight gradients summed after the loop
+    (TimeSummedWeightGrad), the link update's baddbmm; clip=0.05 makes the clipping bite."""
+    old = reference_cell()
+    torch.manual_seed(0)
+    cfg = dnc.DNCConfig(
+        controller=controller, hidden=12, memory_slots=6, word_size=4, read_heads=2, clip=clip
+    )
+    fast = dnc.DNC(input_size=5, output_size=3, cfg=cfg)
+    slow = old.DNC(5, 3, old.DNCConfig(**vars(cfg)))
+    slow.load_state_dict(fast.state_dict())  # the same state dict: old checkpoints load
+    inputs = torch.randn(3, 8, 5)
+    (fast_logits, fast_trace), (slow_logits, slow_trace) = (
+        fast(inputs, record=True),
+        slow(inputs, record=True),
+    )
+    close(fast_logits, slow_logits)
+    assert fast_trace is not None and slow_trace is not None and fast_trace.keys() == slow_trace.keys()
+    for name in fast_trace:
+        close(fast_trace[name], slow_trace[name])
+    weights = torch.randn(3, 8, 3)  # a different gradient at every time step
+    (fast_logits * weights).sum().backward()
+    (slow_logits * weights).sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None and float(p.grad.abs().max()) > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():  # evaluation: no gradient bookkeeping, the same logits
+        close(fast(inputs)[0], slow_logits.detach())
+
+
 # ---- bAbI preprocessing on the mirror ----------------------------------------------------------------
 
 

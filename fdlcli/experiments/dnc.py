@@ -138,6 +138,10 @@ class SequenceTask(Task):
         """Data the task keeps (none for a task that generates its minibatches)."""
 
     def setup(self) -> None:
+        # The allocation weighting's products of usages (and the gradients through them) reach denormal
+        # floats, which x86 CPUs compute far slower; flushing them to zero changes nothing above 1e-38
+        # (a process-wide switch, as in sentiment-lstm; benchmarks/dnc_step.py measures the DNC step with it).
+        torch.set_flush_denormal(True)
         self.load_data()
         self.model = self.build_model().to(self.device)
         self.optimizer = build_optimizer(self.config.optim, self.model.parameters(), scheduled=True)

@@ -93,12 +93,20 @@ def write_memory(
     return memory * (1 - ww * erase.unsqueeze(1)) + ww * values.unsqueeze(1)
 
 
-def update_links(link: torch.Tensor, precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
-    """L[i,j]: how much slot i was written right after slot j. link [B,N,N], precedence and write [B,N]."""
+def update_links(
+    link: torch.Tensor,
+    precedence: torch.Tensor,
+    write_weights: torch.Tensor,
+    off_diagonal: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L[i,j]: how much slot i was written right after slot j. link [B,N,N], precedence and write [B,N];
+    ``off_diagonal`` (1 - identity [N,N]) zeroes the diagonal: the DNC builds it once per sequence."""
     wi, wj = write_weights.unsqueeze(2), write_weights.unsqueeze(1)
-    new = (1 - wi - wj) * link + wi * precedence.unsqueeze(1)
-    eye = torch.eye(link.shape[1], dtype=link.dtype, device=link.device)
-    return new * (1 - eye)
+    # (1 - w_i - w_j) L[i,j] + w_i p_j, the outer product added by the same kernel (baddbmm)
+    new = torch.baddbmm(link * (1 - wi - wj), wi, precedence.unsqueeze(1))
+    if off_diagonal is None:
+        off_diagonal = 1 - torch.eye(link.shape[1], dtype=link.dtype, device=link.device)
+    return new * off_diagonal
 
 
 def update_precedence(precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
@@ -173,7 +181,9 @@ def split_interface(vector: torch.Tensor, word: int, heads: int) -> Interface:
     )
 
 
-def memory_step(state: MemoryState, face: Interface) -> tuple[MemoryState, dict[str, torch.Tensor]]:
+def memory_step(
+    state: MemoryState, face: Interface, off_diagonal: torch.Tensor | None = None
+) -> tuple[MemoryState, dict[str, torch.Tensor]]:
     """One write-then-read step of the memory; also returns what the visualization plots."""
     psi = retention(face.free_gates, state.read_weights)
     usage = update_usage(state.usage, state.write_weights, psi)
@@ -181,7 +191,7 @@ def memory_step(state: MemoryState, face: Interface) -> tuple[MemoryState, dict[
     write_content = content_weighting(state.memory, face.write_key, face.write_strength).squeeze(1)
     ww = write_weighting(write_content, alloc, face.write_gate, face.alloc_gate)
     memory = write_memory(state.memory, ww, face.erase, face.write_vector)
-    link = update_links(state.link, state.precedence, ww)
+    link = update_links(state.link, state.precedence, ww, off_diagonal)
     precedence = update_precedence(state.precedence, ww)
     backward, forward = directional_weights(link, state.read_weights)
     read_content = content_weighting(memory, face.read_keys, face.read_strengths)
@@ -199,15 +209,93 @@ def memory_step(state: MemoryState, face: Interface) -> tuple[MemoryState, dict[
     return new, trace
 
 
+class Shared(NamedTuple):
+    """What every time step uses: the weights it multiplies by, detached (their gradients are summed over
+    the time steps in one matrix product each after the loop, :class:`TimeSummedWeightGrad`), and the
+    link matrix's diagonal mask."""
+
+    recurrent: torch.Tensor  # [G, R*W (+ hidden)]: what multiplies [read vectors, h] (G = 4*hidden for LSTM)
+    interface: torch.Tensor  # [interface_size, hidden]
+    off_diagonal: torch.Tensor  # [N,N] 1 - identity
+
+
+class TimeSummedWeightGrad(torch.autograd.Function):
+    """The gradient of a weight used at every time step, in one matrix product after the loop.
+
+    ``y_t = b_t + x_t @ W^T`` at every step t, with ``W`` detached inside the loop and ``b`` [B,T,out] the
+    part of ``y`` known before the loop plus the zeros this function returns: the gradient reaching those
+    zeros is dL/dy_t for all t at once, and with the inputs ``x_t`` the loop appends to ``inputs``,
+    dL/dW = sum_t dL/dy_t^T x_t is one [out, B*T] @ [B*T, in] product instead of T small ones (each also
+    added into the gradient). Forward values are unchanged (y + 0 is y)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor, shape: torch.Size, inputs: list
+    ) -> torch.Tensor:
+        ctx.inputs = inputs  # type: ignore[attr-defined]
+        ctx.weight_dtype = weight.dtype  # type: ignore[attr-defined]
+        return weight.new_zeros(shape)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
+        x = torch.stack(ctx.inputs, dim=1).flatten(0, 1)  # type: ignore[attr-defined]  # [B*T, in]
+        grad_weight = grad.flatten(0, 1).t() @ x.to(grad.dtype)
+        return grad_weight.to(ctx.weight_dtype), None, None  # type: ignore[attr-defined]
+
+
+def cell_step(
+    x_gates: torch.Tensor,
+    face_bias: torch.Tensor,
+    shared: Shared,
+    state: MemoryState,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    lstm: bool,
+    clip: float,
+    word: int,
+    heads: int,
+) -> tuple[MemoryState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One time step after the work done for all steps at once: (state, h, c, controller input, clipped h,
+    trace).
+
+    ``x_gates`` [B,G] is this step's input already multiplied by the controller's input weights (plus the
+    biases), ``face_bias`` [B,I] the interface's bias: the loop computes both for all steps at once (see
+    :class:`TimeSummedWeightGrad` for the zeros they carry). The LSTM cell is ``nn.LSTMCell``'s (gates i,
+    f, g, o); the recurrent ``h`` is the unclipped one, the interface and the output layer see ``h``
+    clipped to [-clip, clip]. A pure function of tensors, so ``torch.compile`` can trace it whole."""
+    controller_in = (
+        torch.cat([state.read_vectors.flatten(1), h], dim=1) if lstm else state.read_vectors.flatten(1)
+    )
+    gates = torch.addmm(x_gates, controller_in, shared.recurrent.t())
+    if lstm:
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    else:
+        h = torch.relu(gates)
+    out = h.clamp(-clip, clip) if clip else h
+    face = split_interface(torch.addmm(face_bias, out, shared.interface.t()), word, heads)
+    state, trace = memory_step(state, face, shared.off_diagonal)
+    return state, h, c, controller_in, out, trace
+
+
 class DNC(nn.Module):
     """Controller (LSTM cell or feed-forward) + memory. Input [B,T,in] -> logits [B,T,out].
 
     The controller sees the input and the previous step's read vectors; the output layer sees the
-    controller's output and this step's read vectors (the paper's y = W_y h + W_r r)."""
+    controller's output and this step's read vectors (the paper's y = W_y h + W_r r).
+
+    For speed (the step is overhead-bound: hundreds of small operations per time step) the work that does
+    not depend on the recurrence is done once per sequence, batched over all time steps: the controller's
+    input projection before the loop and the output layer after it. The parameters are those of
+    ``nn.LSTMCell``/``nn.Linear`` as before, so the state dict and old checkpoints are unchanged;
+    benchmarks/dnc_reference_cell.py keeps the per-step original, and tests/test_dnc.py checks that both
+    compute the same function."""
 
     def __init__(self, input_size: int, output_size: int, cfg: DNCConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.input_size = input_size
         n_read = cfg.read_heads * cfg.word_size
         if cfg.controller == "lstm":
             self.controller: nn.Module = nn.LSTMCell(input_size + n_read, cfg.hidden)
@@ -215,6 +303,7 @@ class DNC(nn.Module):
             self.controller = nn.Sequential(nn.Linear(input_size + n_read, cfg.hidden), nn.ReLU())
         self.interface = nn.Linear(cfg.hidden, interface_size(cfg.word_size, cfg.read_heads))
         self.output = nn.Linear(cfg.hidden + n_read, output_size)
+        self.step = cell_step
 
     def initial_state(self, batch: int, device: torch.device) -> MemoryState:
         n, w, r = self.cfg.memory_slots, self.cfg.word_size, self.cfg.read_heads
@@ -230,42 +319,65 @@ class DNC(nn.Module):
             zeros(r, w),
         )
 
-    def time_step(
-        self, x: torch.Tensor, state: MemoryState, hidden: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> tuple[torch.Tensor, MemoryState, tuple[torch.Tensor, torch.Tensor] | None, dict[str, torch.Tensor]]:
-        """One time step: input [B,in] -> (logits [B,out], memory state, controller state, trace)."""
-        controller_in = torch.cat([x, state.read_vectors.flatten(1)], dim=1)
+    def before_loop(
+        self, inputs: torch.Tensor, controller_ins: list[torch.Tensor], face_ins: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, Shared]:
+        """What does not depend on the recurrence, for all time steps at once: the controller's input
+        projection (plus biases) [B,T,G], the interface's bias [B,T,I], and the detached weights of a time
+        step, whose gradients come from the inputs the loop appends (detached) to ``controller_ins`` and
+        ``face_ins``."""
+        k = self.input_size
         if self.cfg.controller == "lstm":
-            hidden = self.controller(controller_in, hidden)
-            h = hidden[0]
+            cell = self.controller
+            assert isinstance(cell, nn.LSTMCell)
+            x_gates = F.linear(inputs, cell.weight_ih[:, :k], cell.bias_ih + cell.bias_hh)
+            recurrent = torch.cat([cell.weight_ih[:, k:], cell.weight_hh], dim=1)
         else:
-            h = self.controller(controller_in)
-        if self.cfg.clip:
-            h = h.clamp(-self.cfg.clip, self.cfg.clip)
-        face = split_interface(self.interface(h), self.cfg.word_size, self.cfg.read_heads)
-        state, trace = memory_step(state, face)
-        logits = self.output(torch.cat([h, state.read_vectors.flatten(1)], dim=1))
-        return logits, state, hidden, trace
+            linear = self.controller[0]
+            x_gates = F.linear(inputs, linear.weight[:, :k], linear.bias)
+            recurrent = linear.weight[:, k:]
+        face_weight = self.interface.weight
+        face_bias = self.interface.bias.expand(*inputs.shape[:2], -1)
+        if torch.is_grad_enabled():
+            x_gates = x_gates + TimeSummedWeightGrad.apply(recurrent, x_gates.shape, controller_ins)
+            face_bias = face_bias + TimeSummedWeightGrad.apply(face_weight, face_bias.shape, face_ins)
+        n = self.cfg.memory_slots
+        off_diagonal = 1 - torch.eye(n, dtype=x_gates.dtype, device=x_gates.device)
+        return x_gates, face_bias, Shared(recurrent.detach(), face_weight.detach(), off_diagonal)
 
     def compile_step(self) -> None:
-        """``torch.compile`` one time step, not the whole sequence: the loop over time stays in Python, so
-        one graph serves every sequence length (bAbI stories vary) instead of one unrolled graph each.
-        The parameters stay where they are, so the state dict (and checkpoints) do not change."""
-        self.time_step = torch.compile(self.time_step)  # type: ignore[method-assign]
+        """``torch.compile`` one time step (the whole cell: controller, interface and memory, one graph,
+        forward and backward), not the unrolled sequence: the loop over time stays in Python, so one graph
+        serves every sequence length (bAbI stories vary). The parameters stay where they are, so the state
+        dict (and checkpoints) do not change."""
+        self.step = torch.compile(cell_step, fullgraph=True, dynamic=False)
 
     def forward(
         self, inputs: torch.Tensor, record: bool = False
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        batch, steps, _ = inputs.shape
+        batch = inputs.shape[0]
+        cfg = self.cfg
+        controller_ins: list[torch.Tensor] = []
+        face_ins: list[torch.Tensor] = []
+        outs, reads, traces = [], [], []
+        x_gates, face_bias, shared = self.before_loop(inputs, controller_ins, face_ins)
         state = self.initial_state(batch, inputs.device)
-        hidden = None
-        outputs, traces = [], []
-        for t in range(steps):
-            logits, state, hidden, trace = self.time_step(inputs[:, t], state, hidden)
-            outputs.append(logits)
+        h = torch.zeros(batch, cfg.hidden, device=inputs.device)
+        c = torch.zeros_like(h)
+        lstm = cfg.controller == "lstm"
+        # unbind, not x_gates[:, t]: the backward of indexing would zero a [B,T,G] gradient at every step
+        for x_t, bias_t in zip(x_gates.unbind(dim=1), face_bias.unbind(dim=1), strict=True):
+            state, h, c, controller_in, out, trace = self.step(
+                x_t, bias_t, shared, state, h, c, lstm, cfg.clip, cfg.word_size, cfg.read_heads
+            )
+            controller_ins.append(controller_in.detach())
+            face_ins.append(out.detach())
+            outs.append(out)
+            reads.append(state.read_vectors.flatten(1))
             if record:
                 traces.append({k: v.detach() for k, v in trace.items()})
-        logits = torch.stack(outputs, dim=1)
+        # the output layer once for all time steps: [B,T,hidden + R*W] -> [B,T,out]
+        logits = self.output(torch.cat([torch.stack(outs, dim=1), torch.stack(reads, dim=1)], dim=2))
         if not record:
             return logits, None
         return logits, {k: torch.stack([tr[k] for tr in traces], dim=1) for k in traces[0]}
