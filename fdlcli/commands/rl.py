@@ -37,7 +37,7 @@ def play_cmd(
     render: str,
     fps: int,
 ) -> None:
-    """Play episodes with a trained agent (pg-cartpole, dqn-cartpole, dqn-breakout) and show the returns."""
+    """Play episodes with a trained agent (pg-cartpole, dqn-*, a3c-*) and show the returns."""
     from rich.table import Table
 
     from fdlcli import config, registry

@@ -385,7 +385,11 @@ class _Loop:
 def train(task_class: type[Task], run: Run) -> dict[str, Any]:
     """Train (or resume) ``run`` with its experiment's task; return its summary."""
     with run_session(run) as session:
-        return _Loop(task_class, run, session).fit()
+        loop = _Loop(task_class, run, session)
+        try:
+            return loop.fit()
+        finally:
+            loop.task.close()
 
 
 def resolve_checkpoint(run: Run, which: str) -> CheckpointRef:

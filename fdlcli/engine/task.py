@@ -198,6 +198,10 @@ class Task:
         """After training: figures and exports into ``artifacts``; returns fields for the summary."""
         return {}
 
+    def close(self) -> None:
+        """Release what training started (worker processes, environments); the loop calls it however
+        training ends: completed, stopped by Ctrl-C or SIGTERM, or failed."""
+
     def summary_fields(self) -> dict[str, Any]:
         """Fields of the summary besides the loop's (written at every evaluation and at the end)."""
         return {}

@@ -91,6 +91,30 @@ def make_env(
     return FrameStackObservation(env, frame_stack, padding_type="reset")
 
 
+def mlp_layers(n_inputs: int, hidden: list[int]) -> list[nn.Module]:
+    """Linear + ReLU layers of the given widths (the output layer is the caller's)."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(n_inputs, width), nn.ReLU()]
+        n_inputs = width
+    return layers
+
+
+NATURE_FEATURES = 512
+
+
+def nature_layers(frames: int) -> list[nn.Module]:
+    """The Nature DQN network up to its 512 features, for a stack of 84x84 frames (scaled to [0, 1] by the
+    caller): conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1, fc 512, ReLUs between."""
+    return [
+        nn.Conv2d(frames, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, NATURE_FEATURES), nn.ReLU(),
+    ]  # fmt: skip
+
+
 def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 0, frame_stack: int = 4) -> Any:
     """``num_envs`` copies stepped in this process (the CPUs are better spent on learning than on IPC)."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
@@ -113,18 +137,28 @@ class SeededEnvs:
     """
 
     def __init__(
-        self, env_id: str, num_envs: int, seed: int, max_episode_steps: int = 0, frame_stack: int = 4
+        self,
+        env_id: str,
+        num_envs: int,
+        seed: int,
+        max_episode_steps: int = 0,
+        frame_stack: int = 4,
+        first_index: int = 0,
     ) -> None:
         self.envs = [make_env(env_id, max_episode_steps, frame_stack) for _ in range(num_envs)]
         self.single_observation_space = self.envs[0].observation_space
         self.single_action_space = self.envs[0].action_space
         self.num_envs, self.seed = num_envs, seed
+        # the run-wide index of the first of these environments (A3C: one per worker process, each the
+        # environment ``first_index`` of the run), so that no two environments share episode seeds
+        self.first_index = first_index
         self.episode = np.zeros(num_envs, dtype=np.int64)  # the episode each environment plays (0-based)
         self.actions: list[list[int]] = [[] for _ in range(num_envs)]  # since that episode began
         self.ended = np.zeros(num_envs, dtype=bool)  # its last step ended the episode: the next resets
 
     def episode_seed(self, index: int) -> int:
-        return int(np.random.SeedSequence([self.seed, index, int(self.episode[index])]).generate_state(1)[0])
+        key = [self.seed, self.first_index + index, int(self.episode[index])]
+        return int(np.random.SeedSequence(key).generate_state(1)[0])
 
     def reset(self) -> np.ndarray:
         """Start every environment's first episode; returns the observations."""

@@ -39,12 +39,15 @@ from fdlcli.config import RunConfig
 from fdlcli.engine.task import StepOutput
 from fdlcli.errors import CheckpointError, ConfigError
 from fdlcli.experiments._rl import (
+    NATURE_FEATURES,
     RLTask,
     RLTrainerConfig,
     SeededEnvs,
     epsilon_greedy,
     is_atari,
     make_env,
+    mlp_layers,
+    nature_layers,
 )
 from fdlcli.registry import ExperimentSpec, register
 
@@ -111,14 +114,7 @@ class NatureQNetwork(nn.Module):
 
     def __init__(self, frames: int, n_actions: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(frames, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
-            nn.Linear(512, n_actions),
-        )  # fmt: skip
+        self.net = nn.Sequential(*nature_layers(frames), nn.Linear(NATURE_FEATURES, n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs.float() / 255.0)
@@ -126,11 +122,8 @@ class NatureQNetwork(nn.Module):
 
 class MLPQNetwork(nn.Sequential):
     def __init__(self, n_inputs: int, hidden: list[int], n_actions: int) -> None:
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(n_inputs, width), nn.ReLU()]
-            n_inputs = width
-        super().__init__(*layers, nn.Linear(n_inputs, n_actions))
+        widths = [n_inputs, *hidden]
+        super().__init__(*mlp_layers(n_inputs, hidden), nn.Linear(widths[-1], n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return super().forward(obs.float())

@@ -28,7 +28,14 @@ from torch import nn
 
 from fdlcli.config import RunConfig
 from fdlcli.engine.task import StepOutput
-from fdlcli.experiments._rl import RLTask, RLTrainerConfig, epsilon_greedy, make_env, make_vector_env
+from fdlcli.experiments._rl import (
+    RLTask,
+    RLTrainerConfig,
+    epsilon_greedy,
+    make_env,
+    make_vector_env,
+    mlp_layers,
+)
 from fdlcli.registry import ExperimentSpec, register
 
 
@@ -84,12 +91,8 @@ class PolicyNetwork(nn.Module):
 
     def __init__(self, n_inputs: int, hidden: list[int], n_actions: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        for width in hidden:
-            layers += [nn.Linear(n_inputs, width), nn.ReLU()]
-            n_inputs = width
-        layers.append(nn.Linear(n_inputs, n_actions))
-        self.net = nn.Sequential(*layers)
+        widths = [n_inputs, *hidden]
+        self.net = nn.Sequential(*mlp_layers(n_inputs, hidden), nn.Linear(widths[-1], n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs.float())

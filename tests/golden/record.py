@@ -102,6 +102,16 @@ COMMANDS: dict[str, list[str]] = {
         "trainer.num_envs=2", "trainer.eval_every=80", "trainer.eval_episodes=1", "trainer.eval_epsilon=1.0",
         "trainer.max_episode_steps=100", "trainer.log_every=4",
     ],
+    # A3C's interleaving of asynchronous workers is not repeatable: its golden runs are its A2C mode
+    "a3c-cartpole": [
+        "trainer.mode=a2c", "trainer.num_envs=4", "trainer.total_steps=800", "trainer.eval_every=400",
+        "trainer.eval_episodes=2", "trainer.log_every=5",
+    ],
+    "a3c-breakout": [
+        "trainer.mode=a2c", "trainer.num_envs=2", "trainer.total_steps=80", "trainer.eval_every=40",
+        "trainer.eval_episodes=1", "trainer.eval_epsilon=1.0", "trainer.max_episode_steps=100",
+        "trainer.log_every=2",
+    ],
     "pg-cartpole": [
         "trainer.episodes=48", "trainer.eval_every=16", "trainer.eval_episodes=2", "explore=anneal-0.5",
         "trainer.explore.anneal_episodes=48",
