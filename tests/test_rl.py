@@ -83,6 +83,39 @@ def test_replay_flat_observations_and_next_step_autoreset():
     assert (next_obs[:, 2] - obs[:, 2]).abs().max() < 0.2
 
 
+def test_seeded_atari_reset_plays_the_episodes_a_rom_reload_does():
+    """make_env's seeded resets restore a saved start state instead of reloading the ROM: they must play
+    exactly what ale_py's own seeded reset plays (same frames, rewards, ends), also when a seed comes
+    back; and trainer.max_episode_steps counts agent steps (4 frames), not emulator frames."""
+    pytest.importorskip("ale_py")
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    from fdlcli.experiments._rl import make_env
+
+    fast = make_env("ALE/Breakout-v5", max_episode_steps=60)
+    full = FrameStackObservation(
+        AtariPreprocessing(
+            gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0),
+            noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True,
+        ),
+        4, padding_type="reset",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for seed in (5, 17, 5):
+        obs, _ = fast.reset(seed=seed)
+        assert np.array_equal(obs, full.reset(seed=seed)[0])
+        for length in range(1, 61):
+            action = int(rng.integers(4))
+            got, expected = fast.step(action), full.step(action)
+            assert np.array_equal(got[0], expected[0]) and got[1:3] == expected[1:3], (seed, length)
+            if got[2] or got[3]:
+                break
+        assert got[3] and length == 60  # truncated after 60 agent steps (random play lives longer)
+    fast.close()
+    full.close()
+
+
 def test_discounted_returns_stop_at_episode_end():
     rewards = torch.ones(4, 2)
     alive = torch.tensor([[1, 1], [1, 1], [1, 0], [0, 0]], dtype=torch.float32)  # lengths 3 and 2

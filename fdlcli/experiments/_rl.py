@@ -62,20 +62,23 @@ def make_env(
     env_id: str, max_episode_steps: int = 0, frame_stack: int = 4, render_mode: str | None = None
 ) -> Any:
     """One environment; Atari ones get the DQN preprocessing (84x84 grey, frame skip 4, noop starts, a stack
-    of ``frame_stack`` frames; the stack repeats the first frame at an episode start)."""
+    of ``frame_stack`` frames; the stack repeats the first frame at an episode start). ``max_episode_steps``
+    counts agent steps (for Atari: 4 frames each)."""
     import gymnasium as gym
 
     kwargs: dict[str, Any] = {"render_mode": render_mode}
-    if max_episode_steps:
-        kwargs["max_episode_steps"] = max_episode_steps
     if not is_atari(env_id):
+        if max_episode_steps:
+            kwargs["max_episode_steps"] = max_episode_steps
         try:
             return gym.make(env_id, **kwargs)
         except gym.error.Error as exc:
             raise ConfigError(f"cannot make environment {env_id!r}: {exc}") from None
     try:
         import ale_py
-        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
+
+        from fdlcli.experiments._atari import SeededAtariReset
     except ImportError as exc:
         raise ConfigError(
             f"{env_id} needs the Atari packages ({exc.name} is missing): pip install 'fdlcli[atari]'"
@@ -87,7 +90,11 @@ def make_env(
         env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0, **kwargs)
     except gym.error.Error as exc:
         raise ConfigError(f"cannot make environment {env_id!r}: {exc}") from None
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env = AtariPreprocessing(
+        SeededAtariReset(env), noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True
+    )
+    if max_episode_steps:  # outside the frame skipping, so that it counts agent steps, not frames
+        env = TimeLimit(env, max_episode_steps)
     return FrameStackObservation(env, frame_stack, padding_type="reset")
 
 
