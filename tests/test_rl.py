@@ -16,7 +16,7 @@ import torch
 from conftest import fdl, metric_records, read_summary, run_dirs, without_modules
 from safetensors.torch import load_file
 
-from fdlcli.experiments._rl import EpisodeTracker, make_vector_env
+from fdlcli.experiments._rl import EpisodeTracker, epsilon_greedy, make_vector_env
 from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
 from fdlcli.experiments.policy_gradient import discounted_returns
 
@@ -114,6 +114,22 @@ def test_seeded_atari_reset_plays_the_episodes_a_rom_reload_does():
         assert got[3] and length == 60  # truncated after 60 agent steps (random play lives longer)
     fast.close()
     full.close()
+
+
+def test_epsilon_greedy_runs_the_network_only_when_some_action_is_greedy():
+    calls = []
+
+    def greedy() -> torch.Tensor:
+        calls.append(1)
+        return torch.tensor([3, 3, 3, 3])
+
+    explored = epsilon_greedy(greedy, 1.0, 3, np.random.default_rng(0), count=4)
+    assert not calls and explored.max() < 3  # every action random: no forward
+    for epsilon in (0.0, 0.5):  # the same actions and random draws as with the greedy actions given
+        lazy = epsilon_greedy(greedy, epsilon, 3, rng := np.random.default_rng(1), count=4)
+        eager = epsilon_greedy(torch.tensor([3, 3, 3, 3]), epsilon, 3, rng_eager := np.random.default_rng(1))
+        assert np.array_equal(lazy, eager) and rng.random() == rng_eager.random()
+    assert len(calls) == 2
 
 
 def test_discounted_returns_stop_at_episode_end():

@@ -199,14 +199,25 @@ class SeededEnvs:
 
 
 def epsilon_greedy(
-    greedy: torch.Tensor, epsilon: float, n_actions: int, rng: np.random.Generator
+    greedy: torch.Tensor | Callable[[], torch.Tensor],
+    epsilon: float,
+    n_actions: int,
+    rng: np.random.Generator,
+    count: int | None = None,
 ) -> np.ndarray:
-    """Replace each greedy action by a uniformly random one with probability ``epsilon``."""
-    actions = greedy.cpu().numpy()
+    """Replace each greedy action by a uniformly random one with probability ``epsilon``.
+
+    ``greedy``: the greedy actions, or a function computing them (a network's forward), called only when
+    some of the ``count`` actions is greedy: while epsilon is near 1 acting then seldom runs the network.
+    The random draws are the same either way."""
     if epsilon > 0:
-        explore = rng.random(len(actions)) < epsilon
-        actions = np.where(explore, rng.integers(0, n_actions, len(actions)), actions)
-    return actions
+        count = len(greedy) if count is None else count
+        explore = rng.random(count) < epsilon
+        random_actions = rng.integers(0, n_actions, count)
+        if explore.all():
+            return random_actions
+    actions = (greedy() if callable(greedy) else greedy).cpu().numpy()
+    return np.where(explore, random_actions, actions) if epsilon > 0 else actions
 
 
 @dataclass
@@ -264,6 +275,7 @@ class RLTask(Task):
     progress_value = "loss"
     # fdl eval RUN --split ...: seeds of its episodes (val: those of the evaluations during training)
     EVAL_SEEDS: ClassVar[dict[str, int]] = {"val": 1_000_000, "test": 10_000_000}
+    fused_optimizer: ClassVar[bool] = False  # build_optimizer(fused=...): many small updates per second
 
     @classmethod
     def build_network(cls, config: RunConfig) -> nn.Module:
@@ -277,7 +289,9 @@ class RLTask(Task):
     def setup(self) -> None:
         trainer = self.config.trainer
         self.model = self.build_network(self.config).to(self.device)
-        self.optimizer = build_optimizer(self.config.optim, self.trained_parameters())
+        self.optimizer = build_optimizer(
+            self.config.optim, self.trained_parameters(), fused=self.fused_optimizer
+        )
         self.tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
         self.epsilon = float("nan")  # the exploration of the latest step
 
