@@ -1,13 +1,15 @@
 """dqn-breakout collection plus learning, through fdl's loop, against a plain single-environment loop.
 
-fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step), the
-frames-once uint8 replay, one update of batch 32 per 4 agent steps. The reference is the usual
-CleanRL-style script in one process: one environment, one forward per step, a replay that stores each
-transition's observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer
-and update rate. Both are timed in steady state, after learning starts (fdl: its own per-window
-rates with the first window dropped), as agent steps (4 frames each) per second of process CPU time, the
-figure that holds on a machine shared with other jobs; wall-clock rates are printed beside it (and give
-the ratio on a GPU, where kernels run asynchronously).
+fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step, run
+only when some environment acts greedily), the frames-once uint8 replay, one update of batch 32 per 4
+agent steps (fused Adam, channels-last convolutions). The reference is the usual CleanRL-style script in
+one process: one environment, one forward per greedy step, a replay that stores each transition's
+observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer (torch's
+default Adam), update rate and epsilon schedule. Both are timed in steady state, after learning starts
+(fdl: its own per-window rates with the first window dropped), as agent steps (4 frames each) per second
+of process CPU time (all threads; no subprocesses), the figure that holds on a machine shared with other
+jobs; wall-clock rates are printed beside it (and give the ratio on a GPU, where kernels run
+asynchronously).
 
     python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda]
 """
@@ -40,6 +42,7 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[floa
         f"trainer.total_steps={steps + LEARNING_STARTS}",
         f"trainer.learning_starts={LEARNING_STARTS}",
         f"trainer.num_envs={num_envs}",
+        "trainer.epsilon_anneal_steps=10000",  # the reference's schedule: both act greedily as often
         "trainer.buffer_size=20000",
         "trainer.eval_every=100000000",
         "trainer.eval_episodes=1",

@@ -16,7 +16,7 @@ import torch
 from conftest import fdl, metric_records, read_summary, run_dirs, without_modules
 from safetensors.torch import load_file
 
-from fdlcli.experiments._rl import EpisodeTracker, make_vector_env
+from fdlcli.experiments._rl import EpisodeTracker, epsilon_greedy, make_vector_env
 from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
 from fdlcli.experiments.policy_gradient import discounted_returns
 
@@ -81,6 +81,55 @@ def test_replay_flat_observations_and_next_step_autoreset():
     # consecutive CartPole states differ by one physics step: small changes in position and angle
     assert (next_obs[:, 0] - obs[:, 0]).abs().max() < 0.2
     assert (next_obs[:, 2] - obs[:, 2]).abs().max() < 0.2
+
+
+def test_seeded_atari_reset_plays_the_episodes_a_rom_reload_does():
+    """make_env's seeded resets restore a saved start state instead of reloading the ROM: they must play
+    exactly what ale_py's own seeded reset plays (same frames, rewards, ends), also when a seed comes
+    back; and trainer.max_episode_steps counts agent steps (4 frames), not emulator frames."""
+    pytest.importorskip("ale_py")
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+
+    from fdlcli.experiments._rl import make_env
+
+    fast = make_env("ALE/Breakout-v5", max_episode_steps=60)
+    full = FrameStackObservation(
+        AtariPreprocessing(
+            gym.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0),
+            noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True,
+        ),
+        4, padding_type="reset",
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for seed in (5, 17, 5):
+        obs, _ = fast.reset(seed=seed)
+        assert np.array_equal(obs, full.reset(seed=seed)[0])
+        for length in range(1, 61):
+            action = int(rng.integers(4))
+            got, expected = fast.step(action), full.step(action)
+            assert np.array_equal(got[0], expected[0]) and got[1:3] == expected[1:3], (seed, length)
+            if got[2] or got[3]:
+                break
+        assert got[3] and length == 60  # truncated after 60 agent steps (random play lives longer)
+    fast.close()
+    full.close()
+
+
+def test_epsilon_greedy_runs_the_network_only_when_some_action_is_greedy():
+    calls = []
+
+    def greedy() -> torch.Tensor:
+        calls.append(1)
+        return torch.tensor([3, 3, 3, 3])
+
+    explored = epsilon_greedy(greedy, 1.0, 3, np.random.default_rng(0), count=4)
+    assert not calls and explored.max() < 3  # every action random: no forward
+    for epsilon in (0.0, 0.5):  # the same actions and random draws as with the greedy actions given
+        lazy = epsilon_greedy(greedy, epsilon, 3, rng := np.random.default_rng(1), count=4)
+        eager = epsilon_greedy(torch.tensor([3, 3, 3, 3]), epsilon, 3, rng_eager := np.random.default_rng(1))
+        assert np.array_equal(lazy, eager) and rng.random() == rng_eager.random()
+    assert len(calls) == 2
 
 
 def test_discounted_returns_stop_at_episode_end():

@@ -50,10 +50,12 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def build_optimizer(
-    cfg: OptimConfig, params: Iterable[torch.nn.Parameter], scheduled: bool = False
+    cfg: OptimConfig, params: Iterable[torch.nn.Parameter], scheduled: bool = False, fused: bool = False
 ) -> torch.optim.Optimizer:
     """``scheduled``: the caller applies :func:`scheduled_lr` each step; loops that do not refuse a
-    schedule instead of silently training at a constant rate."""
+    schedule instead of silently training at a constant rate. ``fused``: Adam and AdamW update all
+    parameters in one kernel (the same rule up to float rounding; it pays for loops of many small
+    updates, such as DQN's); the other optimizers ignore it."""
     if not scheduled:
         refuse_schedule(cfg)
     if cfg.name == "sgd":
@@ -79,10 +81,12 @@ def build_optimizer(
         )
     if cfg.name == "adam":
         return torch.optim.Adam(
-            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
-        )
+            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+            fused=fused or None,
+        )  # fmt: skip
     if cfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
-        )
+            params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+            fused=fused or None,
+        )  # fmt: skip
     raise ValueError(f"unknown optimizer {cfg.name!r}")  # config validation lists the valid names

@@ -62,20 +62,23 @@ def make_env(
     env_id: str, max_episode_steps: int = 0, frame_stack: int = 4, render_mode: str | None = None
 ) -> Any:
     """One environment; Atari ones get the DQN preprocessing (84x84 grey, frame skip 4, noop starts, a stack
-    of ``frame_stack`` frames; the stack repeats the first frame at an episode start)."""
+    of ``frame_stack`` frames; the stack repeats the first frame at an episode start). ``max_episode_steps``
+    counts agent steps (for Atari: 4 frames each)."""
     import gymnasium as gym
 
     kwargs: dict[str, Any] = {"render_mode": render_mode}
-    if max_episode_steps:
-        kwargs["max_episode_steps"] = max_episode_steps
     if not is_atari(env_id):
+        if max_episode_steps:
+            kwargs["max_episode_steps"] = max_episode_steps
         try:
             return gym.make(env_id, **kwargs)
         except gym.error.Error as exc:
             raise ConfigError(f"cannot make environment {env_id!r}: {exc}") from None
     try:
         import ale_py
-        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
+
+        from fdlcli.experiments._atari import SeededAtariReset
     except ImportError as exc:
         raise ConfigError(
             f"{env_id} needs the Atari packages ({exc.name} is missing): pip install 'fdlcli[atari]'"
@@ -87,7 +90,11 @@ def make_env(
         env = gym.make(env_id, frameskip=1, repeat_action_probability=0.0, **kwargs)
     except gym.error.Error as exc:
         raise ConfigError(f"cannot make environment {env_id!r}: {exc}") from None
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True)
+    env = AtariPreprocessing(
+        SeededAtariReset(env), noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True
+    )
+    if max_episode_steps:  # outside the frame skipping, so that it counts agent steps, not frames
+        env = TimeLimit(env, max_episode_steps)
     return FrameStackObservation(env, frame_stack, padding_type="reset")
 
 
@@ -226,14 +233,25 @@ class SeededEnvs:
 
 
 def epsilon_greedy(
-    greedy: torch.Tensor, epsilon: float, n_actions: int, rng: np.random.Generator
+    greedy: torch.Tensor | Callable[[], torch.Tensor],
+    epsilon: float,
+    n_actions: int,
+    rng: np.random.Generator,
+    count: int | None = None,
 ) -> np.ndarray:
-    """Replace each greedy action by a uniformly random one with probability ``epsilon``."""
-    actions = greedy.cpu().numpy()
+    """Replace each greedy action by a uniformly random one with probability ``epsilon``.
+
+    ``greedy``: the greedy actions, or a function computing them (a network's forward), called only when
+    some of the ``count`` actions is greedy: while epsilon is near 1 acting then seldom runs the network.
+    The random draws are the same either way."""
     if epsilon > 0:
-        explore = rng.random(len(actions)) < epsilon
-        actions = np.where(explore, rng.integers(0, n_actions, len(actions)), actions)
-    return actions
+        count = len(greedy) if count is None else count
+        explore = rng.random(count) < epsilon
+        random_actions = rng.integers(0, n_actions, count)
+        if explore.all():
+            return random_actions
+    actions = (greedy() if callable(greedy) else greedy).cpu().numpy()
+    return np.where(explore, random_actions, actions) if epsilon > 0 else actions
 
 
 @dataclass
@@ -291,6 +309,7 @@ class RLTask(Task):
     progress_value = "loss"
     # fdl eval RUN --split ...: seeds of its episodes (val: those of the evaluations during training)
     EVAL_SEEDS: ClassVar[dict[str, int]] = {"val": 1_000_000, "test": 10_000_000}
+    fused_optimizer: ClassVar[bool] = False  # build_optimizer(fused=...): many small updates per second
 
     @classmethod
     def build_network(cls, config: RunConfig) -> nn.Module:
@@ -304,7 +323,9 @@ class RLTask(Task):
     def setup(self) -> None:
         trainer = self.config.trainer
         self.model = self.build_network(self.config).to(self.device)
-        self.optimizer = build_optimizer(self.config.optim, self.trained_parameters())
+        self.optimizer = build_optimizer(
+            self.config.optim, self.trained_parameters(), fused=self.fused_optimizer
+        )
         self.tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
         self.epsilon = float("nan")  # the exploration of the latest step
 

