@@ -67,6 +67,13 @@ def register(spec: ExperimentSpec) -> ExperimentSpec:
     """Add an experiment; a second registration under the same name is a programming error."""
     if spec.name in _REGISTRY:
         raise ValueError(f"experiment {spec.name!r} is registered twice")
+    for other in _REGISTRY.values():  # one model group option, one dataclass: a second would replace it
+        if (
+            spec.model_group
+            and other.model_group == spec.model_group
+            and other.model_config is not spec.model_config
+        ):
+            raise ValueError(f"model group {spec.model_group!r} of {spec.name!r} is already {other.name!r}'s")
     _REGISTRY[spec.name] = spec
     return spec
 

@@ -125,7 +125,7 @@ def test_repeated_sigkill_then_resume_is_exact(env, experiment):
     if run is None:
         (run,) = [r for r in run_dirs(env, experiment) if r != reference and r not in aborted]
     print(f"\n{experiment}: {kills} SIGKILLs survived")
-    assert kills >= 8, "the run finished too quickly to be killed often"
+    assert kills >= KILLS[experiment] - 2, "the run finished too quickly to be killed often"
     assert read_summary(run)["final"] == read_summary(reference)["final"]
     assert metric_records(run) == metric_records(reference)
     assert not list((run / "checkpoints").glob(".tmp-*")), "a killed save left a temporary directory"

@@ -60,14 +60,16 @@ class LSTMCopyTask(CopyTask):
         """No memory to show."""
 
 
-def _spec(name: str, task: type[CopyTask], model_config: type, **fields: str) -> ExperimentSpec:
+def _spec(
+    name: str, task: type[CopyTask], model_config: type, model_group: str, **fields: str
+) -> ExperimentSpec:
     return register(
         ExperimentSpec(
             name=name,
             chapter=8,
             dataset="generated 8-bit sequences, lengths 1-20 (tested to 100)",
             model_config=model_config,
-            model_group=name.split("-")[0],
+            model_group=model_group,
             data_config=CopyDataConfig,
             trainer_config=CopyTrainerConfig,
             task=task,
@@ -80,6 +82,7 @@ _spec(
     "ntm-copy",
     NTMCopyTask,
     NTMConfig,
+    "ntm",
     book_result="the NTM paper: trained on lengths 1-20, few errors up to ~50, more at 120 (figures 4, 6)",
     description="NTM copy task, LSTM controller of 100, memory 128 x 20, one read and one write head",
 )
@@ -87,6 +90,7 @@ _spec(
     "lstm-copy",
     LSTMCopyTask,
     SequenceLSTMConfig,
+    "sequence-lstm",  # not "lstm": that is sentiment-lstm's model group
     book_result="the NTM paper: an LSTM learns lengths 1-20 slower and fails beyond them (figures 3, 5)",
     description="plain 3-layer LSTM on the NTM copy task, about the NTM's parameter count",
 )
