@@ -1,6 +1,6 @@
 """Every trainer key of the README's table, for every experiment: honoured, with an effect, or refused.
 
-No key is silently ignored (issue 18). For each of the 19 experiments (its golden short command, a small
+No key is silently ignored (issue 18). For each of the 20 experiments (its golden short command, a small
 slice of real data) and each optional feature of ``engine.task.FEATURES`` plus ``trainer.epochs``:
 
 * a feature the experiment's task does not declare is refused at validation with one line naming the key
