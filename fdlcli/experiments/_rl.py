@@ -54,6 +54,11 @@ class RLTrainerConfig(TrainerConfig):
             return f"trainer.eval_epsilon={self.eval_epsilon} is not a probability"
         if self.max_episode_steps < 0:
             return "trainer.max_episode_steps must not be negative"
+        if self.hide_velocity and self.env not in POSITION_ENTRIES:
+            return (
+                f"trainer.hide_velocity=true: {self.env} has no known velocity entries to hide "
+                f"(known: {', '.join(POSITION_ENTRIES)})"
+            )
         return None
 
 
@@ -98,7 +103,7 @@ def make_env(
             env = FrameStackObservation(env, frame_stack, padding_type="reset")
         return env
     if hide_velocity:
-        raise ConfigError(f"trainer.hide_velocity=true applies to flat observations, not to {env_id}")
+        raise ConfigError(f"trainer.hide_velocity=true: {env_id} has no known velocity entries to hide")
     try:
         import ale_py
     except ImportError as exc:
@@ -137,13 +142,17 @@ def keep_entries(env: Any, entries: tuple[int, ...]) -> Any:
 
 
 def make_vector_env(
-    env_id: str, num_envs: int, max_episode_steps: int = 0, frame_stack: int | None = None
+    env_id: str,
+    num_envs: int,
+    max_episode_steps: int = 0,
+    frame_stack: int | None = None,
+    hide_velocity: bool = False,
 ) -> Any:
     """``num_envs`` copies stepped in this process (the CPUs are better spent on learning than on IPC)."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
     def thunk() -> Any:
-        return make_env(env_id, max_episode_steps, frame_stack)
+        return make_env(env_id, max_episode_steps, frame_stack, hide_velocity=hide_velocity)
 
     return SyncVectorEnv([thunk] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
 
