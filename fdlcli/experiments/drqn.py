@@ -64,8 +64,13 @@ class DRQNTrainerConfig(DQNTrainerConfig):
     def check(self) -> str | None:
         if self.sequence_length <= 0 or self.burn_in < 0:
             return "trainer.sequence_length must be positive and trainer.burn_in not negative"
-        if self.buffer_size // self.num_envs < 2 * (self.burn_in + self.sequence_length + 1):
+        if self.buffer_size // self.num_envs < 2 * self.window:
             return "trainer.buffer_size is too small for num_envs, burn_in and sequence_length"
+        if self.learning_starts < self.num_envs * self.window:  # a window needs that many stored rows
+            return (
+                f"trainer.learning_starts must be at least num_envs x (burn_in + sequence_length + 1) = "
+                f"{self.num_envs * self.window} agent steps"
+            )
         return super().check()
 
     @property
