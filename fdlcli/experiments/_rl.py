@@ -84,15 +84,15 @@ def make_env(
     import gymnasium as gym
     from gymnasium.wrappers import FrameStackObservation
 
+    if hide_velocity and env_id not in POSITION_ENTRIES:  # Atari included
+        raise ConfigError(
+            f"trainer.hide_velocity=true: {env_id} has no known velocity entries to hide "
+            f"(known: {', '.join(POSITION_ENTRIES)})"
+        )
     kwargs: dict[str, Any] = {"render_mode": render_mode}
     if max_episode_steps:
         kwargs["max_episode_steps"] = max_episode_steps
     if not is_atari(env_id):
-        if hide_velocity and env_id not in POSITION_ENTRIES:
-            raise ConfigError(
-                f"trainer.hide_velocity=true: {env_id} has no known velocity entries to hide "
-                f"(known: {', '.join(POSITION_ENTRIES)})"
-            )
         try:
             env = gym.make(env_id, **kwargs)
         except gym.error.Error as exc:
@@ -102,8 +102,6 @@ def make_env(
         if frame_stack is not None and frame_stack > 1:
             env = FrameStackObservation(env, frame_stack, padding_type="reset")
         return env
-    if hide_velocity:
-        raise ConfigError(f"trainer.hide_velocity=true: {env_id} has no known velocity entries to hide")
     try:
         import ale_py
     except ImportError as exc:
