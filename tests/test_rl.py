@@ -1,5 +1,6 @@
 """Chapter 9: replay memory against gymnasium's own frame stacks, returns, configs, short real trainings,
-exact resume of both agents, bf16 and compile, evaluation episodes and `fdl play`."""
+exact resume of the agents, bf16 and compile, evaluation episodes and `fdl play`; the partially observable
+CartPole and DRQN's windows."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import torch
 from conftest import fdl, metric_records, read_summary, run_dirs, without_modules
 from safetensors.torch import load_file
 
-from fdlcli.experiments._rl import EpisodeTracker, epsilon_greedy, make_vector_env
+from fdlcli.errors import ConfigError
+from fdlcli.experiments._rl import EpisodeTracker, epsilon_greedy, make_env, make_vector_env
 from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
+from fdlcli.experiments.drqn import RecurrentQNetwork, sample_windows, sequence_td_loss
 from fdlcli.experiments.policy_gradient import discounted_returns
 
 
@@ -25,7 +28,7 @@ def _fill(env_id: str, num_envs: int, steps: int, capacity: int, stack: int, sta
     """Random play into a buffer; returns the buffer and, per (row, env), the observation the env gave."""
     envs = make_vector_env(env_id, num_envs, max_episode_steps=40, frame_stack=stack)
     frame_shape = envs.single_observation_space.shape[1:] if stacked else envs.single_observation_space.shape
-    dtype = torch.uint8 if stacked else torch.float32
+    dtype = torch.uint8 if envs.single_observation_space.dtype == np.uint8 else torch.float32
     buffer = ReplayBuffer(capacity, num_envs, frame_shape, dtype, stack if stacked else 1)
     rng = np.random.default_rng(seed)
     obs, _ = envs.reset(seed=seed)
@@ -354,3 +357,122 @@ def test_bf16_autocast_changes_the_figures_and_compile_runs(env, experiment):
     assert costs["bf16"] != costs["32"]
     if "compiled" in costs:
         assert costs["compiled"] == pytest.approx(costs["32"], rel=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# The partially observable CartPole and DRQN.
+
+
+def test_hidden_velocity_and_flat_frame_stacks():
+    """hide_velocity keeps cart position and pole angle of the full state; a flat frame stack holds the
+    last N of those (the first repeated at an episode start), as the replay buffer rebuilds them."""
+    full, hidden = make_env("CartPole-v1"), make_env("CartPole-v1", frame_stack=3, hide_velocity=True)
+    assert hidden.observation_space.shape == (3, 2)
+    state, _ = full.reset(seed=5)
+    stack, _ = hidden.reset(seed=5)
+    assert np.array_equal(stack, np.stack([state[[0, 2]]] * 3))
+    for _ in range(2):
+        state = full.step(1)[0]
+        stack = hidden.step(1)[0]
+    assert np.array_equal(stack[-1], state[[0, 2]]) and not np.array_equal(stack[0], stack[-1])
+    with pytest.raises(ConfigError, match="no known velocity entries"):
+        make_env("Acrobot-v1", hide_velocity=True)
+    # the replay buffer rebuilds flat stacks exactly, across episode starts
+    buffer, seen, _ = _fill("CartPole-v1", 2, 90, capacity=400, stack=3, stacked=True)
+    for row in range(buffer.row):
+        for e in range(2):
+            rebuilt = buffer.observations(torch.tensor([row]), torch.tensor([e]))[0].numpy()
+            assert np.array_equal(rebuilt, seen[(row, e)]), (row, e)
+
+
+def test_drqn_windows_unroll_and_loss_masks():
+    """Sampled windows are consecutive steps of one environment; the unrolled network equals acting step
+    by step with the state zeroed at each episode start; the loss skips reset steps and the burn-in of a
+    window begun mid-episode, and learns from all steps of an episode that began inside it."""
+    buffer, _, _ = _fill("CartPole-v1", 2, 150, capacity=200, stack=1, stacked=False)  # wrapped
+    windows = sample_windows(buffer, 64, 9, torch.Generator().manual_seed(2))
+    obs, actions, rewards, terminated, valid, since = windows
+    assert obs.shape == (64, 9, 4) and since.shape == (64, 9)
+    same_episode = since[:, 1:] == since[:, :-1] + 1
+    assert ((since[:, 1:] == 0) | same_episode).all()  # time order: +1 per step, or a new episode
+    steps = (obs[:, 1:, 0] - obs[:, :-1, 0]).abs()
+    assert steps[same_episode & valid[:, :-1]].max() < 0.2  # one physics step apart
+
+    torch.manual_seed(0)
+    net = RecurrentQNetwork(4, [8], 6, 2)
+    starts = since == 0
+    unrolled = net(obs, starts)
+    for b in range(4):
+        state = net.initial_state(1)
+        for t in range(9):
+            if starts[b, t]:
+                state = net.initial_state(1)
+            q, state = net.step(obs[b, t][None], state)
+            assert torch.allclose(unrolled[b, t], q[0], atol=1e-6)
+
+    class Agent:  # the online and target networks: the same weights here
+        online = target = net
+
+    burn_in = 3
+    loss, _ = sequence_td_loss(Agent(), windows, 0.9, double=True, burn_in=burn_in)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    # the same loss from the mask written out by hand, position by position
+    position = torch.arange(9)
+    exact = since <= position  # the episode began inside the window: the zero state is the true one
+    learned = (valid & (exact | (position >= burn_in)))[:, :-1]
+    assert not learned[:, :burn_in][~exact[:, :burn_in]].any() and learned.sum() > 64
+    with torch.no_grad():
+        q_all, next_q = net(obs, starts), net(obs, starts)[:, 1:]
+        best = q_all[:, 1:].argmax(2, keepdim=True)
+        target = rewards[:, :-1] + 0.9 * (~terminated[:, :-1]).float() * next_q.gather(2, best).squeeze(2)
+        q = q_all[:, :-1].gather(2, actions[:, :-1].unsqueeze(2)).squeeze(2)
+        errors = torch.nn.functional.smooth_l1_loss(q, target, reduction="none")
+    assert loss.item() == pytest.approx(errors[learned].mean().item(), rel=1e-5)
+
+
+# learning from step 60, windows of 2 + 4 + 1 steps, a 112-transition buffer (28 rows x 4) that wraps
+DRQN_SHORT = [
+    "trainer.total_steps=320", "trainer.learning_starts=60", "trainer.eval_every=160",
+    "trainer.eval_episodes=1", "trainer.log_every=10", "trainer.buffer_size=112", "trainer.burn_in=2",
+    "trainer.sequence_length=4", "trainer.batch_size=8", "model.hidden=[16]", "model.lstm=16", "seed=2",
+]  # fmt: skip
+
+
+def test_drqn_resume_after_sigterm_is_exact_eval_and_play(env):
+    """drqn-cartpole stopped by SIGTERM (learning under way, episodes and LSTM states in progress, the
+    replay wrapped) and resumed logs exactly what an uninterrupted run does, with the same final weights;
+    `fdl play --record` runs the recurrent agent."""
+    straight = fdl("train", "drqn-cartpole", *DRQN_SHORT, env=env)
+    assert straight.returncode == 0, straight.stderr
+    (reference,) = run_dirs(env, "drqn-cartpole")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdlcli", "train", "drqn-cartpole", *DRQN_SHORT],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = _wait_for_step(reference.parent, [reference], 130, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    stopped = _latest(run)
+    assert 130 < int(stopped.name.split("-")[1]) < 320
+    with np.load(stopped / "arrays.npz", allow_pickle=False) as arrays:
+        assert bool(arrays["full"]) and arrays["frames"].shape == (28, 4, 2)  # position and angle only
+    state = torch.load(stopped / "trainer.pt", weights_only=True)
+    assert state["task"]["hidden_h"].shape == (4, 16) and state["task"]["hidden_h"].abs().sum() > 0
+
+    resumed = fdl("train", "--resume", str(run), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_records(run) == metric_records(reference)
+    assert read_summary(run)["updates"] == read_summary(reference)["updates"] > 50
+    final, expected = (
+        load_file(str(_latest(run) / "model.safetensors")),
+        load_file(str(_latest(reference) / "model.safetensors")),
+    )
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+
+    # the recurrent agent plays from its best checkpoint (the evaluations above played the same way)
+    played = fdl("play", str(run), "-n", "1", "--record", "--format", "gif", env=env)
+    assert played.returncode == 0, played.stderr
+    assert "mean" in played.stdout
+    (video,) = (run / "artifacts").glob("play-*.gif")
+    assert video.stat().st_size > 1000

@@ -37,7 +37,7 @@ def play_cmd(
     render: str,
     fps: int,
 ) -> None:
-    """Play episodes with a trained agent (pg-cartpole, dqn-*, a3c-*) and show the returns."""
+    """Play episodes with a trained agent (any chapter-9 experiment) and show the returns."""
     from rich.table import Table
 
     from fdlcli import config, registry
@@ -71,8 +71,7 @@ def play_cmd(
         writer = _video_writer(video, fps)
     try:
         results = play_episodes(
-            task.model, trainer.env, episodes, seed=seed, epsilon=epsilon,
-            max_episode_steps=trainer.max_episode_steps, device=task.device,
+            task.model, trainer, episodes, seed=seed, epsilon=epsilon, device=task.device,
             render_mode="rgb_array" if record else ("human" if render == "human" else None),
             on_frame=writer.append_data if writer is not None else None,
         )  # fmt: skip

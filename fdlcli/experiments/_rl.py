@@ -43,6 +43,9 @@ class RLTrainerConfig(TrainerConfig):
     stop_when_solved: bool = True
     eval_episodes: int = 10  # episodes per evaluation (during training, at the end, and `fdl eval`)
     eval_epsilon: float = 0.0  # exploration during evaluation (Atari: 0.05 so a stuck agent still fires)
+    # a partially observable CartPole: the agent sees the cart position and pole angle, not their
+    # velocities (the POMDP test of the DRQN paper, in the spirit of its flickering Atari frames)
+    hide_velocity: bool = False
 
     def check(self) -> str | None:
         if self.solve_window <= 0 or self.eval_episodes <= 0:
@@ -51,6 +54,11 @@ class RLTrainerConfig(TrainerConfig):
             return f"trainer.eval_epsilon={self.eval_epsilon} is not a probability"
         if self.max_episode_steps < 0:
             return "trainer.max_episode_steps must not be negative"
+        if self.hide_velocity and self.env not in POSITION_ENTRIES:
+            return (
+                f"trainer.hide_velocity=true: {self.env} has no known velocity entries to hide "
+                f"(known: {', '.join(POSITION_ENTRIES)})"
+            )
         return None
 
 
@@ -58,25 +66,46 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+# the entries of a flat observation that are positions (what ``hide_velocity`` keeps)
+POSITION_ENTRIES = {"CartPole-v0": (0, 2), "CartPole-v1": (0, 2)}  # cart position, pole angle
+
+
 def make_env(
-    env_id: str, max_episode_steps: int = 0, frame_stack: int = 4, render_mode: str | None = None
+    env_id: str,
+    max_episode_steps: int = 0,
+    frame_stack: int | None = None,
+    render_mode: str | None = None,
+    hide_velocity: bool = False,
 ) -> Any:
     """One environment; Atari ones get the DQN preprocessing (84x84 grey, frame skip 4, noop starts, a stack
-    of ``frame_stack`` frames; the stack repeats the first frame at an episode start). ``max_episode_steps``
+    of ``frame_stack`` frames, 4 by default; the stack repeats the first frame at an episode start).
+    Flat observations are stacked only when ``frame_stack`` > 1 (the last N observations, padded the same
+    way); ``hide_velocity`` keeps only their position entries (before stacking). ``max_episode_steps``
     counts agent steps (for Atari: 4 frames each)."""
     import gymnasium as gym
+    from gymnasium.wrappers import FrameStackObservation
 
+    if hide_velocity and env_id not in POSITION_ENTRIES:  # Atari included
+        raise ConfigError(
+            f"trainer.hide_velocity=true: {env_id} has no known velocity entries to hide "
+            f"(known: {', '.join(POSITION_ENTRIES)})"
+        )
     kwargs: dict[str, Any] = {"render_mode": render_mode}
     if not is_atari(env_id):
         if max_episode_steps:
             kwargs["max_episode_steps"] = max_episode_steps
         try:
-            return gym.make(env_id, **kwargs)
+            env = gym.make(env_id, **kwargs)
         except gym.error.Error as exc:
             raise ConfigError(f"cannot make environment {env_id!r}: {exc}") from None
+        if hide_velocity:
+            env = keep_entries(env, POSITION_ENTRIES[env_id])
+        if frame_stack is not None and frame_stack > 1:
+            env = FrameStackObservation(env, frame_stack, padding_type="reset")
+        return env
     try:
         import ale_py
-        from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
+        from gymnasium.wrappers import AtariPreprocessing, TimeLimit
 
         from fdlcli.experiments._atari import SeededAtariReset
     except ImportError as exc:
@@ -95,7 +124,25 @@ def make_env(
     )
     if max_episode_steps:  # outside the frame skipping, so that it counts agent steps, not frames
         env = TimeLimit(env, max_episode_steps)
-    return FrameStackObservation(env, frame_stack, padding_type="reset")
+    return FrameStackObservation(env, 4 if frame_stack is None else frame_stack, padding_type="reset")
+
+
+def make_trainer_env(trainer: Any, render_mode: str | None = None) -> Any:
+    """The environment an RL run's trainer config describes (its evaluation and ``fdl play`` episodes)."""
+    return make_env(
+        trainer.env, trainer.max_episode_steps, getattr(trainer, "frame_stack", None), render_mode,
+        trainer.hide_velocity,
+    )  # fmt: skip
+
+
+def keep_entries(env: Any, entries: tuple[int, ...]) -> Any:
+    """``env`` whose flat observations keep only ``entries`` (a partially observable environment)."""
+    import gymnasium as gym
+
+    space = env.observation_space
+    index = np.array(entries)
+    kept = gym.spaces.Box(space.low[index], space.high[index], dtype=space.dtype)
+    return gym.wrappers.TransformObservation(env, lambda obs: obs[index], kept)
 
 
 def mlp_layers(n_inputs: int, hidden: list[int]) -> list[nn.Module]:
@@ -122,12 +169,18 @@ def nature_layers(frames: int) -> list[nn.Module]:
     ]  # fmt: skip
 
 
-def make_vector_env(env_id: str, num_envs: int, max_episode_steps: int = 0, frame_stack: int = 4) -> Any:
+def make_vector_env(
+    env_id: str,
+    num_envs: int,
+    max_episode_steps: int = 0,
+    frame_stack: int | None = None,
+    hide_velocity: bool = False,
+) -> Any:
     """``num_envs`` copies stepped in this process (the CPUs are better spent on learning than on IPC)."""
     from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
     def thunk() -> Any:
-        return make_env(env_id, max_episode_steps, frame_stack)
+        return make_env(env_id, max_episode_steps, frame_stack, hide_velocity=hide_velocity)
 
     return SyncVectorEnv([thunk] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
 
@@ -149,10 +202,14 @@ class SeededEnvs:
         num_envs: int,
         seed: int,
         max_episode_steps: int = 0,
-        frame_stack: int = 4,
+        frame_stack: int | None = None,
+        hide_velocity: bool = False,
         first_index: int = 0,
     ) -> None:
-        self.envs = [make_env(env_id, max_episode_steps, frame_stack) for _ in range(num_envs)]
+        self.envs = [
+            make_env(env_id, max_episode_steps, frame_stack, hide_velocity=hide_velocity)
+            for _ in range(num_envs)
+        ]
         self.single_observation_space = self.envs[0].observation_space
         self.single_action_space = self.envs[0].action_space
         self.num_envs, self.seed = num_envs, seed
@@ -358,8 +415,8 @@ class RLTask(Task):
             )
         trainer = self.config.trainer
         episodes = play_episodes(
-            self.model, trainer.env, trainer.eval_episodes, seed=self.config.seed + self.EVAL_SEEDS[split],
-            epsilon=trainer.eval_epsilon, max_episode_steps=trainer.max_episode_steps, device=self.device,
+            self.model, trainer, trainer.eval_episodes, seed=self.config.seed + self.EVAL_SEEDS[split],
+            epsilon=trainer.eval_epsilon, device=self.device,
         )  # fmt: skip
         return episode_metrics(episodes)
 
@@ -410,31 +467,38 @@ class Episode:
 @torch.no_grad()
 def play_episodes(
     net: nn.Module,
-    env_id: str,
+    trainer: RLTrainerConfig,
     episodes: int,
     *,
     seed: int,
     epsilon: float = 0.0,
-    max_episode_steps: int = 0,
     device: torch.device | str = "cpu",
     render_mode: str | None = None,
     on_frame: Callable[[np.ndarray], None] | None = None,
 ) -> list[Episode]:
-    """Play ``episodes`` episodes one after another (seeded, so an evaluation is repeatable)."""
-    env = make_env(env_id, max_episode_steps, render_mode=render_mode)
+    """Play ``episodes`` episodes of the run's environment one after another (seeded, so an evaluation is
+    repeatable). A recurrent network (one with ``initial_state(batch)`` and ``step(obs, state)`` returning
+    (scores, state), DRQN) carries its state from step to step and starts each episode from zero."""
+    env = make_trainer_env(trainer, render_mode)
     rng = np.random.default_rng(seed)
     n_actions = int(env.action_space.n)
+    recurrent = hasattr(net, "initial_state")
     was_training = net.training
     net.eval()
     results = []
     try:
         for index in range(episodes):
             obs, _ = env.reset(seed=seed + index)
+            state = net.initial_state(1) if recurrent else None
             total, length, done = 0.0, 0, False
             while not done:
                 if on_frame is not None:
                     on_frame(env.render())
-                q = net(torch.as_tensor(np.asarray(obs)[None], device=device))
+                batch = torch.as_tensor(np.asarray(obs)[None], device=device)
+                if recurrent:
+                    q, state = net.step(batch, state)
+                else:
+                    q = net(batch)
                 action = int(epsilon_greedy(q.argmax(dim=1), epsilon, n_actions, rng)[0])
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)

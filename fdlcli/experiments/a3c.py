@@ -62,7 +62,7 @@ from fdlcli.experiments._rl import (
     RLTask,
     RLTrainerConfig,
     SeededEnvs,
-    make_env,
+    make_trainer_env,
     mlp_layers,
     nature_layers,
 )
@@ -151,7 +151,7 @@ class ActorCritic(nn.Module):
 
 def build_actor_critic(config: RunConfig) -> ActorCritic:
     trainer: A3CTrainerConfig = config.trainer
-    env = make_env(trainer.env, frame_stack=trainer.frame_stack)
+    env = make_trainer_env(trainer)
     shape, n_actions = env.observation_space.shape, int(env.action_space.n)
     env.close()
     if config.model.network == "nature":
@@ -194,8 +194,9 @@ class Actor:
     ) -> None:
         self.trainer, self.device = trainer, device
         self.envs = SeededEnvs(
-            trainer.env, num_envs, seed, trainer.max_episode_steps, trainer.frame_stack, first_index=first_env
-        )
+            trainer.env, num_envs, seed, trainer.max_episode_steps, trainer.frame_stack,
+            hide_velocity=trainer.hide_velocity, first_index=first_env,
+        )  # fmt: skip
         stream = np.random.SeedSequence([seed, 7_919, first_env]).generate_state(1)[0]
         self.sampler = torch.Generator().manual_seed(int(stream))
         self.obs = self.envs.reset()

@@ -276,8 +276,6 @@ def analyze(task: AutoencoderTask, run: Run) -> dict[str, Any]:
     return result
 
 
-
-
 def _register(name: str, book_result: str, description: str) -> None:
     register(
         ExperimentSpec(

@@ -45,7 +45,7 @@ from fdlcli.experiments._rl import (
     SeededEnvs,
     epsilon_greedy,
     is_atari,
-    make_env,
+    make_trainer_env,
     mlp_layers,
     nature_layers,
 )
@@ -69,7 +69,7 @@ class QNetworkConfig:
 class DQNTrainerConfig(RLTrainerConfig):
     total_steps: int = 100_000  # agent steps, summed over the environments (Atari: 4 frames each)
     num_envs: int = 4
-    frame_stack: int = 4  # Atari only
+    frame_stack: int = 4  # Atari: the DQN stack of frames; flat observations: stacked when > 1
     buffer_size: int = 50_000  # transitions
     batch_size: int = 32
     gamma: float = 0.98
@@ -128,7 +128,7 @@ class MLPQNetwork(nn.Sequential):
         super().__init__(*mlp_layers(n_inputs, hidden), nn.Linear(widths[-1], n_actions))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return super().forward(obs.float())
+        return super().forward(obs.float().flatten(1))  # a stack of observations: one vector
 
 
 class DQNAgent(nn.Module):
@@ -152,7 +152,7 @@ class DQNAgent(nn.Module):
 
 def build_agent(config: RunConfig) -> DQNAgent:
     trainer: DQNTrainerConfig = config.trainer
-    env = make_env(trainer.env, frame_stack=trainer.frame_stack)
+    env = make_trainer_env(trainer)
     shape, n_actions = env.observation_space.shape, int(env.action_space.n)
     env.close()
 
@@ -303,6 +303,7 @@ class DQNTask(RLTask):
     """DQN in the engine's loop: a step is one step of every environment and the updates it brings."""
 
     fused_optimizer = True  # one update per 4 agent steps: the optimizer's per-parameter overhead shows
+    recurrent = False  # DRQN: the acting network carries a state, so it must see every observation
 
     @classmethod
     def build_network(cls, config: RunConfig) -> nn.Module:
@@ -315,7 +316,7 @@ class DQNTask(RLTask):
         super().setup()
         trainer: DQNTrainerConfig = self.config.trainer
         self.trainer = trainer
-        self.stacked = is_atari(trainer.env)
+        self.stacked = is_atari(trainer.env) or trainer.frame_stack > 1  # observations with a stack axis
         self.updates = 0
         self.steps_done = 0  # the loop's counter after the latest step (agent steps)
         # exploration and replay sampling: their own RNG streams, carried by the checkpoint
@@ -347,8 +348,9 @@ class DQNTask(RLTask):
         ``state`` replay the episodes in progress of a checkpoint."""
         trainer = self.trainer
         self.envs = SeededEnvs(
-            trainer.env, trainer.num_envs, self.config.seed, trainer.max_episode_steps, trainer.frame_stack
-        )
+            trainer.env, trainer.num_envs, self.config.seed, trainer.max_episode_steps, trainer.frame_stack,
+            trainer.hide_velocity,
+        )  # fmt: skip
         self.n_actions = int(self.envs.single_action_space.n)
         space = self.envs.single_observation_space
         frame_shape = space.shape[1:] if self.stacked else space.shape
@@ -375,10 +377,13 @@ class DQNTask(RLTask):
         self.epsilon = epsilon = trainer.epsilon(step)
 
         @torch.inference_mode()
-        def greedy() -> torch.Tensor:  # one batched forward, when some environment acts greedily
-            return self.model(torch.as_tensor(self.obs, device=self.device)).argmax(dim=1)
+        def greedy() -> torch.Tensor:  # one batched forward of the acting network
+            return self.act_values(self.obs).argmax(dim=1)
 
-        actions = epsilon_greedy(greedy, epsilon, self.n_actions, self.rng, count=trainer.num_envs)
+        # a feed-forward network runs only when some environment acts greedily (rarely while epsilon is near
+        # 1); a recurrent one sees every observation, to carry its state
+        chosen = greedy() if self.recurrent else greedy
+        actions = epsilon_greedy(chosen, epsilon, self.n_actions, self.rng, count=trainer.num_envs)
         final = self.envs.ended.copy()  # these environments' step is a reset step: no transition
         next_obs, reward, terminated, truncated = self.envs.step(actions)
         real = ~final
@@ -407,12 +412,22 @@ class DQNTask(RLTask):
         cost = torch.stack(losses).sum() if losses else None
         return StepOutput(cost=cost, weight=float(len(losses)), advance=after - step)
 
+    @torch.no_grad()
+    def act_values(self, obs: np.ndarray) -> torch.Tensor:
+        """The online network's Q-values of the environments' current observations (what they act on)."""
+        return self.model(torch.as_tensor(obs, device=self.device))
+
+    def sampled_loss(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The TD loss of a minibatch sampled from the replay buffer, and its mean Q(s, a)."""
+        assert self.buffer is not None
+        trainer = self.trainer
+        batch = [t.to(self.device) for t in self.buffer.sample(trainer.batch_size, self.sampler)]
+        return td_loss(self.model, batch, trainer.gamma, trainer.double)
+
     def update(self) -> torch.Tensor:
         """One gradient step on a sampled minibatch; returns its (detached) loss."""
-        assert self.buffer is not None
         trainer, agent = self.trainer, self.model
-        batch = [t.to(self.device) for t in self.buffer.sample(trainer.batch_size, self.sampler)]
-        loss, q_mean = td_loss(agent, batch, trainer.gamma, trainer.double)  # under the loop's autocast
+        loss, q_mean = self.sampled_loss()  # under the loop's autocast
         with torch.autocast(self.device.type, enabled=False):  # backward and step in full precision
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

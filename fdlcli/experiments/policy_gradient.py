@@ -32,7 +32,7 @@ from fdlcli.experiments._rl import (
     RLTask,
     RLTrainerConfig,
     epsilon_greedy,
-    make_env,
+    make_trainer_env,
     make_vector_env,
     mlp_layers,
 )
@@ -98,16 +98,16 @@ class PolicyNetwork(nn.Module):
         return self.net(obs.float())
 
 
-def env_shape(env_id: str) -> tuple[int, int]:
-    """(observation size, number of actions) of a flat-observation environment."""
-    env = make_env(env_id)
+def env_shape(trainer: RLTrainerConfig) -> tuple[int, int]:
+    """(observation size, number of actions) of the run's flat-observation environment."""
+    env = make_trainer_env(trainer)
     shape = (int(np.prod(env.observation_space.shape)), int(env.action_space.n))
     env.close()
     return shape
 
 
 def build_policy(config: RunConfig) -> nn.Module:
-    n_inputs, n_actions = env_shape(config.trainer.env)
+    n_inputs, n_actions = env_shape(config.trainer)
     return PolicyNetwork(n_inputs, config.model.hidden, n_actions)
 
 
@@ -174,7 +174,10 @@ class PolicyGradientTask(RLTask):
     def train_step(self, step: int, index: int) -> StepOutput:
         trainer, tracker = self.trainer, self.tracker
         if self.envs is None:
-            self.envs = make_vector_env(trainer.env, trainer.batch_episodes, trainer.max_episode_steps)
+            self.envs = make_vector_env(
+                trainer.env, trainer.batch_episodes, trainer.max_episode_steps,
+                hide_velocity=trainer.hide_velocity,
+            )  # fmt: skip
         self.epsilon = trainer.epsilon(step)
         # the counter is batches x batch_episodes, so the batch's seed is a function of the step
         batch_seed = self.config.seed * 1_000_003 + step

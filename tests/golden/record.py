@@ -97,6 +97,10 @@ COMMANDS: dict[str, list[str]] = {
         "trainer.total_steps=600", "trainer.learning_starts=200", "trainer.eval_every=300",
         "trainer.eval_episodes=2", "trainer.log_every=20",
     ],
+    "drqn-cartpole": [
+        "trainer.total_steps=320", "trainer.learning_starts=60", "trainer.eval_every=160",
+        "trainer.eval_episodes=2", "trainer.log_every=10",
+    ],
     "dqn-breakout": [
         "trainer.total_steps=160", "trainer.learning_starts=64", "trainer.buffer_size=400",
         "trainer.num_envs=2", "trainer.eval_every=80", "trainer.eval_episodes=1", "trainer.eval_epsilon=1.0",
