@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_in_process, metric_records, read_summary, run_dirs
 
 from fdlcli.experiments import autoencoder as ae
 from fdlcli.experiments import word2vec as w2v
@@ -46,9 +46,9 @@ def test_autoencoders_train_and_compare_with_pca(env, experiment, extra, figures
     assert "codes (k=" in result.stdout
 
 
-def test_autoencoder_rejects_bad_values(env):
-    result = fdl("train", "sparse-autoencoder-mnist", "model.sparsity_rho=1.5", env=env)
-    assert result.returncode == 2 and "sparsity_rho" in result.stderr and "Traceback" not in result.stderr
+def test_autoencoder_rejects_bad_values(env, capsys):
+    code, err = fdl_in_process(["train", "sparse-autoencoder-mnist", "model.sparsity_rho=1.5"], capsys)
+    assert code == 2 and "sparsity_rho" in err and "Traceback" not in err
 
 
 def test_autoencoder_init_follows_the_books_layer():
@@ -424,9 +424,9 @@ def test_corpus_keeps_its_line_lengths_through_a_train_limit(tmp_path):
         ("optim=adam", "takes optim.lr only"),  # its SGD is written out by hand
     ],
 )
-def test_skipgram_bad_input_is_one_line(env, tmp_path, override, message):
-    result = fdl("train", "skipgram", override.format(tmp=tmp_path), env=env)
-    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+def test_skipgram_bad_input_is_one_line(env, tmp_path, capsys, override, message):
+    code, err = fdl_in_process(["train", "skipgram", override.format(tmp=tmp_path)], capsys)
+    assert code != 0 and message in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

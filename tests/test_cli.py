@@ -137,10 +137,10 @@ def test_train_then_eval_end_to_end(env):
 
 
 @pytest.mark.parametrize("path", ["runs/[/x]", "runs/[bold]x"])
-def test_bracketed_path_in_an_error_prints_verbatim(env, path):
-    result = fdl("eval", path, env=env)
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"error: no such run directory: {path}"  # no MarkupError traceback
+def test_bracketed_path_in_an_error_prints_verbatim(env, path, capsys):
+    code, err = fdl_in_process(["eval", path], capsys)
+    assert code == 1
+    assert err.strip() == f"error: no such run directory: {path}"  # no MarkupError traceback
 
 
 def test_install_hint_keeps_the_extra_in_brackets(env, tmp_path):
@@ -175,7 +175,7 @@ def test_fdl_consoles_print_markup_characters_verbatim(capsys):
     assert err == "error: pip install 'fdlcli[atari]' [/x]\n"
 
 
-def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_path):
+def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_path, capsys):
     env = {**env, "FDL_RUNS_DIR": str(tmp_path / "[bold]runs[/x]")}  # and markup characters print as they are
     result = fdl(
         "train", "mlp-mnist", "trainer.epochs=1", "data.train_limit=500", "data.eval_limit=200", env=env
@@ -189,20 +189,18 @@ def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_p
     assert unpadded.returncode == 0, unpadded.stderr
     padded = fdl("eval", str(run), "--checkpoint", "step-000000005", "--json", env=env)
     assert json.loads(unpadded.stdout) == json.loads(padded.stdout)
-    missing = fdl("eval", str(run), "--checkpoint", "step-4", env=env)
-    assert missing.returncode == 1
-    assert missing.stderr.strip() == (
-        f"error: no step-4 checkpoint in {run} (step checkpoints there: step-000000005)"
-    )
+    code, err = fdl_in_process(["eval", str(run), "--checkpoint", "step-4"], capsys)
+    assert code == 1
+    assert err.strip() == (f"error: no step-4 checkpoint in {run} (step checkpoints there: step-000000005)")
 
 
-def test_a_shift_as_large_as_the_image_is_refused_before_any_run_dir(env):
-    result = fdl("train", "cnn-mnist", "data.shift=1000", env=env)
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
+def test_a_shift_as_large_as_the_image_is_refused_before_any_run_dir(env, capsys):
+    code, err = fdl_in_process(["train", "cnn-mnist", "data.shift=1000"], capsys)
+    assert code == 2
+    assert err.strip() == (
         "error: invalid data config: data.shift=1000: it must be smaller than the 28x28 mnist images (at most 27)"
     )
-    assert fdl("train", "mlp-mnist", "data.shift=28", env=env).returncode == 2  # the image's own size too
+    assert fdl_in_process(["train", "mlp-mnist", "data.shift=28"], capsys)[0] == 2  # the image's own size too
     assert not run_dirs(env, "cnn-mnist") and not run_dirs(env, "mlp-mnist")
     largest = fdl("config", "cnn-cifar10", "+data.shift=31", env=env)  # CIFAR-10 images are 32x32
     assert largest.returncode == 0 and "shift: 31" in largest.stdout, largest.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fdl, metric_records, read_summary, run_dirs, without_modules
+from conftest import fdl, fdl_in_process, metric_records, read_summary, run_dirs, without_modules
 from safetensors.torch import load_file
 
 from fdlcli.errors import ConfigError
@@ -151,12 +151,12 @@ def test_solve_criterion_needs_a_full_window():
     assert not tracker.add(20)  # solved once
 
 
-def test_rl_config_errors_are_one_line(env):
-    result = fdl("train", "pg-cartpole", "explore=nope", env=env)
-    assert result.returncode == 2 and "choose from" in result.stderr and "anneal-1.0" in result.stderr
-    result = fdl("train", "dqn-cartpole", "trainer.epsilon_end=2", env=env)
-    assert result.returncode == 2 and "invalid trainer config" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_rl_config_errors_are_one_line(env, capsys):
+    code, err = fdl_in_process(["train", "pg-cartpole", "explore=nope"], capsys)
+    assert code == 2 and "choose from" in err and "anneal-1.0" in err
+    code, err = fdl_in_process(["train", "dqn-cartpole", "trainer.epsilon_end=2"], capsys)
+    assert code == 2 and "invalid trainer config" in err
+    assert "Traceback" not in err
 
 
 # epsilon anneals over 48 episodes in both runs (by default it anneals over trainer.episodes)
@@ -195,7 +195,7 @@ def test_pg_resume_continues_exactly_and_plot_returns(env):
     assert (full / "returns.png").stat().st_size > 10_000
 
 
-def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path):
+def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path, capsys):
     result = fdl(
         "train", "dqn-cartpole", "trainer.total_steps=600", "trainer.learning_starts=200",
         "trainer.eval_every=300", "trainer.eval_episodes=2", "trainer.log_every=20", env=env,
@@ -216,8 +216,8 @@ def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path):
     evaluated = fdl("eval", str(run), "--split", "val", "--json", env=env)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["eval/return_mean"] == summary["best"]["value"]
-    bad = fdl("eval", str(run), "--split", "train", env=env)
-    assert bad.returncode == 2 and "evaluated on episodes" in bad.stderr and "Traceback" not in bad.stderr
+    code, err = fdl_in_process(["eval", str(run), "--split", "train"], capsys)  # fails before any work
+    assert code == 2 and "evaluated on episodes" in err and "Traceback" not in err
 
     played = fdl("play", str(run), "-n", "2", "--record", "--format", "gif", env=env)
     assert played.returncode == 0, played.stderr
@@ -236,10 +236,10 @@ def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path):
         "error: fdl play --record of CartPole-v1 needs pygame: pip install 'fdlcli[rl]'"
     )
 
-    bad = fdl("play", str(run), "--render", "human", "--record", env=env)
-    assert bad.returncode == 2 and "do not combine" in bad.stderr
-    missing = fdl("play", str(run / "nope"), env=env)
-    assert missing.returncode != 0 and "no such run directory" in missing.stderr
+    code, err = fdl_in_process(["play", str(run), "--render", "human", "--record"], capsys)
+    assert code == 2 and "do not combine" in err
+    code, err = fdl_in_process(["play", str(run / "nope")], capsys)
+    assert code != 0 and "no such run directory" in err
 
 
 def test_dqn_breakout_pixels_smoke(env):

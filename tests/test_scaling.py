@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_in_process, metric_records, read_summary, run_dirs
 
 # 601 examples in batches of 100: the last global batch holds one example, so one of two ranks has
 # nothing to compute there (the zero-weight path of engine/distributed.shard)
@@ -66,11 +66,11 @@ def test_two_process_data_parallel_equals_one_process_and_resumes(env):
     assert json.loads((ddp_run / "meta.json").read_text())["resumes"]
 
 
-def test_data_parallel_bad_input_is_one_line(env):
-    result = fdl("train", "mlp-mnist", "trainer.devices=0", env=env)
-    assert result.returncode == 2 and "trainer.devices" in result.stderr and "Traceback" not in result.stderr
-    result = fdl("train", "mlp-mnist", "-m", "seed=0,1", "trainer.devices=2", env=env)
-    assert result.returncode == 2 and "trainer.devices>1" in result.stderr
+def test_data_parallel_bad_input_is_one_line(env, capsys):
+    code, err = fdl_in_process(["train", "mlp-mnist", "trainer.devices=0"], capsys)
+    assert code == 2 and "trainer.devices" in err and "Traceback" not in err
+    code, err = fdl_in_process(["train", "mlp-mnist", "-m", "seed=0,1", "trainer.devices=2"], capsys)
+    assert code == 2 and "trainer.devices>1" in err
     assert run_dirs(env, "mlp-mnist") == []
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_in_process, metric_records, read_summary, run_dirs
 
 # Small enough for CI, large enough that the resume points fall mid-epoch and mid-logging-window.
 RESUMABLE = [
@@ -162,7 +162,7 @@ def test_concurrent_starts_get_distinct_run_directories(env):
     assert all(read_summary(run)["status"] == "completed" for run in runs)
 
 
-def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env):
+def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env, capsys):
     quick = ["trainer.epochs=1", "data.train_limit=500", "data.eval_limit=500"]
     assert fdl("train", "logreg-mnist", *quick, env=env).returncode == 0
     (run,) = run_dirs(env, "logreg-mnist")
@@ -170,21 +170,21 @@ def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env):
     weights = run / "checkpoints" / latest / "model.safetensors"
 
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    result = fdl("eval", str(run), "--checkpoint", "last", env=env)
-    assert result.returncode == 1 and "corrupt" in result.stderr and "Traceback" not in result.stderr
+    code, err = fdl_in_process(["eval", str(run), "--checkpoint", "last"], capsys)
+    assert code == 1 and "corrupt" in err and "Traceback" not in err
 
     assert fdl("train", "mlp-mnist", *quick, env=env).returncode == 0
     (other,) = run_dirs(env, "mlp-mnist")
     foreign = other / "checkpoints" / "init" / "model.safetensors"
     weights.write_bytes(foreign.read_bytes())  # weights of another experiment
-    result = fdl("eval", str(run), "--checkpoint", "last", env=env)
-    assert result.returncode == 1 and "not of experiment 'logreg-mnist'" in result.stderr
+    code, err = fdl_in_process(["eval", str(run), "--checkpoint", "last"], capsys)
+    assert code == 1 and "not of experiment 'logreg-mnist'" in err
 
     state = run / "checkpoints" / latest / "trainer.pt"
     state.write_bytes(b"not a checkpoint")
     before = sorted(p.name for p in run.iterdir())
-    result = fdl("train", "--resume", str(run), "trainer.epochs=2", env=env)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    code, err = fdl_in_process(["train", "--resume", str(run), "trainer.epochs=2"], capsys)
+    assert code == 1 and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == before
 
 
