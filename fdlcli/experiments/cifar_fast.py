@@ -458,7 +458,8 @@ register(
         dataset="CIFAR-10 (mirror JPEG-recompressed, q~75)",
         book_result="beyond the book: airbench94, 94% in 2.6 s on an A100 (goals: 90% in 20 min, 94% in 75)",
         description="patch-whitening conv + 3 conv groups 64/256/256, label smoothing, alternating flip, "
-        "translate 2, Nesterov SGD, lookahead, flip TTA",
+        "translate 2, Nesterov SGD, lookahead, flip TTA. Measured on 2 CPU cores (AVX-512): ~4.4 min an "
+        "epoch, 90.2% test after 9.9 epochs (45 min, all 50,000 images; docs/chapter5.md)",
         model_config=FastCNNConfig,
         model_group="cnn-fast",
         task=FastCIFARTask,
