@@ -330,35 +330,6 @@ def test_dqn_resume_after_sigterm_is_exact(env):
         assert [p.parent for p in (each / "checkpoints").glob("*/arrays.npz")] == [_latest(each)]
 
 
-PRECISION_RUNS = {
-    "pg-cartpole": ["trainer.episodes=16", "trainer.eval_every=16", "trainer.eval_episodes=1"],
-    "dqn-cartpole": [
-        "trainer.total_steps=200", "trainer.learning_starts=40", "trainer.eval_every=200",
-        "trainer.eval_episodes=1", "trainer.log_every=20", "model.hidden=[32,32]",
-    ],
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("experiment", sorted(PRECISION_RUNS))
-def test_bf16_autocast_changes_the_figures_and_compile_runs(env, experiment):
-    """trainer.precision=bf16 runs the network under bf16 autocast (the losses differ from fp32 ones);
-    DQN's trainer.compile=true compiles both of its networks and learns what the eager one does."""
-    variants = {"32": [], "bf16": ["trainer.precision=bf16"]}
-    if experiment == "dqn-cartpole":
-        variants["compiled"] = ["trainer.compile=true"]
-    costs = {}
-    for label, extra in variants.items():
-        known = run_dirs(env, experiment)
-        result = fdl("train", experiment, *PRECISION_RUNS[experiment], *extra, env=env)
-        assert result.returncode == 0, result.stderr
-        (run,) = [r for r in run_dirs(env, experiment) if r not in known]
-        costs[label] = [r["value"] for r in metric_records(run) if r["name"] == "train/cost"]
-    assert len(costs["32"]) >= 2 and len(costs["bf16"]) == len(costs["32"])
-    assert costs["bf16"] != costs["32"]
-    if "compiled" in costs:
-        assert costs["compiled"] == pytest.approx(costs["32"], rel=1e-4)
-
-
 # --------------------------------------------------------------------------------------------------
 # The partially observable CartPole and DRQN.
 
