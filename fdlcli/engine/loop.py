@@ -332,7 +332,6 @@ class _Loop:
             end = state.step >= total or task.finished()
             if task.log_due(state.step) or end:
                 self.log_window(None)
-            session.stop_if_requested(self.save)
             if task.evaluation_due(before, state.step) or end:
                 improved = self.validate("evaluation")
                 headline = task.headline(state.history[-1])
@@ -343,6 +342,9 @@ class _Loop:
                 and state.step // trainer.checkpoint_every > before // trainer.checkpoint_every
             ):
                 self.save("periodic")  # crossed, not hit: a step may advance the counter by more than one
+            # a stop only after the evaluation this step is due: a resumed run starts past the step that
+            # crossed eval_every and would never make it (seen as a flaky drqn-cartpole resume test)
+            session.stop_if_requested(self.save)
 
     def _end(self) -> dict[str, Any]:
         state, task, session = self.state, self.task, self.session
