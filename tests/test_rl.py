@@ -295,6 +295,19 @@ def _wait_for_step(run_root: Path, known: list[Path], step: int, process: subpro
     raise AssertionError(f"the run ended or stalled before step {step}: {process.poll()}")
 
 
+def _stopped_by_sigterm(env, experiment: str, overrides: list[str], reference: Path, step: int) -> Path:
+    """A second run of ``experiment`` stopped by SIGTERM once it has logged past ``step``: its directory."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdlcli", "train", experiment, *overrides],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = _wait_for_step(reference.parent, [reference], step, process)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    return run
+
+
 def test_dqn_resume_after_sigterm_is_exact(env):
     """Stopped by SIGTERM mid-run (learning under way, episodes in progress, the replay buffer wrapped)
     and resumed, a DQN run logs exactly what an uninterrupted one does and ends with the same weights:
@@ -303,14 +316,7 @@ def test_dqn_resume_after_sigterm_is_exact(env):
     straight = fdl("train", "dqn-cartpole", *DQN_SHORT, env=env)
     assert straight.returncode == 0, straight.stderr
     (reference,) = run_dirs(env, "dqn-cartpole")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fdlcli", "train", "dqn-cartpole", *DQN_SHORT],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    run = _wait_for_step(reference.parent, [reference], 250, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    run = _stopped_by_sigterm(env, "dqn-cartpole", DQN_SHORT, reference, 250)
     stopped = _latest(run)
     with np.load(stopped / "arrays.npz", allow_pickle=False) as arrays:
         assert bool(arrays["full"]) and arrays["frames"].shape == (60, 4, 4)  # 240 / 4 envs, wrapped
@@ -416,14 +422,7 @@ def test_drqn_resume_after_sigterm_is_exact_eval_and_play(env):
     straight = fdl("train", "drqn-cartpole", *DRQN_SHORT, env=env)
     assert straight.returncode == 0, straight.stderr
     (reference,) = run_dirs(env, "drqn-cartpole")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fdlcli", "train", "drqn-cartpole", *DRQN_SHORT],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    run = _wait_for_step(reference.parent, [reference], 130, process)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
+    run = _stopped_by_sigterm(env, "drqn-cartpole", DRQN_SHORT, reference, 130)
     stopped = _latest(run)
     assert 130 < int(stopped.name.split("-")[1]) < 320
     with np.load(stopped / "arrays.npz", allow_pickle=False) as arrays:
