@@ -227,7 +227,9 @@ class _Loop:
     def _evaluate(self, split: str) -> dict[str, float]:
         was_training = self.task.model.training
         self.task.model.eval()
-        with torch.no_grad():
+        # evaluation runs at the training precision (bf16 halves a CPU's evaluation time, as it does the
+        # training step's; Lightning's precision plugins do the same)
+        with torch.no_grad(), autocast(self.session.device, self.precision):
             metrics = self.task.evaluate(split)
         self.task.model.train(was_training)
         return {(k if "/" in k else f"{split}/{k}"): float(v) for k, v in metrics.items()}
@@ -430,7 +432,8 @@ def evaluate_checkpoint(task_class: type[Task], run: Run, which: str, split: str
     """Metrics of one split under a saved checkpoint (``fdl eval``), all recorded in the run; returns
     the task's headline ones (what the command prints)."""
     task, ref = load_task(task_class, run, which)
-    with torch.no_grad():
+    device = resolve_device(run.config.trainer.device)
+    with torch.no_grad(), autocast(device, run.config.trainer.precision):
         metrics = task.evaluate(split)
     metrics = {(k if "/" in k else f"{split}/{k}"): float(v) for k, v in metrics.items()}
     run.write_eval(which, ref.name, metrics, split, info=task.metrics_info() or None)
