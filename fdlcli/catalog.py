@@ -46,7 +46,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _timestamp(value: Any) -> float | None:
+def timestamp(value: Any) -> float | None:
+    """Seconds since the epoch of an ISO time string (meta.json's times); None for anything else."""
     if not isinstance(value, str):
         return None
     try:
@@ -100,7 +101,7 @@ def process_alive(meta: dict[str, Any]) -> bool | None:
         return None
     # a live pid may belong to another process now: the trainer started before it wrote meta.json
     started = _process_start(pid)
-    last_start = _timestamp((meta.get("resumes") or [{}])[-1].get("time") or meta.get("start_time"))
+    last_start = timestamp((meta.get("resumes") or [{}])[-1].get("time") or meta.get("start_time"))
     return not (started is not None and last_start is not None and started > last_start + 2)
 
 
@@ -128,7 +129,7 @@ class RunRecord:
 
     @property
     def start(self) -> float | None:
-        return _timestamp(self.meta.get("start_time"))
+        return timestamp(self.meta.get("start_time"))
 
     @property
     def sort_time(self) -> float:
@@ -144,7 +145,7 @@ class RunRecord:
         last (re)start while running, the training time of the last epoch summary otherwise."""
         if self.status == "running":
             resumes = self.meta.get("resumes") or []
-            since = _timestamp(resumes[-1].get("time")) if resumes else self.start
+            since = timestamp(resumes[-1].get("time")) if resumes else self.start
             return time.time() - since if since is not None else None
         recorded = _number(self.meta.get("train_seconds"))
         if recorded is not None and self.recorded_status != "running":

@@ -120,6 +120,31 @@ def test_plot_overlays_a_sweep_and_reports_the_threshold(sweep, env, capsys, tmp
     assert_png(sweep_dir / "0" / "artifacts" / "plot-val-accuracy.png")
 
 
+def test_plot_against_wall_minutes_reads_the_run_clock(sweep, env, capsys, tmp_path):
+    """--x minutes: each point at (record time - meta.json's start_time) / 60, the threshold in minutes."""
+    import datetime as dt
+
+    from fdlcli.analysis.curves import read_curves
+
+    sweep_dir, _ = sweep
+    job = sweep_dir / "1"
+    start = dt.datetime.fromisoformat(json.loads((job / "meta.json").read_text())["start_time"]).timestamp()
+    records = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
+    accuracy = [r for r in records if r["name"] == "test/accuracy"]
+    expected = [((r["time"] - start) / 60, r["value"]) for r in accuracy]
+    assert read_curves(job, x="minutes")["test/accuracy"] == pytest.approx(expected)
+    assert all(0 <= minutes < 10 for minutes, _ in expected)
+    out = tmp_path / "minutes.png"
+    code, stdout, stderr = run_cli(
+        capsys, "plot", job, "--metric", "test/accuracy", "--x", "minutes", "--threshold", "0", "--out", out
+    )
+    assert code == 0, stderr
+    assert_png(out)
+    assert "minutes to threshold" in stdout and f"{expected[0][0]:.4g}" in stdout
+    code, _, stderr = run_cli(capsys, "plot", sweep_dir, "--x", "minutes", "--group-seeds")
+    assert code == 2 and "only with --x step" in stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -16,8 +16,9 @@ from pathlib import Path
 from fdlcli.analysis.artifacts import pyplot, save_png
 from fdlcli.analysis.rundata import flatten, load_run
 from fdlcli.analysis.sweeps import without_seed
+from fdlcli.catalog import read_json_object, timestamp
 from fdlcli.errors import RunDirError, UsageError
-from fdlcli.runs import CONFIG_FILE, locate, read_metrics
+from fdlcli.runs import CONFIG_FILE, META_FILE, locate, read_metrics
 
 # Chapter 4's yardstick: minibatches until the training cost first reaches 0.1 (book: ~18,000 for SGD,
 # just over 2,000 for momentum).
@@ -25,18 +26,29 @@ COST_METRIC = "train/cost"
 COST_THRESHOLD = 0.1
 
 
-def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every logged metric of a run as ``{name: [(step, value), ...]}`` in logging order.
+# What a curve's x axis counts: the minibatch (step) of each record, or the wall-clock minutes since the
+# run started (meta.json's start_time, so setup counts; a resumed run's pauses count too).
+X_AXES = {"step": "minibatches", "minutes": "wall minutes since the run started"}
+
+
+def read_curves(run_dir: Path, x: str = "step") -> dict[str, list[tuple[float, float]]]:
+    """Every logged metric of a run as ``{name: [(x, value), ...]}`` in logging order, ``x`` the step or
+    (``x="minutes"``) the wall minutes since the run started.
 
     A half-written last line (a run killed mid-write) is skipped, not an error.
     """
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for record in read_metrics(Path(run_dir)):
+    records = read_metrics(Path(run_dir))
+    start = timestamp(read_json_object(Path(run_dir) / META_FILE).get("start_time"))
+    if start is None and records:
+        start = records[0].get("time")
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
         try:
-            name, step, value = str(record["name"]), int(record["step"]), float(record["value"])
+            name, value = str(record["name"]), float(record["value"])
+            at = int(record["step"]) if x == "step" else (float(record["time"]) - float(start)) / 60
         except (ValueError, KeyError, TypeError):
             continue
-        curves.setdefault(name, []).append((step, value))
+        curves.setdefault(name, []).append((at, value))
     return curves
 
 
@@ -47,10 +59,10 @@ def lower_is_better(metric: str) -> bool:
 
 
 def steps_to_threshold(
-    points: Iterable[tuple[int, float]], threshold: float, below: bool = True
-) -> int | None:
-    """The first logged step whose value is at or below (``below=False``: at or above) ``threshold``;
-    None if the curve never gets there.
+    points: Iterable[tuple[float, float]], threshold: float, below: bool = True
+) -> float | None:
+    """The first logged step (or minute: whatever the points' x counts) whose value is at or below
+    (``below=False``: at or above) ``threshold``; None if the curve never gets there.
 
     With records every ``log_every`` minibatches the answer is resolved to that many minibatches, and as
     each training-cost record averages its window, it is the step at which the *window mean* first dips
@@ -82,7 +94,7 @@ BOOTSTRAP_SAMPLES = 2000
 class Curve:
     run_dir: Path  # the run (the first seed of a group)
     label: str
-    points: list[tuple[int, float]]  # (step, value), or (step, mean over seeds)
+    points: list[tuple[float, float]]  # (x, value), or (step, mean over seeds); x as X_AXES
     runs: int = 1  # seeds averaged into ``points``
     band: list[tuple[float, float]] | None = None  # (low, high) at each point when runs > 1
 
@@ -144,8 +156,8 @@ def group_labels(groups: list[list[Path]]) -> list[str]:
 
 
 def aggregate(
-    curves: list[list[tuple[int, float]]], band: str = "std", seed: int = 0
-) -> tuple[list[tuple[int, float]], list[tuple[float, float]]]:
+    curves: list[list[tuple[float, float]]], band: str = "std", seed: int = 0
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """The mean of several seeds' curves at the steps every one of them logged, and a band around it.
 
     ``band="std"``: mean +- the sample standard deviation over seeds. ``band="ci"``: a percentile
@@ -177,17 +189,21 @@ def aggregate(
 
 
 def load_curves(
-    run_dirs: list[Path], metric: str, group_seeds: bool = False, band: str = "std"
+    run_dirs: list[Path], metric: str, group_seeds: bool = False, band: str = "std", x: str = "step"
 ) -> list[Curve]:
-    """The ``metric`` curve of every run (or of every group of seeds); an error naming the logged
-    metrics if no run has it."""
+    """The ``metric`` curve of every run (or of every group of seeds) against ``x``; an error naming the
+    logged metrics if no run has it. Seeds average at common steps, so they group only on steps."""
+    if x not in X_AXES:
+        raise UsageError(f"unknown x axis {x!r}; choose from: {', '.join(X_AXES)}")
+    if group_seeds and x != "step":
+        raise UsageError("seeds are averaged at the steps they share: group them only with --x step")
     groups = seed_groups(run_dirs) if group_seeds else [[d] for d in run_dirs]
     labels = group_labels(groups) if group_seeds else run_labels(run_dirs)
     curves, available = [], set()
     for group, label in zip(groups, labels, strict=True):
         members = []
         for run_dir in group:
-            logged = read_curves(run_dir)
+            logged = read_curves(run_dir, x)
             available.update(logged)
             if logged.get(metric):
                 members.append((run_dir, logged[metric]))

@@ -24,6 +24,10 @@ Runs whose resolved configs differ only in their seed are drawn as one curve (th
 at the steps they all logged) with a shaded band: the standard deviation (--band std) or a bootstrap 95%
 interval of the mean (--band ci). This is the default for sweeps; --group-seeds asks for it with runs
 named one by one, --no-group-seeds draws every run.
+
+--x minutes draws the curves against wall-clock minutes since each run started (setup included, and a
+resumed run's pauses): time to accuracy, e.g. `fdl plot RUN_A RUN_B --metric test/accuracy --x minutes
+--threshold 0.9`. Seeds are not averaged on this axis (their clocks differ); each run is drawn.
 """
 
 
@@ -55,6 +59,14 @@ band_option = click.option(
 )
 @band_option
 @click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["step", "minutes"]),
+    default="step",
+    show_default=True,
+    help="The x axis: minibatches, or wall minutes since each run started.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="PNG to write (default: artifacts/ of the run or sweep named first).",
@@ -66,6 +78,7 @@ def plot_cmd(
     log_y: bool | None,
     group_seeds: bool | None,
     band: str,
+    x_axis: str,
     out: Path | None,
 ) -> None:
     from rich.table import Table
@@ -75,8 +88,9 @@ def plot_cmd(
 
     run_dirs = curves_module.expand_run_dirs(paths)
     if group_seeds is None:  # a sweep: one curve per configuration; runs named one by one: each its own
-        group_seeds = any(not (path / CONFIG_FILE).is_file() for path in paths)
-    curves = curves_module.load_curves(run_dirs, metric, group_seeds, band)
+        group_seeds = x_axis == "step" and any(not (path / CONFIG_FILE).is_file() for path in paths)
+    curves = curves_module.load_curves(run_dirs, metric, group_seeds, band, x_axis)
+    unit = "minibatch" if x_axis == "step" else "minute"
     lower_is_better = curves_module.lower_is_better(metric)
     if out is None:
         out = paths[0] / "artifacts" / f"plot-{metric.replace('/', '-')}.png"
@@ -85,7 +99,7 @@ def plot_cmd(
     if any(curve.band for curve in curves):
         title += f"\n({curves_module.BANDS[band]})"
     log_y = curves_module.auto_log_y(metric, curves) if log_y is None else log_y
-    curves_module.plot_curves(out, curves, metric, log_y, threshold, title)
+    curves_module.plot_curves(out, curves, metric, log_y, threshold, title, curves_module.X_AXES[x_axis])
     for curve in curves:
         steps, values = zip(*curve.points, strict=True)
         finite = [v for v in values if math.isfinite(v)] or [math.nan]  # a null record reads as NaN
@@ -93,17 +107,16 @@ def plot_cmd(
         spread = f" [{curve.band[-1][0]:.4g}, {curve.band[-1][1]:.4g}]" if curve.band else ""
         click.echo(
             f"{curve.label}: {len(values)} points, last {values[-1]:.4g}{spread} "
-            f"at minibatch {steps[-1]}, best {best:.4g}"
+            f"at {unit} {steps[-1]:.4g}, best {best:.4g}"
         )
     if threshold is not None:
         table = Table(title=f"{metric} reaching {threshold:g}")
-        for column in ("run", "final", "minibatches to threshold"):
+        for column in ("run", "final", f"{unit}s to threshold"):
             table.add_column(column, justify="left" if column == "run" else "right")
         for curve in curves:
             reached = curves_module.steps_to_threshold(curve.points, threshold, below=lower_is_better)
-            table.add_row(
-                curve.label, f"{curve.points[-1][1]:.4g}", "not reached" if reached is None else str(reached)
-            )
+            shown = "not reached" if reached is None else f"{reached:.4g}"
+            table.add_row(curve.label, f"{curve.points[-1][1]:.4g}", shown)
         make_console(width=200).print(table)
     click.echo(f"wrote {out}")
 

@@ -355,7 +355,10 @@ class _Loop:
         final = {**state.history[-1]} if state.history else {}
         best_test = None
         checkpoints = session.checkpoints
-        if "final" in task.test_checkpoints:
+        # a task without a validation split evaluates on test (cnn-cifar10-fast's data.val_size=0): the
+        # last evaluation already holds the final weights' test metrics, logged; no second test pass
+        tested = final.get("step") == state.step and any(k.startswith("test/") for k in final)
+        if "final" in task.test_checkpoints and not tested:
             final.update(self._evaluate("test"))
         if "best" in task.test_checkpoints and checkpoints.best_info() is not None:
             checkpoints.load_weights(task.model, checkpoints.resolve("best"), session.device)
@@ -363,7 +366,7 @@ class _Loop:
             if "final" not in task.test_checkpoints:  # the best model is the run's result
                 final.update(best_test)
         test = {k: v for k, v in final.items() if k.startswith("test/")}
-        if test:
+        if test and not (tested and best_test is None):
             session.writer.log(test, state.step, self.record_epoch)
         extra = task.finish(self.run.artifacts_dir)
         summary = self.summary("completed", final=final, best_test=best_test)
