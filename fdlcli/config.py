@@ -46,6 +46,7 @@ class TrainerConfig:
     log_every: int = 50  # minibatches between training-cost records in metrics.jsonl
     print_every_s: float = 10.0  # seconds between plain progress lines when stdout is not a terminal
     checkpoint_every: int = 0  # minibatches between mid-epoch checkpoints; 0 = at epoch ends only
+    val_every_epochs: int = 1  # epochs between evaluations (epoch-based experiments); the last one always
     keep_checkpoints: int = 1  # step checkpoints kept besides the best one
     histograms: bool = True  # parameter histograms in TensorBoard every epoch
     monitor: str | None = "val/accuracy"  # metric that picks the best checkpoint; null = no best checkpoint
@@ -114,6 +115,7 @@ _POSITIVE = (
     "data.batch_size",
     "trainer.eval_batch_size",
     "trainer.log_every",
+    "trainer.val_every_epochs",
 )
 _NON_NEGATIVE = (
     "trainer.threads",
@@ -357,6 +359,11 @@ def _refuse_unsupported(run_config: RunConfig, spec: registry.ExperimentSpec) ->
     if problem:
         raise ConfigError(f"{problem} (experiment {spec.name})")
     if task.unit == "steps":
+        if run_config.trainer.val_every_epochs != 1:
+            raise ConfigError(
+                f"trainer.val_every_epochs={run_config.trainer.val_every_epochs}: experiment {spec.name} "
+                "trains in steps, not epochs"
+            )
         default = (spec.trainer_config or TrainerConfig)().epochs
         if run_config.trainer.epochs != default:
             raise ConfigError(

@@ -113,6 +113,21 @@ def test_resume_can_extend_training(env):
     assert read_summary(run)["epochs"] == 2
 
 
+def test_val_every_epochs_evaluates_every_nth_epoch_and_the_last(env, capsys):
+    """trainer.val_every_epochs=2 over 3 epochs: validation after epochs 2 and 3 only, the epoch cost and a
+    checkpoint after every epoch; a step-based experiment refuses the key."""
+    quick = ["trainer.epochs=3", "trainer.val_every_epochs=2", "data.train_limit=500", "data.eval_limit=200"]
+    code, stderr = fdl_in_process(["train", "logreg-mnist", *quick], capsys)
+    assert code == 0, stderr
+    (run,) = run_dirs(env, "logreg-mnist")
+    records = metric_records(run)
+    assert [r["epoch"] for r in records if r["name"] == "val/accuracy"] == [2, 3]
+    assert [r["epoch"] for r in records if r["name"] == "train/epoch_cost"] == [1, 2, 3]
+    assert [h["epoch"] for h in read_summary(run)["history"]] == [2, 3]
+    code, stderr = fdl_in_process(["train", "dqn-cartpole", "trainer.val_every_epochs=2"], capsys)
+    assert code == 2 and "trains in steps, not epochs" in stderr
+
+
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_two_job_sweep(env, launcher):
     extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []

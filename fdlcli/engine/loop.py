@@ -315,16 +315,22 @@ class _Loop:
             epoch_cost = state.epoch_cost_sum / max(1.0, state.epoch_batches)
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             self.log_epoch = state.epoch
+            progress = f"{min(state.epoch, trainer.epochs):g}/{trainer.epochs:g}"
+            heading = f"epoch {progress}  train cost {epoch_cost:.4f}"
+            if state.epoch % trainer.val_every_epochs and state.epoch < trainer.epochs:
+                # trainer.val_every_epochs: no evaluation this epoch (time-to-accuracy runs test only at
+                # the end); the epoch's cost is logged and a checkpoint written as at any epoch end
+                session.writer.log({"train/epoch_cost": epoch_cost}, state.step, self.record_epoch)
+                state.epoch_cost_sum, state.epoch_batches = 0.0, 0.0
+                self.save("epoch")
+                session.message(heading)
+                continue
             improved = self.validate("epoch")
             # test/ records: a task that trains on every example evaluates on the test set (cnn-cifar10-fast)
             held_out = ("val/", "test/")
             val = {k: v for k, v in task.headline(state.history[-1]).items() if k.startswith(held_out)}
             shown = [f"{k.replace('/', ' ', 1)} {v:.4f}" for k, v in val.items()]
-            self.announce(
-                f"epoch {min(state.epoch, trainer.epochs):g}/{trainer.epochs:g}  train cost {epoch_cost:.4f}",
-                shown,
-                improved,
-            )
+            self.announce(heading, shown, improved)
 
     def _steps(self, total: int) -> None:
         state, trainer, task, session = self.state, self.trainer, self.task, self.session
