@@ -132,7 +132,9 @@ def test_plot_against_wall_minutes_reads_the_run_clock(sweep, env, capsys, tmp_p
     records = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
     accuracy = [r for r in records if r["name"] == "test/accuracy"]
     expected = [((r["time"] - start) / 60, r["value"]) for r in accuracy]
-    assert read_curves(job, x="minutes")["test/accuracy"] == pytest.approx(expected)
+    drawn = read_curves(job, x="minutes")["test/accuracy"]
+    assert [v for _, v in drawn] == [v for _, v in expected]
+    assert [m for m, _ in drawn] == pytest.approx([m for m, _ in expected])
     assert all(0 <= minutes < 10 for minutes, _ in expected)
     out = tmp_path / "minutes.png"
     code, stdout, stderr = run_cli(
