@@ -38,9 +38,11 @@ def read_curves(run_dir: Path, x: str = "step") -> dict[str, list[tuple[float, f
     A half-written last line (a run killed mid-write) is skipped, not an error.
     """
     records = read_metrics(Path(run_dir))
-    start = timestamp(read_json_object(Path(run_dir) / META_FILE).get("start_time"))
-    if start is None and records:
-        start = records[0].get("time")
+    start = None
+    if x == "minutes":  # meta.json is read only for the clock
+        start = timestamp(read_json_object(Path(run_dir) / META_FILE).get("start_time"))
+        if start is None and records:
+            start = records[0].get("time")
     curves: dict[str, list[tuple[float, float]]] = {}
     for record in records:
         try:

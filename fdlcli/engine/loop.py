@@ -190,13 +190,19 @@ class _Loop:
 
     # ---- evaluation ----------------------------------------------------------------------------------
 
-    def validate(self, label: str) -> bool:
-        """Evaluate on "val", log, checkpoint, track the best; returns whether it improved."""
-        state, task, session, trainer = self.state, self.task, self.session, self.trainer
+    def take_epoch_cost(self) -> dict[str, float]:
+        """The mean cost of the epoch just ended as a record (epoch-based tasks), and a fresh sum."""
+        state = self.state
         metrics: dict[str, float] = {}
         if self.task.unit == "epochs" and state.epoch_batches:
             metrics["train/epoch_cost"] = state.epoch_cost_sum / state.epoch_batches
         state.epoch_cost_sum, state.epoch_batches = 0.0, 0.0
+        return metrics
+
+    def validate(self, label: str) -> bool:
+        """Evaluate on "val", log, checkpoint, track the best; returns whether it improved."""
+        state, task, session, trainer = self.state, self.task, self.session, self.trainer
+        metrics = self.take_epoch_cost()
         val = self._evaluate("val") if distributed.is_main() else None
         val = distributed.broadcast_object(val)
         metrics.update(val)
@@ -320,8 +326,7 @@ class _Loop:
             if state.epoch % trainer.val_every_epochs and state.epoch < trainer.epochs:
                 # trainer.val_every_epochs: no evaluation this epoch (time-to-accuracy runs test only at
                 # the end); the epoch's cost is logged and a checkpoint written as at any epoch end
-                session.writer.log({"train/epoch_cost": epoch_cost}, state.step, self.record_epoch)
-                state.epoch_cost_sum, state.epoch_batches = 0.0, 0.0
+                session.writer.log(self.take_epoch_cost(), state.step, self.record_epoch)
                 self.save("epoch")
                 session.message(heading)
                 continue
@@ -441,8 +446,7 @@ def evaluate_checkpoint(task_class: type[Task], run: Run, which: str, split: str
     """Metrics of one split under a saved checkpoint (``fdl eval``), all recorded in the run; returns
     the task's headline ones (what the command prints)."""
     task, ref = load_task(task_class, run, which)
-    device = resolve_device(run.config.trainer.device)
-    with torch.no_grad(), autocast(device, run.config.trainer.precision):
+    with torch.no_grad(), autocast(task.device, run.config.trainer.precision):
         metrics = task.evaluate(split)
     metrics = {(k if "/" in k else f"{split}/{k}"): float(v) for k, v in metrics.items()}
     run.write_eval(which, ref.name, metrics, split, info=task.metrics_info() or None)
