@@ -239,7 +239,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
             if not resume and not retry:  # killed before its first checkpoint: start it again
                 runs.truncate_metrics(run_dir, 0)
         if main:
-            save_config(run_dir, run_config, overrides)
+            runs.save_config(run_dir, run_config, overrides)
         parallel = _parallel_jobs(hydra_cfg) if sweeping else 1
         if sweeping and parallel > 1:
             _pin_gpu(int(hydra_cfg.job.num))
@@ -317,13 +317,6 @@ def _set_aside_failed_attempt(run_dir: Path) -> None:
     runs.atomic_write_json(
         run_dir / runs.META_FILE, {"attempts": [*earlier, {"dir": f"{ATTEMPTS_DIR}/{number}", **record}]}
     )
-
-
-def save_config(run_dir: Path, run_config: Any, overrides: list[str]) -> None:
-    runs.atomic_write_text(
-        run_dir / runs.CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(run_config.to_dict()))
-    )
-    runs.atomic_write_text(run_dir / runs.OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def _has_initial_checkpoint(run_dir: Path) -> bool:
@@ -436,19 +429,12 @@ def _resume_rank(run_dir: Path, run_config: Any, overrides: Sequence[str]) -> di
     distributed.init_from_env()
     main = distributed.is_main()
     try:
-        if overrides and main:
-            save_config(run_dir, run_config, _saved_overrides(run_dir) + list(overrides))
+        # the overrides reach config.yaml only once the checkpoint has been restored (Loop.restore)
         run = runs.Run(path=run_dir, config=run_config, resume=True, overrides=list(overrides))
         with runs.locked(run_dir) if main else contextlib.nullcontext():
             return registry.get(run_config.name).train(run)
     finally:
         distributed.shutdown()
-
-
-def _saved_overrides(run_dir: Path) -> list[str]:
-    path = run_dir / runs.OVERRIDES_FILE
-    loaded = OmegaConf.load(path) if path.exists() else []
-    return [str(o) for o in loaded] if loaded else []
 
 
 def evaluate(run_dir: Path, checkpoint: str, split: str) -> dict[str, float]:

@@ -287,6 +287,13 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     parallel_jobs: int = 1  # jobs of the same sweep running beside this one (sets the CPU thread share)
 
+    def save_resume_overrides(self) -> None:
+        """Write a resumed run's new overrides into its config.yaml and overrides.yaml. The loop calls
+        this once the checkpoint has been restored, so that an override the checkpoint refuses (another
+        model size) leaves the run's files as they were."""
+        if self.resume and self.overrides:
+            save_config(self.path, self.config, saved_overrides(self.path) + self.overrides)
+
     @property
     def checkpoint_dir(self) -> Path:
         return self.path / "checkpoints"
@@ -302,10 +309,22 @@ class Run:
         return self.path / METRICS_FILE
 
     def update_meta(self, **fields: Any) -> None:
-        path = self.path / META_FILE
-        meta = read_json(path) if path.exists() else {}
+        meta = self.read_meta()
         meta.update(fields)
-        atomic_write_json(path, meta)
+        atomic_write_json(self.path / META_FILE, meta)
+
+    def read_meta(self) -> dict[str, Any]:
+        path = self.path / META_FILE
+        return read_json(path) if path.exists() else {}
+
+    def refuse_resume(self, meta_before: dict[str, Any], error: str | None) -> None:
+        """A resume failed before its checkpoint loaded, so it trained nothing: meta.json goes back to
+        what it was (status, end time), with the refused attempt kept on record with its error."""
+        attempt = (self.read_meta().get("resumes") or [{}])[-1]
+        attempt.update(refused=error, time_refused=now_iso())
+        atomic_write_json(
+            self.path / META_FILE, {**meta_before, "resumes": [*meta_before.get("resumes", []), attempt]}
+        )
 
     def write_eval(
         self,
@@ -350,28 +369,34 @@ def locked(run_dir: Path) -> Iterator[None]:
 EVALS_FILE = "evals.jsonl"
 
 
-def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """The metrics ``fdl eval`` recorded in a run, by checkpoint (``best``, ``last``, ``step-N``): the
-    ``eval-<which>[-<split>].json`` files, and the records of an ``evals.jsonl`` log if there is one (the
-    latest record of a checkpoint wins)."""
-    records: list[tuple[str, dict[str, Any]]] = []
-    for path in run_dir.glob("eval-*.json"):
+def read_eval_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's ``fdl eval`` records, oldest first: the ``eval-<which>[-<split>].json`` files and the
+    lines of an ``evals.jsonl`` log if there is one. Each is the record as written plus ``source`` (where
+    it was read) and ``which`` (``best``, ``last``, ``step-N``); unreadable ones are skipped."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(run_dir.glob("eval-*.json")):
         with contextlib.suppress(OSError, ValueError):
             record = read_json(path)
-            which = path.stem.removeprefix("eval-")
-            if isinstance(record, dict) and record.get("split"):
-                which = which.removesuffix(f"-{record['split']}")
-            records.append((which, record))
-    with contextlib.suppress(OSError), open(run_dir / EVALS_FILE) as handle:
-        for line in handle:
+            if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+                which = path.stem.removeprefix("eval-")
+                if record.get("split"):
+                    which = which.removesuffix(f"-{record['split']}")
+                records.append({**record, "source": path.name, "which": which})
+    with contextlib.suppress(OSError), open(run_dir / EVALS_FILE, errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
             with contextlib.suppress(ValueError):
                 record = json.loads(line)
-                if isinstance(record, dict):
-                    records.append((str(record.get("which") or record.get("checkpoint")), record))
+                if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
+                    which = str(record.get("which") or record.get("checkpoint"))
+                    records.append({**record, "source": f"{EVALS_FILE}:{number}", "which": which})
+    return sorted(records, key=lambda record: str(record.get("time", "")))
+
+
+def read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The metrics ``fdl eval`` recorded in a run, by checkpoint (the latest record of a metric wins)."""
     found: dict[str, dict[str, Any]] = {}
-    valid = [(w, r) for w, r in records if isinstance(r, dict) and isinstance(r.get("metrics"), dict)]
-    for which, record in sorted(valid, key=lambda item: str(item[1].get("time", ""))):
-        found.setdefault(which, {}).update(record["metrics"])
+    for record in read_eval_records(run_dir):
+        found.setdefault(record["which"], {}).update(record["metrics"])
     return found
 
 
@@ -416,6 +441,23 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
                     record["value"] = math.nan
                 records.append(record)
     return records
+
+
+def save_config(run_dir: Path, run_config: Any, overrides: list[str]) -> None:
+    """The resolved config (config.yaml) and the command-line overrides that made it (overrides.yaml)."""
+    from omegaconf import OmegaConf  # here, not at the top: `fdl runs` and friends never need it
+
+    atomic_write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(run_config.to_dict())))
+    atomic_write_text(run_dir / OVERRIDES_FILE, OmegaConf.to_yaml(OmegaConf.create(overrides)))
+
+
+def saved_overrides(run_dir: Path) -> list[str]:
+    """The overrides a run was started (and resumed) with, as overrides.yaml holds them."""
+    from omegaconf import OmegaConf
+
+    path = run_dir / OVERRIDES_FILE
+    loaded = OmegaConf.load(path) if path.exists() else []
+    return [str(o) for o in loaded] if loaded else []
 
 
 def truncate_metrics(run_dir: Path, keep_lines: int) -> None:

@@ -114,6 +114,9 @@ def test_cnn_cifar10_resume_is_exact_with_augmentation(env):
     assert metric_records(split) == metric_records(uninterrupted)
     summary = read_summary(split)
     assert summary["steps"] == 8
+    # the resume's override is the run's config from now on (written once the checkpoint restored)
+    assert "epochs: 2" in (split / "config.yaml").read_text()
+    assert "trainer.epochs=2" in (split / "overrides.yaml").read_text()
 
 
 def test_cnn_mnist_trains_and_draws_its_figures(env):

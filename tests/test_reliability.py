@@ -238,6 +238,19 @@ def test_one_hundred_malformed_inputs(env, tmp_path, capsys, monkeypatch):
     assert not failures, failures[:3]
     assert _tree_digest(existing) == before, "an existing run was modified"
 
+    # an override valid as config but refused by the checkpoint (another model shape): the run's config,
+    # overrides and checkpoints stay as they were, so does its status, and the attempt is on record
+    refused = tmp_path / "refused"
+    shutil.copytree(existing, refused)
+    kept = {name: (refused / name).read_bytes() for name in ("config.yaml", "overrides.yaml")}
+    argv = ["train", "--resume", str(refused), "model.hidden=[7]", "trainer.epochs=2"]
+    code, err = fdl_in_process(argv, capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert {name: (refused / name).read_bytes() for name in kept} == kept
+    assert _tree_digest(refused / "checkpoints") == _tree_digest(existing / "checkpoints")
+    meta = json.loads((refused / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["resumes"][-1]["refused"], meta
+
 
 # ---------------------------------------------------------------------------------------------------
 # Fuzzing the boundaries with hypothesis.

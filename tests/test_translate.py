@@ -38,7 +38,7 @@ def _train(path: Path, overrides: list[str], resume: bool = False) -> runs.Run:
     """Train (or resume) a translate-en-fr run in-process, as `fdl train` does."""
     run_config = config.validate(config.compose("translate-en-fr", overrides))
     if not resume:
-        launch.save_config(path, run_config, overrides)
+        runs.save_config(path, run_config, overrides)
     run = runs.Run(path=path, config=run_config, resume=resume)
     registry.get("translate-en-fr").train(run)
     return run

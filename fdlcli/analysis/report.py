@@ -28,9 +28,9 @@ import yaml
 from fdlcli import __version__, runs
 from fdlcli.analysis import curves as curves_module
 from fdlcli.analysis import sweeps
-from fdlcli.analysis.rundata import RunData, differing_keys, is_number, load_run, numeric_items, read_evals
+from fdlcli.analysis.rundata import RunData, differing_keys, is_number, load_run, numeric_items
 from fdlcli.errors import RunDirError
-from fdlcli.runs import CONFIG_FILE, atomic_write_text
+from fdlcli.runs import CONFIG_FILE, atomic_write_text, read_eval_records
 
 MARKER = ".fdl-report"  # a folder holding it is a report fdl may replace
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
@@ -419,7 +419,7 @@ def run_report(page: Page, run: RunData, band: str) -> None:
         + (table(["other result", "value"], extra) if extra else "")
         + "</div>"
     )
-    evals = read_evals(run.path)
+    evals = read_eval_records(run.path)
     if evals:
         page.section("evals", "Evaluations (fdl eval)")
         page.add(

@@ -6,7 +6,6 @@ anything (config.yaml is parsed as plain YAML data, JSON files as JSON).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ from fdlcli.analysis.sweeps import user_overrides
 from fdlcli.catalog import read_json_object
 from fdlcli.errors import RunDirError
 from fdlcli.runs import CONFIG_FILE, META_FILE, OVERRIDES_FILE, SUMMARY_FILE
-
-EVALS_FILE = "evals.jsonl"  # one JSON record per `fdl eval`, where the engine appends them
 
 
 @dataclass
@@ -79,28 +76,6 @@ def load_run(path: Path) -> RunData:
     overrides = user_overrides(str(o) for o in saved) if isinstance(saved, list) else []
     meta, summary = read_json_object(path / META_FILE), read_json_object(path / SUMMARY_FILE)
     return RunData(path, config, overrides, meta, summary)
-
-
-def read_evals(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's `fdl eval` records, oldest first: ``eval-*.json`` files and ``evals.jsonl`` lines.
-
-    Each record is ``{"source", "checkpoint", "split", "time", "metrics"}``; unreadable ones are skipped.
-    """
-    found = []
-    for path in sorted(Path(run_dir).glob("eval-*.json")):
-        record = read_json_object(path)
-        if isinstance(record.get("metrics"), dict):
-            found.append({"source": path.name, **record})
-    jsonl = Path(run_dir) / EVALS_FILE
-    if jsonl.is_file():
-        for number, line in enumerate(jsonl.read_text(errors="replace").splitlines(), 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("metrics"), dict):
-                found.append({"source": f"{EVALS_FILE}:{number}", **record})
-    return sorted(found, key=lambda r: str(r.get("time", "")))
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

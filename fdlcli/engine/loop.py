@@ -116,6 +116,9 @@ class _Loop:
             checkpoints.save_initial(task.model)
         if self.run.resume:
             writer.rewind(self.state.metrics_lines, self.state.step)
+            if distributed.is_main():
+                self.run.save_resume_overrides()
+            self.session.restored = True
         self.session.seconds_before = self.state.train_seconds
         self.window.fill_(self.state.window_cost_sum)
 

@@ -38,6 +38,7 @@ class Session:
     progress: ConsoleProgress | None = None
     seconds_before: float = 0.0  # training time of earlier processes (a resumed run)
     started: float = field(default_factory=time.monotonic)
+    restored: bool = False  # set by the loop once a resumed run's checkpoint has loaded
 
     @property
     def train_seconds(self) -> float:
@@ -135,6 +136,7 @@ def run_session(run: Run) -> Iterator[Session]:
             yield Session(run, device, threads, NullWriter(run.path), readonly, stop)
         return
     handler = setup_run_logging(run.path)
+    meta_before = run.read_meta() if run.resume else {}
     start_meta(run, str(device))
     run.update_meta(threads=threads, world_size=distributed.world_size())
     log.info(
@@ -170,7 +172,12 @@ def run_session(run: Run) -> Iterator[Session]:
             session.progress.close()
         writer.close()
         seconds = round(session.train_seconds, 2) if session is not None else 0.0
-        run.update_meta(status=status, end_time=now_iso(), error=error, train_seconds=seconds)
+        if run.resume and status == "failed" and not (session is not None and session.restored):
+            # a resume refused before its checkpoint loaded (an override that changes the model's
+            # shape, a damaged checkpoint) trained nothing: the run keeps the status it had
+            run.refuse_resume(meta_before, error)
+        else:
+            run.update_meta(status=status, end_time=now_iso(), error=error, train_seconds=seconds)
         log.info("status %s%s", status, f": {error}" if error else "")
         log.removeHandler(handler)
         handler.close()
