@@ -192,7 +192,19 @@ def test_pg_resume_continues_exactly_and_plot_returns(env):
     # figure 9-6's plot: one curve per run, from the train/return records
     plotted = fdl("plot-returns", str(full), str(part), "--out", str(full / "returns.png"), env=env)
     assert plotted.returncode == 0, plotted.stderr
-    assert (full / "returns.png").stat().st_size > 10_000
+    from PIL import Image
+
+    assert Image.open(full / "returns.png").size == (800, 480)
+    # the same returns against agent steps (each record's step) and wall minutes (meta.json's clock)
+    from fdlcli.analysis.returns import training_returns
+
+    episodes, returns = training_returns(full)
+    steps, by_steps = training_returns(full, "steps")
+    minutes, by_minutes = training_returns(full, "minutes")
+    assert list(episodes) == list(range(1, 49)) and list(returns) == list(by_steps) == list(by_minutes)
+    records = [r for r in metric_records(full) if r["name"] == "train/return"]
+    assert list(steps) == [r["step"] for r in records]
+    assert 0 <= minutes[0] <= minutes[-1] < 10
 
 
 def test_dqn_cartpole_short_run_eval_and_play(env, tmp_path, capsys):

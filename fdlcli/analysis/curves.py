@@ -133,10 +133,14 @@ def distinct_overrides(overrides: list[list[str]]) -> list[list[str]]:
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
-    """Each run's command-line overrides that not every run shares (``optim=adam``), else its folder name."""
-    return _distinct_labels(
-        [load_run(d).overrides for d in run_dirs], [f"{d.parent.name}/{d.name}" for d in run_dirs]
-    )
+    """Each run's command-line overrides that not every run shares (``optim=adam``), else its folder name;
+    runs of several experiments are named by their experiment first (``cnn-cifar10 trainer.epochs=86``)."""
+    loaded = [load_run(d) for d in run_dirs]
+    if len({run.experiment for run in loaded}) > 1:
+        overrides = distinct_overrides([run.overrides for run in loaded])
+        return [" ".join([run.experiment, *own]) for run, own in zip(loaded, overrides, strict=True)]
+    folders = [f"{d.parent.name}/{d.name}" for d in run_dirs]
+    return _distinct_labels([run.overrides for run in loaded], folders)
 
 
 def seed_groups(run_dirs: list[Path]) -> list[list[Path]]:

@@ -7,21 +7,29 @@ from pathlib import Path
 
 import numpy as np
 
-from fdlcli.runs import read_metrics
+from fdlcli.analysis.artifacts import pyplot, save_png
+from fdlcli.analysis.curves import read_curves
+
+# What the x axis of a returns figure counts: episodes (the book's figure 9-6), agent steps (agents that
+# play episodes of different lengths compared at equal experience), or wall minutes since the run started
+# (agents of different speeds compared at equal time: A3C's processes against DQN's single loop).
+X_AXES = {"episodes": "episode", "steps": "agent steps", "minutes": "wall minutes since the run started"}
 
 
 @dataclass
 class Curve:
     label: str
-    episodes: np.ndarray  # episode number (1-based) of each return
+    x: np.ndarray  # where each return was recorded, as X_AXES
     returns: np.ndarray
 
 
-def training_returns(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The ``train/return`` records of a run: (episode numbers, returns)."""
-    records = [r for r in read_metrics(run_dir) if r["name"] == "train/return"]
-    returns = np.array([r["value"] for r in records], dtype=float)
-    return np.arange(1, len(returns) + 1), returns
+def training_returns(run_dir: Path, x: str = "episodes") -> tuple[np.ndarray, np.ndarray]:
+    """The ``train/return`` records of a run: (x of each, returns), ``x`` one of X_AXES."""
+    points = read_curves(run_dir, "minutes" if x == "minutes" else "step").get("train/return", [])
+    returns = np.array([value for _, value in points], dtype=float)
+    if x == "episodes":
+        return np.arange(1, len(returns) + 1), returns
+    return np.array([at for at, _ in points], dtype=float), returns
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -31,24 +39,21 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
 
 
-def plot_curves(curves: list[Curve], out: Path, window: int, threshold: float | None, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_curves(
+    curves: list[Curve], out: Path, window: int, threshold: float | None, title: str, x: str = "episodes"
+) -> Path:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
     for curve in curves:
-        ax.plot(curve.episodes, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
+        ax.plot(curve.x, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8, label=f"solved ({threshold:g})")
-    ax.set_xlabel("episode")
+    ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(f"average return (last {window} episodes)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    save_png(fig, out)
     return out

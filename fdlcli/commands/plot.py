@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import click
@@ -29,6 +30,15 @@ named one by one, --no-group-seeds draws every run.
 resumed run's pauses): time to accuracy, e.g. `fdl plot RUN_A RUN_B --metric test/accuracy --x minutes
 --threshold 0.9`. Seeds are not averaged on this axis (their clocks differ); each run is drawn.
 """
+
+
+def _short_name(path: Path) -> str:
+    """A run or sweep as the title names it: experiment/run or experiment sweep ID, not the full path
+    (several full paths overflow the figure)."""
+    path = path.resolve()
+    if path.parent.name == "sweeps":
+        return f"{path.parent.parent.name} sweep {path.name}"
+    return f"{path.parent.name}/{path.name}"
 
 
 # shared with `fdl report`, which draws the same curves
@@ -90,12 +100,14 @@ def plot_cmd(
     if group_seeds is None:  # a sweep: one curve per configuration; runs named one by one: each its own
         group_seeds = x_axis == "step" and any(not (path / CONFIG_FILE).is_file() for path in paths)
     curves = curves_module.load_curves(run_dirs, metric, group_seeds, band, x_axis)
-    unit = "minibatch" if x_axis == "step" else "minute"
+    unit, units = ("minibatch", "minibatches") if x_axis == "step" else ("minute", "minutes")
     lower_is_better = curves_module.lower_is_better(metric)
     if out is None:
         out = paths[0] / "artifacts" / f"plot-{metric.replace('/', '-')}.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = f"{metric}: " + ", ".join(str(p) for p in paths)
+    title = textwrap.fill(
+        f"{metric}: " + ", ".join(_short_name(p) for p in paths), width=90, break_on_hyphens=False
+    )
     if any(curve.band for curve in curves):
         title += f"\n({curves_module.BANDS[band]})"
     log_y = curves_module.auto_log_y(metric, curves) if log_y is None else log_y
@@ -111,7 +123,7 @@ def plot_cmd(
         )
     if threshold is not None:
         table = Table(title=f"{metric} reaching {threshold:g}")
-        for column in ("run", "final", f"{unit}s to threshold"):
+        for column in ("run", "final", f"{units} to threshold"):
             table.add_column(column, justify="left" if column == "run" else "right")
         for curve in curves:
             reached = curves_module.steps_to_threshold(curve.points, threshold, below=lower_is_better)

@@ -113,8 +113,20 @@ def _video_writer(path: Path, fps: int):
 )
 @click.option("--window", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--title", default=None)
-def plot_returns_cmd(paths: tuple[Path, ...], out: Path | None, window: int, title: str | None) -> None:
-    """Average training return per episode of RL runs or sweeps (one curve per run; book figure 9-6)."""
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["episodes", "steps", "minutes"]),
+    default="episodes",
+    show_default=True,
+    help="The x axis: episodes, agent steps, or wall minutes since each run started.",
+)
+def plot_returns_cmd(
+    paths: tuple[Path, ...], out: Path | None, window: int, title: str | None, x_axis: str
+) -> None:
+    """Average training return of RL runs or sweeps (one curve per run; book figure 9-6), over the last
+    --window episodes, against episodes, agent steps or wall minutes (different agents at equal time:
+    `fdl plot-returns A3C_RUN DQN_RUN PG_RUN --x minutes`)."""
     from fdlcli import config, runs
     from fdlcli.analysis.returns import Curve, plot_curves, training_returns
 
@@ -126,22 +138,25 @@ def plot_returns_cmd(paths: tuple[Path, ...], out: Path | None, window: int, tit
         else:
             run_dirs.append(runs.resolve_run_dir(path))
     curves, threshold = [], None
-    for run_dir in run_dirs:
-        run_config = config.load_saved(run_dir / runs.CONFIG_FILE)
-        episodes, returns = training_returns(run_dir)
+    run_configs = [config.load_saved(run_dir / runs.CONFIG_FILE) for run_dir in run_dirs]
+    several_experiments = len({run_config.name for run_config in run_configs}) > 1
+    for run_dir, run_config in zip(run_dirs, run_configs, strict=True):
+        x, returns = training_returns(run_dir, x_axis)
         if len(returns) == 0:
             raise UsageError(f"{run_dir} has no training returns (is it a reinforcement-learning run?)")
         explore = getattr(run_config.trainer, "explore", None)
         label = explore.name if explore is not None else run_dir.name
-        curves.append(Curve(label, episodes, returns))
+        if several_experiments:
+            label = f"{run_config.name} {label}"
+        curves.append(Curve(label, x, returns))
         threshold = getattr(run_config.trainer, "solve_return", None)
         if threshold is not None and threshold > 1e6:
             threshold = None
     if out is None:
         first = paths[0]
         out = (first if (first / "multirun.yaml").is_file() else first / "artifacts") / "returns.png"
-    name = config.load_saved(run_dirs[0] / runs.CONFIG_FILE).name
-    plot_curves(curves, out, window, threshold, title or f"{name}: training return")
+    names = ", ".join(dict.fromkeys(run_config.name for run_config in run_configs))
+    plot_curves(curves, out, window, threshold, title or f"{names}: training return", x_axis)
     click.echo(str(out))
 
 
