@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,23 +56,100 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fdl-cache")
 
 
-@pytest.fixture()
-def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    runs = tmp_path / "runs"
-    values = {
+def _fdl_variables(folder: Path, mirror: Path, cache_dir: Path) -> dict[str, str]:
+    """The environment variables of an `fdl` process whose runs (and Hub home) live under ``folder``."""
+    return {
         "FDL_DATA_DIR": str(mirror),
-        "FDL_RUNS_DIR": str(runs),
+        "FDL_RUNS_DIR": str(folder / "runs"),
         "FDL_CACHE_DIR": str(cache_dir),
-        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HOME": str(folder / "hf"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         # the subprocesses run this checkout's code, also from a git worktree beside an editable install
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
+
+
+@pytest.fixture()
+def env(tmp_path: Path, mirror: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = _fdl_variables(tmp_path, mirror, cache_dir)
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("FDL_DEBUG", raising=False)
     return {**os.environ, **values}
+
+
+def fdl_environment(folder: Path, mirror: Path, cache_dir: Path) -> dict[str, str]:
+    """The environment of an `fdl` process started by a fixture wider than a test (no `env` fixture there):
+    runs under ``folder``."""
+    environment = {**os.environ, **_fdl_variables(folder, mirror, cache_dir)}
+    environment.pop("FDL_DEBUG", None)
+    return environment
+
+
+@dataclass(frozen=True)
+class GoldenRun:
+    """A finished run of an experiment's golden command (tests/golden/record.py's COMMANDS)."""
+
+    run: Path  # shared with other tests: read it, or copy it (copy_run) before a command writes into it
+    inputs: Path  # neural-style's images, which the command names
+    overrides: list[str]  # the golden command's overrides, the inputs folder filled in
+    stdout: str  # what `fdl train` printed
+
+    def without(self, key: str) -> list[str]:
+        """The overrides less ``key``'s, to give it another value (e.g. half the epochs, then resume)."""
+        return [o for o in self.overrides if not o.startswith(f"{key}=")]
+
+
+@pytest.fixture(scope="session")
+def golden_run(
+    tmp_path_factory: pytest.TempPathFactory, mirror: Path, cache_dir: Path
+) -> Callable[[str], GoldenRun]:
+    """``golden_run(name)``: the golden run of ``name``, trained once per session and shared by the xdist
+    workers (a lock file per experiment in their common temporary folder): tests/test_golden.py compares
+    it with the golden file, and tests that need the same short run (to evaluate, play, or to compare a
+    resumed run with) take it instead of training it again, ~5-10 s of CPU each."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "golden-runs"
+    root.mkdir(exist_ok=True)
+    known: dict[str, GoldenRun] = {}
+
+    def get(name: str) -> GoldenRun:
+        if name in known:
+            return known[name]
+        from golden import compare
+
+        path = compare.golden_path(name)
+        if not path.is_file():
+            pytest.fail(f"{name}: no golden file {path.name}; {compare.regenerate_hint(name)}")
+        folder, overrides = root / name, json.loads(path.read_text())["overrides"]
+        inputs = folder / "inputs"
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be training it: wait for its run
+            done = folder / "run.txt"
+            if not done.is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # a failed attempt's run directory
+                compare.make_inputs(inputs)
+                environment = fdl_environment(folder, mirror, cache_dir)
+                result = fdl("train", name, *compare.command_overrides(overrides, inputs), env=environment)
+                assert result.returncode == 0, f"{name}'s golden command failed:\n{result.stderr}"
+                (run,) = run_dirs(environment, name)
+                (folder / "stdout.txt").write_text(result.stdout)
+                done.write_text(str(run))
+        known[name] = GoldenRun(
+            Path(done.read_text()),
+            inputs,
+            compare.command_overrides(overrides, inputs),
+            (folder / "stdout.txt").read_text(),
+        )
+        return known[name]
+
+    return get
+
+
+def copy_run(run: Path, folder: Path) -> Path:
+    """A copy of ``run`` in ``folder``, for commands that write into a run (eval records, artifacts)."""
+    return Path(shutil.copytree(run, folder / run.name))
 
 
 def fdl(
@@ -90,14 +171,24 @@ def fdl_in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple
     """The command line's entry point in this process: its exit code and stderr. For commands that fail
     before any training (each subprocess costs seconds of interpreter start and torch import); the `env`
     fixture has set the same environment variables here as a subprocess gets."""
+    code, _, err = fdl_call(argv, capsys)
+    return code, err
+
+
+def fdl_call(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """The command line's entry point in this process: exit code, stdout and stderr. Also for commands
+    that read a finished run and leave no state behind (eval, plot, play, compare, ...): the same code
+    a subprocess runs, without its ~4 s of interpreter start and imports."""
     from fdlcli.cli import main
 
+    capsys.readouterr()  # what the test printed before is not this command's output
     try:
         main(argv)
         code = 0
     except SystemExit as exited:
         code = exited.code if isinstance(exited.code, int) else 1
-    return code, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def run_dirs(env: dict[str, str], experiment: str) -> list[Path]:

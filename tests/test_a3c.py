@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_call, metric_records, read_summary, run_dirs
 from safetensors.torch import load_file
 
 from fdlcli import config
@@ -193,7 +193,7 @@ A3C = [
 ]  # fmt: skip
 
 
-def test_a3c_ctrl_c_leaves_no_worker_then_resumes_keeps_learning_and_plays(env):
+def test_a3c_ctrl_c_leaves_no_worker_then_resumes_keeps_learning_and_plays(env, capsys):
     """Ctrl-C (SIGINT to the whole process group, workers included) checkpoints at the next step and
     stops every worker; the resumed run restores the weights, the shared optimizer's statistics and the
     workers' episodes and keeps learning; `fdl play --record` plays the agent."""
@@ -228,7 +228,7 @@ def test_a3c_ctrl_c_leaves_no_worker_then_resumes_keeps_learning_and_plays(env):
     returns = [r for r in metric_records(run) if r["name"] == "train/return"]
     assert any(r["step"] > stopped_step for r in returns)
 
-    played = fdl("play", str(run), "-n", "1", "--record", "--format", "gif", env=env)
-    assert played.returncode == 0, played.stderr
+    code, _, err = fdl_call(["play", str(run), "-n", "1", "--record", "--format", "gif"], capsys)
+    assert code == 0, err
     (video,) = (run / "artifacts").glob("play-*.gif")
     assert video.stat().st_size > 1000

@@ -12,27 +12,25 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import fdl, fdl_in_process, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_call, fdl_in_process, metric_records, read_summary, run_dirs
 
 from fdlcli.experiments import autoencoder as ae
 from fdlcli.experiments import word2vec as w2v
 
-TINY_AE = ["trainer.epochs=1", "data.train_limit=1000", "data.eval_limit=500", "model.hidden=[64,32]"]
-
 
 @pytest.mark.parametrize(
-    ("experiment", "extra", "figures"),
+    ("experiment", "figures"),
     [
-        ("autoencoder-mnist", ["model.code_size=2"], {"codes_pca_vs_autoencoder.png", "reconstructions.png"}),
-        ("denoising-autoencoder-mnist", [], {"denoising.png", "reconstructions.png"}),
-        ("sparse-autoencoder-mnist", ["model.sparsity_beta=1.0"], {"code_activations.png"}),
+        ("autoencoder-mnist", {"codes_pca_vs_autoencoder.png", "reconstructions.png"}),
+        ("denoising-autoencoder-mnist", {"denoising.png", "reconstructions.png"}),
+        ("sparse-autoencoder-mnist", {"code_activations.png"}),  # its KL penalty on (model.sparsity_beta=0.1)
     ],
 )
-def test_autoencoders_train_and_compare_with_pca(env, experiment, extra, figures):
-    result = fdl("train", experiment, *TINY_AE, *extra, env=env)
-    assert result.returncode == 0, result.stderr
-    (run,) = run_dirs(env, experiment)
-    summary = read_summary(run)
+def test_autoencoders_train_and_compare_with_pca(golden_run, experiment, figures):
+    """The golden runs (200 digits, 2 epochs, hidden [64,32]; autoencoder-mnist with 2-number codes) finish
+    with the PCA comparison and the figures; test_golden pins its values."""
+    trained = golden_run(experiment)
+    summary = read_summary(trained.run)
     final = summary["final"]
     for key in ("val/cost", "val/corrupted_cost", "val/mean_activation", "val/near_zero", "test/cost"):
         assert math.isfinite(final[key]), key
@@ -42,8 +40,8 @@ def test_autoencoders_train_and_compare_with_pca(env, experiment, extra, figures
         assert 0.1 < codes[method]["knn_accuracy"] <= 1.0  # better than chance on real digits
         assert 0.1 < codes[method]["logistic_accuracy"] <= 1.0
         assert codes[method]["test_cost"] > 0
-    assert figures <= {p.name for p in (run / "artifacts").iterdir()}
-    assert "codes (k=" in result.stdout
+    assert figures <= {p.name for p in (trained.run / "artifacts").iterdir()}
+    assert "codes (k=" in trained.stdout
 
 
 def test_autoencoder_rejects_bad_values(env, capsys):
@@ -197,7 +195,7 @@ def test_analogy_and_wordsim_scoring(tmp_path):
     assert pairs == 4 and -1 <= rho <= 1
 
 
-def test_skipgram_trains_exports_and_evaluates(env):
+def test_skipgram_trains_exports_and_evaluates(env, capsys):
     overrides = [
         "data.train_limit=20000",
         "data.batch_size=256",
@@ -231,8 +229,8 @@ def test_skipgram_trains_exports_and_evaluates(env):
     count, dim = map(int, lines[0].split())
     assert count == len(lines) - 1 == summary["vocabulary"] and dim == 128
     assert len(lines[1].split()) == dim + 1
-    evaluated = fdl("eval", str(run), env=env)  # "best" falls back to the last checkpoint
-    assert evaluated.returncode == 0, evaluated.stderr
+    code, _, err = fdl_call(["eval", str(run)], capsys)  # "best" falls back to the last checkpoint
+    assert code == 0, err
     record = json.loads((run / "eval-best-test.json").read_text())
     assert record["checkpoint"] == json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
     assert record["metrics"]["eval/analogy"] == pytest.approx(summary["final"]["eval/analogy"])
@@ -370,7 +368,7 @@ def test_hogwild_windows_stay_inside_a_sentence_and_are_reproducible():
     assert changed == [1]  # target 0's only context in its sentence; 2 and 3 are in the next one
 
 
-def test_hogwild_engine_resumes_exactly_and_respects_its_config(env):
+def test_hogwild_engine_resumes_exactly_and_respects_its_config(env, capsys):
     overrides = [
         "model.engine=hogwild",
         "model.loss=neg",
@@ -399,9 +397,9 @@ def test_hogwild_engine_resumes_exactly_and_respects_its_config(env):
     assert final_resumed["eval/wordsim"] == final_full["eval/wordsim"]
     embeddings = [(run / "artifacts" / "embeddings.txt").read_text() for run in (full, half)]
     assert embeddings[0] == embeddings[1]
-    refused = fdl("train", "skipgram", "model.engine=hogwild", env=env)  # the book's NCE loss
-    assert refused.returncode != 0 and "model.loss=neg" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    code, err = fdl_in_process(["train", "skipgram", "model.engine=hogwild"], capsys)  # the book's NCE loss
+    assert code != 0 and "model.loss=neg" in err
+    assert "Traceback" not in err
 
 
 def test_corpus_keeps_its_line_lengths_through_a_train_limit(tmp_path):
@@ -458,7 +456,7 @@ def test_hogwild_engine_refuses_an_accelerator_and_takes_the_cpu_for_auto():
     assert w2v.ignored_setting(config.validate(config.compose("skipgram", hogwild))) is None
 
 
-def test_skipgram_on_a_tiny_text_file(env, tmp_path):
+def test_skipgram_on_a_tiny_text_file(env, tmp_path, capsys):
     """A 7-word vocabulary: fewer than 8 neighbours and a t-SNE perplexity below sklearn's 30; a corpus with
     fewer pairs than one minibatch's share is refused in one line."""
     small = tmp_path / "small.txt"
@@ -470,6 +468,6 @@ def test_skipgram_on_a_tiny_text_file(env, tmp_path):
     assert "nearest neighbours" in result.stdout
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("a b a\n")
-    refused = fdl("train", "skipgram", f"data.file={tiny}", env=env)
-    assert refused.returncode != 0 and "fewer than model.share=32" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    code, err = fdl_in_process(["train", "skipgram", f"data.file={tiny}"], capsys)
+    assert code != 0 and "fewer than model.share=32" in err
+    assert "Traceback" not in err

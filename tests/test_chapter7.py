@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import fdl, read_summary, run_dirs
+from conftest import fdl, fdl_in_process, read_summary, run_dirs
 
 from fdlcli import launch
 from fdlcli.cli import cli
@@ -175,7 +175,7 @@ def test_length_buckets_are_a_seeded_permutation_of_similar_lengths(env):
     assert spread(order) < 0.3 * spread(torch.randperm(640))  # batches hold reviews of similar length
 
 
-def test_sentiment_lstm_trains_and_fdl_sentiment_reads_stdin(env):
+def test_sentiment_lstm_trains_and_fdl_sentiment_reads_stdin(env, capsys):
     launch.launch(
         "sentiment-lstm",
         [
@@ -201,7 +201,7 @@ def test_sentiment_lstm_trains_and_fdl_sentiment_reads_stdin(env):
     assert label in ("negative", "positive") and 0.0 <= float(p) <= 1.0
     result = CliRunner().invoke(cli, ["sentiment", str(run)], input="Awful.\nGreat!\n")
     assert result.exit_code == 0 and len(result.output.splitlines()) == 2
-    result = fdl("sentiment", str(run / "nowhere"), "good", env=env)
-    assert result.returncode == 1 and result.stderr.strip().startswith("error: no such run directory")
+    code, err = fdl_in_process(["sentiment", str(run / "nowhere"), "good"], capsys)
+    assert code == 1 and err.strip().startswith("error: no such run directory")
     metrics = launch.evaluate(run, "last", "val")
     assert 0.0 <= metrics["val/accuracy"] <= 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import fdl, fdl_in_process, read_summary, run_dirs, without_modules
+from conftest import fdl, fdl_call, fdl_in_process, read_summary, run_dirs, without_modules
 
 
 def test_help_lists_commands(env):
@@ -15,24 +15,24 @@ def test_help_lists_commands(env):
         assert command in result.stdout
 
 
-def test_list_shows_experiments_with_book_results(env):
-    result = fdl("list", env=env)
-    assert result.returncode == 0, result.stderr
-    assert "mlp-mnist" in result.stdout and "logreg-mnist" in result.stdout
-    assert "98.2%" in result.stdout and "91.9%" in result.stdout
+def test_list_shows_experiments_with_book_results(env, capsys):
+    code, out, err = fdl_call(["list"], capsys)
+    assert code == 0, err
+    assert "mlp-mnist" in out and "logreg-mnist" in out
+    assert "98.2%" in out and "91.9%" in out
 
 
-def test_list_never_cuts_a_name_at_80_columns_and_lists_as_json(env):
+def test_list_never_cuts_a_name_at_80_columns_and_lists_as_json(env, capsys):
     from fdlcli import registry
 
-    as_json = fdl("list", "--json", env=env)
-    assert as_json.returncode == 0, as_json.stderr
-    listed = json.loads(as_json.stdout)
+    code, out, err = fdl_call(["list", "--json"], capsys)
+    assert code == 0, err
+    listed = json.loads(out)
     assert sorted(e["name"] for e in listed) == registry.names()
     mlp = next(e for e in listed if e["name"] == "mlp-mnist")
     assert mlp["chapter"] == 3 and mlp["book_result"].startswith("98.2%") and mlp["dataset"] == "MNIST"
 
-    narrow = fdl("list", env={**env, "COLUMNS": "80"})
+    narrow = fdl("list", env={**env, "COLUMNS": "80"})  # a process: the console's width is set at import
     assert narrow.returncode == 0, narrow.stderr
     lines = narrow.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
@@ -40,13 +40,13 @@ def test_list_never_cuts_a_name_at_80_columns_and_lists_as_json(env):
     assert set(registry.names()) <= first_cells, set(registry.names()) - first_cells
 
 
-def test_config_prints_resolved_config_with_overrides(env):
-    result = fdl("config", "mlp-mnist", "optim=momentum", "trainer.epochs=7", "seed=3", env=env)
-    assert result.returncode == 0, result.stderr
-    assert "epochs: 7" in result.stdout
-    assert "momentum: 0.9" in result.stdout
-    assert "seed: 3" in result.stdout
-    assert "${" not in result.stdout  # resolved
+def test_config_prints_resolved_config_with_overrides(env, capsys):
+    code, out, err = fdl_call(["config", "mlp-mnist", "optim=momentum", "trainer.epochs=7", "seed=3"], capsys)
+    assert code == 0, err
+    assert "epochs: 7" in out
+    assert "momentum: 0.9" in out
+    assert "seed: 3" in out
+    assert "${" not in out  # resolved
 
 
 BAD_INPUTS = [
@@ -95,9 +95,10 @@ def test_bad_input_gives_one_line_error(env, capsys):
     assert not run_dirs(env, "mlp-mnist"), "a failed start must not leave a run directory"
 
 
-def test_usage_errors_exit_2(env):
-    assert fdl("train", "mlp-mnist", "trainer.foo=1", env=env).returncode == 2
-    assert fdl("train", "nope", env=env).returncode == 2
+def test_usage_errors_exit_2(env, capsys):
+    # in this process; test_bad_input_gives_one_line_error and test_trainer_keys run bad commands as processes
+    assert fdl_in_process(["train", "mlp-mnist", "trainer.foo=1"], capsys)[0] == 2
+    assert fdl_in_process(["train", "nope"], capsys)[0] == 2
 
 
 def test_debug_flag_shows_traceback(env):
@@ -106,7 +107,7 @@ def test_debug_flag_shows_traceback(env):
     assert "Traceback" in result.stderr
 
 
-def test_train_then_eval_end_to_end(env):
+def test_train_then_eval_end_to_end(env, capsys):
     # the defaults (momentum, cosine decay, shifts) on 100 minibatches: 20 minibatches learn too little
     result = fdl(
         "train", "mlp-mnist", "trainer.epochs=2", "data.train_limit=5000", "data.eval_limit=1000", env=env
@@ -125,9 +126,9 @@ def test_train_then_eval_end_to_end(env):
     assert summary["status"] == "completed"
     assert 0.5 < summary["final"]["test/accuracy"] <= 1.0
 
-    evaluated = fdl("eval", str(run), "--json", env=env)
-    assert evaluated.returncode == 0, evaluated.stderr
-    metrics = json.loads(evaluated.stdout)
+    code, out, err = fdl_call(["eval", str(run), "--json"], capsys)  # in this process: no new start-up
+    assert code == 0, err
+    metrics = json.loads(out)
     assert metrics["test/accuracy"] == pytest.approx(summary["best"]["test/accuracy"], abs=1e-9)
     assert (run / "eval-best-test.json").is_file()
 
@@ -185,10 +186,11 @@ def test_run_dir_prints_at_start_and_eval_takes_unpadded_step_numbers(env, tmp_p
     assert result.stdout.splitlines()[0] == f"run dir {run}  (tensorboard --logdir {run.parent})"
     assert (run / "checkpoints" / "step-000000005").is_dir()  # 500 examples in minibatches of 100
 
-    unpadded = fdl("eval", str(run), "--checkpoint", "step-5", "--json", env=env)
-    assert unpadded.returncode == 0, unpadded.stderr
-    padded = fdl("eval", str(run), "--checkpoint", "step-000000005", "--json", env=env)
-    assert json.loads(unpadded.stdout) == json.loads(padded.stdout)
+    code, unpadded, err = fdl_call(["eval", str(run), "--checkpoint", "step-5", "--json"], capsys)
+    assert code == 0, err
+    code, padded, err = fdl_call(["eval", str(run), "--checkpoint", "step-000000005", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(unpadded) == json.loads(padded)
     code, err = fdl_in_process(["eval", str(run), "--checkpoint", "step-4"], capsys)
     assert code == 1
     assert err.strip() == (f"error: no step-4 checkpoint in {run} (step checkpoints there: step-000000005)")
@@ -202,5 +204,5 @@ def test_a_shift_as_large_as_the_image_is_refused_before_any_run_dir(env, capsys
     )
     assert fdl_in_process(["train", "mlp-mnist", "data.shift=28"], capsys)[0] == 2  # the image's own size too
     assert not run_dirs(env, "cnn-mnist") and not run_dirs(env, "mlp-mnist")
-    largest = fdl("config", "cnn-cifar10", "+data.shift=31", env=env)  # CIFAR-10 images are 32x32
-    assert largest.returncode == 0 and "shift: 31" in largest.stdout, largest.stderr
+    code, out, err = fdl_call(["config", "cnn-cifar10", "+data.shift=31"], capsys)  # CIFAR-10 images: 32x32
+    assert code == 0 and "shift: 31" in out, err

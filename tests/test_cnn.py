@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_call, fdl_in_process, metric_records, read_summary, run_dirs
 
 from fdlcli.config import DataConfig
 from fdlcli.data import tensors
@@ -93,25 +93,17 @@ def test_shuffled_carve_is_class_balanced_deterministic_and_disjoint(monkeypatch
 
 # ---- real-data runs through the command line -------------------------------------------------------
 
-TINY_CIFAR = [
-    "data.train_limit=256",
-    "data.batch_size=64",
-    "data.eval_limit=300",
-    "trainer.log_every=2",
-    "seed=3",
-]
 
-
-def test_cnn_cifar10_resume_is_exact_with_augmentation(env):
-    """Augmentation draws from the RNG a checkpoint carries: 1 epoch + resume == 2 epochs at once."""
-    whole = fdl("train", "cnn-cifar10", *TINY_CIFAR, "trainer.epochs=2", env=env)
-    assert whole.returncode == 0, whole.stderr
-    first = fdl("train", "cnn-cifar10", *TINY_CIFAR, "trainer.epochs=1", env=env)
+def test_cnn_cifar10_resume_is_exact_with_augmentation(golden_run, env):
+    """Augmentation draws from the RNG a checkpoint carries: 1 epoch + resume == the 2-epoch golden run
+    (256 images in minibatches of 64: 4 steps an epoch)."""
+    golden = golden_run("cnn-cifar10")
+    first = fdl("train", "cnn-cifar10", *golden.without("trainer.epochs"), "trainer.epochs=1", env=env)
     assert first.returncode == 0, first.stderr
-    uninterrupted, split = run_dirs(env, "cnn-cifar10")
+    (split,) = run_dirs(env, "cnn-cifar10")
     resumed = fdl("train", "--resume", str(split), "trainer.epochs=2", env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert metric_records(split) == metric_records(uninterrupted)
+    assert metric_records(split) == metric_records(golden.run)
     summary = read_summary(split)
     assert summary["steps"] == 8
     # the resume's override is the run's config from now on (written once the checkpoint restored)
@@ -119,7 +111,7 @@ def test_cnn_cifar10_resume_is_exact_with_augmentation(env):
     assert "trainer.epochs=2" in (split / "overrides.yaml").read_text()
 
 
-def test_cnn_mnist_trains_and_draws_its_figures(env):
+def test_cnn_mnist_trains_and_draws_its_figures(env, capsys):
     result = fdl(
         "train",
         "cnn-mnist",
@@ -134,14 +126,15 @@ def test_cnn_mnist_trains_and_draws_its_figures(env):
     assert (
         read_summary(run)["final"]["test/accuracy"] >= 0.80
     )  # 20 Adam steps of the book's CNN, shifted digits
-    figures = fdl("conv-figures", str(run), "--points", "60", env=env)
-    assert figures.returncode == 0, figures.stderr
-    curves = fdl("plot", str(run), "--metric", "train/cost", env=env)
-    assert curves.returncode == 0, curves.stderr
+    # the figures read the finished run: in this process, without a new interpreter and torch import each
+    code, _, err = fdl_call(["conv-figures", str(run), "--points", "60"], capsys)
+    assert code == 0, err
+    code, _, err = fdl_call(["plot", str(run), "--metric", "train/cost"], capsys)
+    assert code == 0, err
     for name in ("filters.png", "tsne.png", "plot-train-cost.png"):
         assert (run / "artifacts" / name).stat().st_size > 1000
-    wrong = fdl("plot", str(run), "--metric", "nope", env=env)
-    assert wrong.returncode != 0 and "no run logged metric 'nope'" in wrong.stderr
+    code, err = fdl_in_process(["plot", str(run), "--metric", "nope"], capsys)
+    assert code != 0 and "no run logged metric 'nope'" in err
 
 
 # ---- neural style -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fdl, metric_records, read_summary, run_dirs
+from conftest import fdl, fdl_call, metric_records, read_summary, run_dirs
 from safetensors.torch import load_file
 
 from fdlcli.models import dnc
@@ -291,23 +291,22 @@ def _wait_for_checkpoint(env, process: subprocess.Popen, exclude: set[Path], min
     raise AssertionError("the run never reached its checkpoint")
 
 
-def test_dnc_babi_trains_and_eval_prints_the_task_table(env):
-    result = fdl(
-        "train", "dnc-babi", "data.tasks=[1,20]", "data.train_limit=8", "data.eval_limit=3", "data.val_size=3",
-        "data.batch_size=4", "model.hidden=16", "model.memory_slots=8", "model.word_size=8",
-        "model.read_heads=2", "trainer.steps=2", "trainer.eval_every=1", "trainer.threads=1",
-        env=env,
+def test_dnc_babi_trains_and_eval_prints_the_task_table(env, capsys):
+    # both commands in this process (as the copy task trains above): no interpreter and torch start each
+    code, out, err = fdl_call(
+        ["train", "dnc-babi", "data.tasks=[1,20]", "data.train_limit=8", "data.eval_limit=3", "data.val_size=3",
+         "data.batch_size=4", "model.hidden=16", "model.memory_slots=8", "model.word_size=8",
+         "model.read_heads=2", "trainer.steps=2", "trainer.eval_every=1", "trainer.threads=1"],
+        capsys,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    assert code == 0, err
     (run,) = run_dirs(env, "dnc-babi")
-    assert "files en-10k\n" in result.stdout  # tasks 1 and 20 have their 10k files in the mirror
+    assert "files en-10k\n" in out  # tasks 1 and 20 have their 10k files in the mirror
     assert read_summary(run)["steps"] == 2
-    shown = fdl("eval", str(run), "--json", env=env)
-    assert shown.returncode == 0, shown.stderr
-    metrics = json.loads(shown.stdout)  # stdout is the JSON alone; the per-task table goes to stderr
-    assert (
-        "DNC paper" in shown.stderr and "1: single supporting fact" in shown.stderr and "9.0" in shown.stderr
-    )
+    code, out, err = fdl_call(["eval", str(run), "--json"], capsys)
+    assert code == 0, err
+    metrics = json.loads(out)  # stdout is the JSON alone; the per-task table goes to stderr
+    assert "DNC paper" in err and "1: single supporting fact" in err and "9.0" in err
     assert 0 <= metrics["test/error"] <= 1 and metrics["test/failed_tasks"] in (0.0, 1.0, 2.0)
     assert not any("error_task" in name for name in metrics)  # the table shows those
     saved = json.loads((run / "eval-best-test.json").read_text())["metrics"]

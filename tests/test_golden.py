@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO, fdl, run_dirs
+from conftest import REPO
 from golden import compare
 
 # one per experiment overlay (what `fdl list` shows), read without importing the experiments
@@ -23,15 +23,13 @@ def test_the_golden_runs_cover_exactly_the_registered_experiments():
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
-def test_golden_run(env, tmp_path, name):
+def test_golden_run(golden_run, name):
+    """The golden command through the real CLI (conftest's golden_run: trained once per session, also
+    for the tests that evaluate, play or resume against the same run)."""
     path = compare.golden_path(name)
     assert path.is_file(), f"{name}: no golden file {path.name}; {compare.regenerate_hint(name)}"
     golden = json.loads(path.read_text())
-    inputs = tmp_path / "inputs"
-    compare.make_inputs(inputs)
-    result = fdl("train", name, *compare.command_overrides(golden["overrides"], inputs), env=env)
-    assert result.returncode == 0, result.stderr
-    (run,) = run_dirs(env, name)
+    trained = golden_run(name)
     signature = compare.cpu_signature()
-    found = compare.differences(golden, compare.capture(run, inputs), signature)
+    found = compare.differences(golden, compare.capture(trained.run, trained.inputs), signature)
     assert not found, compare.report(name, golden, found, signature)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import fdl, read_summary, run_dirs
+from conftest import fdl_call, read_summary, run_dirs
 from test_dnc import _assert_same_run, _train
 
 from fdlcli.models import dnc_reference, ntm
@@ -104,7 +104,7 @@ TINY = [
 TINY_NTM = [*TINY, "model.hidden=8", "model.memory_slots=8", "model.word_size=4"]
 
 
-def test_ntm_copy_trains_resumes_exactly_and_tests_longer_lengths(env):
+def test_ntm_copy_trains_resumes_exactly_and_tests_longer_lengths(env, capsys):
     from fdlcli import launch
 
     _train("ntm-copy", TINY_NTM)
@@ -120,14 +120,11 @@ def test_ntm_copy_trains_resumes_exactly_and_tests_longer_lengths(env):
     launch.resume(shorter, ["trainer.steps=8"])
     _assert_same_run(shorter, reference)
 
-    shown = fdl("eval", str(reference), "--json", env=env)  # the per-length table on stderr
-    assert shown.returncode == 0, shown.stderr
-    assert "bit errors per series by length" in shown.stderr and "bit_errors_len6" not in shown.stdout
+    code, out, err = fdl_call(["eval", str(reference), "--json"], capsys)  # the per-length table on stderr
+    assert code == 0, err
+    assert "bit errors per series by length" in err and "bit_errors_len6" not in out
     saved = json.loads((reference / "eval-best-test.json").read_text())["metrics"]
-    assert (
-        saved["test/bit_errors"] == json.loads(shown.stdout)["test/bit_errors"]
-        and "test/bit_errors_len6" in saved
-    )
+    assert saved["test/bit_errors"] == json.loads(out)["test/bit_errors"] and "test/bit_errors_len6" in saved
 
 
 def test_training_stops_once_the_bit_errors_are_below_the_target(env):

@@ -35,16 +35,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mirror: Path, cache_dir: Path
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     env.pop("FDL_DEBUG", None)
-    for args in (["train", "mlp-mnist", *TINY], ["train", "mlp-mnist", "-m", "seed=0,1", *TINY]):
-        result = fdl(*args, env=env)
-        assert result.returncode == 0, result.stderr
-    (run,) = (p for p in (root / "mlp-mnist").iterdir() if p.name != "sweeps")
+    result = fdl("train", "mlp-mnist", "-m", "seed=0,1", *TINY, env=env)  # a sweep: Hydra's multirun
+    assert result.returncode == 0, result.stderr
     (sweep,) = (root / "mlp-mnist" / "sweeps").iterdir()
-    write_artifacts(run / "artifacts")
     # the rest in this process: no interpreter and torch start-up for each command
     with pytest.MonkeyPatch.context() as patch:
         for key in ("FDL_DATA_DIR", "FDL_RUNS_DIR", "FDL_CACHE_DIR"):
             patch.setenv(key, env[key])
+        patch.delenv("FDL_DEBUG", raising=False)
+        code, _, stderr = call_main("train", "mlp-mnist", *TINY)
+        assert code == 0, stderr
+        (run,) = (p for p in (root / "mlp-mnist").iterdir() if p.name != "sweeps")
+        write_artifacts(run / "artifacts")
         for args in (
             ["eval", run, "--split", "test"],
             ["plot", run],

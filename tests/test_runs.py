@@ -16,11 +16,12 @@ import resource
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, fdl
+from conftest import REPO, fdl, fdl_call
 
 NOW = time.time()
 TINY = ["data.train_limit=300", "data.eval_limit=200", "trainer.histograms=false", "trainer.epochs=1"]
@@ -79,6 +80,18 @@ def fake_run(
         (path / "checkpoints").mkdir()
         (path / "checkpoints" / "model.safetensors").write_bytes(b"\0" * size)
     return path
+
+
+def in_process(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess]:
+    """``fdl(*args)`` through the CLI's entry point in this process, in the environment the `env` fixture
+    set here (`fdl runs` and `runs clean` only read and delete folders): returncode, stdout and stderr as
+    a subprocess gives them, without its interpreter start."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code, out, err = fdl_call(list(args), capsys)
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 def strict_json(text: str) -> object:
@@ -174,25 +187,26 @@ def test_runs_table_keeps_ids_whole_on_a_narrow_console(env):
         assert all(len(line) <= width for line in text.splitlines())
 
 
-def test_runs_filters_and_one_line_errors(env):
+def test_runs_filters_and_one_line_errors(env, capsys):
+    fdl_here = in_process(capsys)
     root = Path(env["FDL_RUNS_DIR"])
-    empty = fdl("runs", env=env)
+    empty = fdl_here("runs")
     assert empty.returncode == 0 and "no runs under" in empty.stdout
-    assert strict_json(fdl("runs", "--json", env=env).stdout) == []
+    assert strict_json(fdl_here("runs", "--json").stdout) == []
     fake_run(root, "mlp-mnist/a", status="failed", error="RuntimeError: boom")
     fake_run(root, "mlp-mnist/b")
     fake_run(root, "cnn-mnist/c")
-    only = strict_json(fdl("runs", "mlp-mnist", "--json", env=env).stdout)
+    only = strict_json(fdl_here("runs", "mlp-mnist", "--json").stdout)
     assert sorted(r["id"] for r in only) == ["mlp-mnist/a", "mlp-mnist/b"]
-    failed = strict_json(fdl("runs", "--status", "failed", "--json", env=env).stdout)
+    failed = strict_json(fdl_here("runs", "--status", "failed", "--json").stdout)
     assert [(r["id"], r["error"]) for r in failed] == [("mlp-mnist/a", "RuntimeError: boom")]
-    assert "no runs of logreg-mnist" in fdl("runs", "logreg-mnist", env=env).stdout  # known, no runs
+    assert "no runs of logreg-mnist" in fdl_here("runs", "logreg-mnist").stdout  # known, no runs
     for args, message in (
         (["runs", "mlp-mnst"], "unknown experiment 'mlp-mnst'; with runs under"),
         (["runs", "--status", "done"], "unknown status 'done'; choose from: running"),
         (["runs", "-n", "-1"], "-1 is not in the range"),
     ):
-        result = fdl(*args, env=env)
+        result = fdl_here(*args)
         assert result.returncode == 2, (args, result.stdout)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
@@ -201,7 +215,8 @@ def test_runs_filters_and_one_line_errors(env):
 # fdl runs clean
 
 
-def test_clean_dry_run_then_deletes_only_what_was_asked(env):
+def test_clean_dry_run_then_deletes_only_what_was_asked(env, capsys):
+    fdl_here = in_process(capsys)
     root = Path(env["FDL_RUNS_DIR"])
     day = 86_400
     fake_run(root, "mlp-mnist/old-best", age=10 * day, best=0.95)
@@ -222,7 +237,7 @@ def test_clean_dry_run_then_deletes_only_what_was_asked(env):
     fake_run(root, "autoencoder-mnist/high", age=10 * day, metric="val/cost", mode="min", best=0.2)
 
     def remaining() -> set[str]:
-        return {r["id"] for r in strict_json(fdl("runs", "--json", env=env).stdout)}
+        return {r["id"] for r in strict_json(fdl_here("runs", "--json").stdout)}
 
     everything = remaining()
     for args, message in (
@@ -231,16 +246,16 @@ def test_clean_dry_run_then_deletes_only_what_was_asked(env):
         (["runs", "clean", "--older-than", "week"], "bad duration 'week'"),
         (["runs", "clean", "--keep-best", "-1"], "--keep-best needs a count"),
     ):
-        result = fdl(*args, env=env)
+        result = fdl_here(*args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1
 
-    dry = fdl("runs", "clean", "--failed", env=env)
+    dry = fdl_here("runs", "clean", "--failed")
     assert dry.returncode == 0, dry.stderr
     assert "would delete 4 runs" in dry.stdout and "add --yes" in dry.stdout
     assert "KB" in dry.stdout  # the space each run and all of them take
     assert remaining() == everything
-    done = fdl("runs", "clean", "--failed", "--yes", env=env)
+    done = fdl_here("runs", "clean", "--failed", "--yes")
     assert done.returncode == 0 and "deleted 4 runs" in done.stdout, done.stdout + done.stderr
     gone = {
         "mlp-mnist/new-failed",
@@ -251,7 +266,7 @@ def test_clean_dry_run_then_deletes_only_what_was_asked(env):
     assert remaining() == everything - gone
     assert not (root / "mlp-mnist/sweeps/s1").exists()  # its last job went, so did the sweep
 
-    kept = fdl("runs", "clean", "--older-than", "7d", "--keep-best", "1", "--yes", env=env)
+    kept = fdl_here("runs", "clean", "--older-than", "7d", "--keep-best", "1", "--yes")
     assert kept.returncode == 0, kept.stderr
     assert "kept mlp-mnist/old-training: it is still running" in kept.stdout
     assert remaining() == {
@@ -358,7 +373,13 @@ def test_a_run_records_its_code_and_diff_shows_the_difference(env, tmp_path, mon
 # Real runs: a sweep with a failing job, comparing its jobs, retrying the failure
 
 
-def test_sweep_failure_is_recorded_compared_and_retried(env):
+def test_sweep_failure_is_recorded_compared_and_retried(env, capsys):
+    """The sweep and its resumes run as processes; the commands that only read runs (runs, eval, compare,
+    diff) run in this process, the same code without a new interpreter and torch import each."""
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        return fdl_call(list(argv), capsys)
+
     root = Path(env["FDL_RUNS_DIR"])
     # SGD with lr 1e9 diverges within its first epoch; the two others train
     swept = fdl("train", "mlp-mnist", "-m", *TINY, "trainer.threads=1", "optim.lr=1e9,0.01,0.02", env=env)
@@ -373,34 +394,34 @@ def test_sweep_failure_is_recorded_compared_and_retried(env):
     error = (sweep / "0" / "error.txt").read_text()
     assert error.startswith("the training cost became nan") and "Traceback" in error
 
-    listed = {r["id"]: r for r in strict_json(fdl("runs", "--json", env=env).stdout)}
+    listed = {r["id"]: r for r in strict_json(call("runs", "--json")[1])}
     assert {listed[f"{sweep_id}/{n}"]["status"] for n in "012"} == {"diverged", "completed"}
 
     # fdl eval takes the id `fdl runs` shows; compare shows what it recorded
-    evaluated = fdl("eval", f"{sweep_id}/1", "--json", env=env)
-    assert evaluated.returncode == 0, evaluated.stderr
-    compared = strict_json(fdl("compare", sweep_id, "--format", "json", env=env).stdout)
+    code, evaluated, err = call("eval", f"{sweep_id}/1", "--json")
+    assert code == 0, err
+    compared = strict_json(call("compare", sweep_id, "--format", "json")[1])
     assert [c["id"] for c in compared] == [f"{sweep_id}/{n}" for n in "012"]
     assert all(list(c["config"]) == ["optim.lr"] for c in compared)  # the only key that differs
     one, two = compared[1]["metrics"], compared[2]["metrics"]
-    assert one["test/accuracy@eval-best"] == json.loads(evaluated.stdout)["test/accuracy"]
+    assert one["test/accuracy@eval-best"] == json.loads(evaluated)["test/accuracy"]
     assert two["test/accuracy@eval-best"] is None and two["val/accuracy@best"] is not None
     assert compared[0]["metrics"]["val/accuracy@best"] is None  # diverged: no value, not NaN
 
-    ordered = fdl("compare", sweep_id, "--sort", "test/accuracy", "--format", "csv", env=env)
-    rows = list(csv.DictReader(io.StringIO(ordered.stdout)))
+    ordered = call("compare", sweep_id, "--sort", "test/accuracy", "--format", "csv")[1]
+    rows = list(csv.DictReader(io.StringIO(ordered)))
     assert rows[-1]["id"] == f"{sweep_id}/0" and rows[-1]["test/accuracy@final"] == ""  # no value: last
     assert float(rows[0]["test/accuracy@final"]) >= float(rows[1]["test/accuracy@final"])  # best first
-    table = fdl("compare", f"{sweep_id}/1", f"{sweep_id}/2", "--all", env=env)
-    assert table.returncode == 0 and "trainer.epochs" in table.stdout and "optim.lr" in table.stdout
-    markdown = fdl("compare", sweep_id, "--format", "md", env=env).stdout.splitlines()
+    code, table, _ = call("compare", f"{sweep_id}/1", f"{sweep_id}/2", "--all")
+    assert code == 0 and "trainer.epochs" in table and "optim.lr" in table
+    markdown = call("compare", sweep_id, "--format", "md")[1].splitlines()
     assert markdown[0].startswith("| id | experiment | status | optim.lr |") and len(markdown) == 5
-    bad = fdl("compare", sweep_id, "--sort", "nope", env=env)
-    assert bad.returncode == 2 and "cannot sort by 'nope'" in bad.stderr
+    code, _, err = call("compare", sweep_id, "--sort", "nope")
+    assert code == 2 and "cannot sort by 'nope'" in err
 
-    diff = fdl("diff", f"{sweep_id}/1", f"{sweep_id}/2", env=env)
-    assert diff.returncode == 0, diff.stderr
-    assert "~ optim.lr: 0.01 -> 0.02" in diff.stdout and "environment: same" in diff.stdout
+    code, diff, err = call("diff", f"{sweep_id}/1", f"{sweep_id}/2")
+    assert code == 0, err
+    assert "~ optim.lr: 0.01 -> 0.02" in diff and "environment: same" in diff
 
     # resuming the sweep leaves the failed job alone; --retry-failed runs it (only it) again
     job_1 = (sweep / "1" / "meta.json").read_text()
@@ -417,4 +438,4 @@ def test_sweep_failure_is_recorded_compared_and_retried(env):
         {"dir": "attempts/1", **{k: first[k] for k in ("status", "error", "start_time", "end_time")}}
     ]
     assert again["status"] == "diverged" and again["start_time"] >= first["start_time"]
-    assert "--retry-failed reruns" in fdl("train", "--retry-failed", env=env).stderr
+    assert "--retry-failed reruns" in call("train", "--retry-failed")[2]

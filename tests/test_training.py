@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import fdl, fdl_in_process, metric_records, read_summary, run_dirs
+from conftest import (
+    copy_run,
+    fdl,
+    fdl_environment,
+    fdl_in_process,
+    metric_records,
+    read_summary,
+    run_dirs,
+)
 
 # Small enough for CI, large enough that the resume points fall mid-epoch and mid-logging-window.
 RESUMABLE = [
@@ -62,11 +70,14 @@ def _wait_for_step(
     raise AssertionError("training never reached the expected step")
 
 
-@pytest.fixture()
-def reference_run(env):
-    result = fdl("train", "mlp-mnist", *RESUMABLE, env=env)
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, mirror: Path, cache_dir: Path) -> Path:
+    """The uninterrupted run the interrupted ones must equal: trained once for this module's four tests
+    (once per xdist worker that runs them), never written to."""
+    environment = fdl_environment(tmp_path_factory.mktemp("reference"), mirror, cache_dir)
+    result = fdl("train", "mlp-mnist", *RESUMABLE, env=environment)
     assert result.returncode == 0, result.stderr
-    (run,) = run_dirs(env, "mlp-mnist")
+    (run,) = run_dirs(environment, "mlp-mnist")
     return run
 
 
@@ -104,13 +115,11 @@ def test_sigterm_checkpoints_and_resume_is_exact(env, reference_run):
     assert metric_records(run) == metric_records(reference_run)
 
 
-def test_resume_can_extend_training(env):
-    quick = ["trainer.epochs=1", "data.train_limit=1000", "data.eval_limit=500"]
-    assert fdl("train", "logreg-mnist", *quick, env=env).returncode == 0
-    (run,) = run_dirs(env, "logreg-mnist")
-    result = fdl("train", "--resume", str(run), "trainer.epochs=2", env=env)
+def test_resume_can_extend_training(golden_run, env, tmp_path):
+    run = copy_run(golden_run("logreg-mnist").run, tmp_path)  # a finished 2-epoch run
+    result = fdl("train", "--resume", str(run), "trainer.epochs=3", env=env)
     assert result.returncode == 0, result.stderr
-    assert read_summary(run)["epochs"] == 2
+    assert read_summary(run)["epochs"] == 3
 
 
 def test_val_every_epochs_evaluates_every_nth_epoch_and_the_last(env, capsys):
@@ -128,9 +137,9 @@ def test_val_every_epochs_evaluates_every_nth_epoch_and_the_last(env, capsys):
     assert code == 2 and "trains in steps, not epochs" in stderr
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
-def test_two_job_sweep(env, launcher):
-    extra = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+def test_two_job_sweep(env):
+    """Hydra's basic launcher, one job after the other; the joblib launcher's sweep (jobs side by side, its
+    n_jobs) is test_scaling's test_parallel_launchers_share_the_cpus."""
     result = fdl(
         "train",
         "mlp-mnist",
@@ -139,7 +148,6 @@ def test_two_job_sweep(env, launcher):
         "trainer.epochs=1",
         "data.train_limit=1000",
         "data.eval_limit=500",
-        *extra,
         env=env,
     )
     assert result.returncode == 0, result.stderr
@@ -157,10 +165,9 @@ def test_two_job_sweep(env, launcher):
     assert len(table) == 2 and all(job["status"] == "completed" for job in table)
 
 
-def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env, capsys):
-    quick = ["trainer.epochs=1", "data.train_limit=500", "data.eval_limit=500"]
-    assert fdl("train", "logreg-mnist", *quick, env=env).returncode == 0
-    (run,) = run_dirs(env, "logreg-mnist")
+def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(golden_run, env, tmp_path, capsys):
+    # finished 2-epoch runs of two experiments: copies of golden runs (two trainings less)
+    run = copy_run(golden_run("logreg-mnist").run, tmp_path)
     latest = json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
     weights = run / "checkpoints" / latest / "model.safetensors"
 
@@ -168,8 +175,7 @@ def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env, capsys):
     code, err = fdl_in_process(["eval", str(run), "--checkpoint", "last"], capsys)
     assert code == 1 and "corrupt" in err and "Traceback" not in err
 
-    assert fdl("train", "mlp-mnist", *quick, env=env).returncode == 0
-    (other,) = run_dirs(env, "mlp-mnist")
+    other = golden_run("mlp-mnist").run  # only read
     foreign = other / "checkpoints" / "init" / "model.safetensors"
     weights.write_bytes(foreign.read_bytes())  # weights of another experiment
     code, err = fdl_in_process(["eval", str(run), "--checkpoint", "last"], capsys)
@@ -178,16 +184,17 @@ def test_checkpoint_errors_are_one_line_and_leave_the_run_alone(env, capsys):
     state = run / "checkpoints" / latest / "trainer.pt"
     state.write_bytes(b"not a checkpoint")
     before = sorted(p.name for p in run.iterdir())
-    code, err = fdl_in_process(["train", "--resume", str(run), "trainer.epochs=2"], capsys)
+    code, err = fdl_in_process(["train", "--resume", str(run), "trainer.epochs=3"], capsys)
     assert code == 1 and "Traceback" not in err
     assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_a_sweep_and_single_runs_in_parallel_never_collide(env):
-    """Four single runs and a sweep started at once: the singles claim run directories in the same second
-    (distinct names), the sweep's jobs get theirs."""
+    """Two single runs and a sweep started at once: the singles claim run directories in the same second
+    (distinct names: a time stamp and a random suffix, claimed by an exclusive mkdir), the sweep's jobs get
+    theirs. Each process costs ~5 s of one core: two singles race as well as four did."""
     quick = ["trainer.epochs=1", "data.train_limit=200", "data.eval_limit=200", "trainer.histograms=false"]
-    commands = [["train", "logreg-mnist", "-m", "seed=0,1", *quick]] + [["train", "logreg-mnist", *quick]] * 4
+    commands = [["train", "logreg-mnist", "-m", "seed=0,1", *quick]] + [["train", "logreg-mnist", *quick]] * 2
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "fdlcli", *command, "trainer.threads=1"],
@@ -204,7 +211,7 @@ def test_a_sweep_and_single_runs_in_parallel_never_collide(env):
     singles = run_dirs(env, "logreg-mnist")
     (sweep,) = (Path(env["FDL_RUNS_DIR"]) / "logreg-mnist" / "sweeps").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(singles) == 4 and [j.name for j in jobs] == ["0", "1"]
+    assert len(singles) == 2 and [j.name for j in jobs] == ["0", "1"]
     for run in [*singles, *jobs]:
         assert read_summary(run)["status"] == "completed"
         assert json.loads((run / "meta.json").read_text())["pid"]  # each written by its own process
