@@ -150,10 +150,14 @@ class UNREALNetwork(nn.Module):
         with torch.no_grad():  # a near-uniform first policy, as a3c's ActorCritic
             self.policy.weight.mul_(0.01)
             self.policy.bias.zero_()
-        # pixel control: LSTM output -> 32 maps of the cell grid -> a value map, an advantage map per action
-        self.pc_fc = nn.Linear(lstm, PC_CHANNELS * self.grid[0] * self.grid[1])
-        self.pc_value = nn.ConvTranspose2d(PC_CHANNELS, 1, 3, padding=1)
-        self.pc_advantage = nn.ConvTranspose2d(PC_CHANNELS, n_actions, 3, padding=1)
+        # pixel control, the paper's head: LSTM output -> 32 maps of half the grid's size -> a stride-2
+        # deconvolution to a value map and an advantage map per action over the whole grid (kernel 4 to
+        # double an even side, 3 to make an odd one: (n - 1) * 2 - 2 + kernel)
+        self.pc_maps = tuple((side + 1) // 2 for side in self.grid)
+        kernel = tuple(4 if side % 2 == 0 else 3 for side in self.grid)
+        self.pc_fc = nn.Linear(lstm, PC_CHANNELS * self.pc_maps[0] * self.pc_maps[1])
+        self.pc_value = nn.ConvTranspose2d(PC_CHANNELS, 1, kernel, stride=2, padding=1)
+        self.pc_advantage = nn.ConvTranspose2d(PC_CHANNELS, n_actions, kernel, stride=2, padding=1)
         # reward prediction: three observations' convolutional features -> 128 -> zero, positive, negative
         self.reward_head = nn.Sequential(
             nn.Linear(REWARD_FRAMES * conv_features, 128), nn.ReLU(), nn.Linear(128, 3)
@@ -216,7 +220,7 @@ class UNREALNetwork(nn.Module):
 
     def pixel_control(self, hidden: torch.Tensor) -> torch.Tensor:
         """Q-values per cell (N x actions x grid) of LSTM outputs (N x units): value + advantage - mean."""
-        maps = F.relu(self.pc_fc(hidden)).reshape(-1, PC_CHANNELS, *self.grid)
+        maps = F.relu(self.pc_fc(hidden)).reshape(-1, PC_CHANNELS, *self.pc_maps)
         advantage = self.pc_advantage(maps)
         return self.pc_value(maps) + advantage - advantage.mean(dim=1, keepdim=True)
 
