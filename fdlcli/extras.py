@@ -5,6 +5,7 @@ command when a feature needs one that is missing.
                 (`fdl play --record`)
     [word2vec]  numba (the compiled Hogwild engine of skipgram-word2vec, model.engine=hogwild)
     [atari]     ale-py and OpenCV (dqn-breakout)
+    [minatar]   MinAtar (a3c-minatar, unreal-minatar)
     [all]       all of them; [dev] = [all] plus the test tools
 """
 

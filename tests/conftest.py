@@ -6,8 +6,10 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,3 +222,49 @@ def without_modules(env: dict[str, str], folder: Path, *modules: str) -> dict[st
             f"raise ImportError('{module} is hidden by a test', name='{module}')\n"
         )
     return {**env, "PYTHONPATH": os.pathsep.join([str(folder), env["PYTHONPATH"]])}
+
+
+def wait_for_record(run_root: Path, step: int, process: subprocess.Popen, known: list[Path]) -> Path:
+    """The new run under ``run_root`` once it logged a record past ``step`` (the process still running)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        for run in (r for r in run_root.glob("*") if r not in known and (r / "metrics.jsonl").is_file()):
+            records = (run / "metrics.jsonl").read_text().splitlines()
+            if any(json.loads(line)["step"] > step for line in records if line.endswith("}")):
+                return run
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended or stalled before step {step}: {process.poll()}")
+
+
+def latest_checkpoint(run: Path) -> Path:
+    return run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
+
+
+def assert_sigterm_resume_is_exact(
+    env: dict[str, str], name: str, overrides: list[str], total_steps: int, stop_after: int
+) -> None:
+    """A run of ``name`` stopped by SIGTERM past step ``stop_after`` and resumed to ``total_steps`` logs
+    exactly what an uninterrupted one does and ends with the same weights. The interrupted run is started
+    without an end in sight and resumed with the reference's length, so the stop always falls before it."""
+    import torch
+    from safetensors.torch import load_file
+
+    straight = fdl("train", name, *overrides, f"trainer.total_steps={total_steps}", env=env)
+    assert straight.returncode == 0, straight.stderr
+    (reference,) = run_dirs(env, name)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fdlcli", "train", name, *overrides, "trainer.total_steps=10000000"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run = wait_for_record(reference.parent, stop_after, process, [reference])
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "resume with" in stderr, stderr
+    assert int(latest_checkpoint(run).name.split("-")[1]) < total_steps, "stopped too late for this test"
+
+    resumed = fdl("train", "--resume", str(run), f"trainer.total_steps={total_steps}", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metric_records(run) == metric_records(reference)
+    assert read_summary(run)["final"] == read_summary(reference)["final"]
+    final, expected = (load_file(str(latest_checkpoint(r) / "model.safetensors")) for r in (run, reference))
+    assert all(torch.equal(final[k], expected[k]) for k in expected)

@@ -3,7 +3,6 @@ synchronous learner, exact resume of A2C, A3C's Ctrl-C, resume and play, and no 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,8 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fdl, fdl_call, metric_records, read_summary, run_dirs
-from safetensors.torch import load_file
+from conftest import (
+    assert_sigterm_resume_is_exact,
+    fdl,
+    fdl_call,
+    latest_checkpoint,
+    metric_records,
+    read_summary,
+    wait_for_record,
+)
 
 from fdlcli import config
 from fdlcli.engine.seed import seed_everything
@@ -128,22 +134,6 @@ def test_workers_exit_when_their_main_process_is_killed():
     assert _wait_gone(pids) == []
 
 
-def _wait_for_record(run_root: Path, step: int, process: subprocess.Popen, known: list[Path]) -> Path:
-    """The new run under ``run_root`` once it logged a record past ``step`` (the process still running)."""
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        for run in (r for r in run_root.glob("*") if r not in known and (r / "metrics.jsonl").is_file()):
-            records = (run / "metrics.jsonl").read_text().splitlines()
-            if any(json.loads(line)["step"] > step for line in records if line.endswith("}")):
-                return run
-        time.sleep(0.05)
-    raise AssertionError(f"the run ended or stalled before step {step}: {process.poll()}")
-
-
-def _latest(run: Path) -> Path:
-    return run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["name"]
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -163,27 +153,8 @@ A2C = [
 
 def test_a2c_resume_after_sigterm_is_exact(env):
     """Stopped by SIGTERM (episodes in progress) and resumed, an A2C run logs exactly what an
-    uninterrupted one does and ends with the same weights. The interrupted run is started without an
-    end in sight and resumed with the reference's length, so the stop always falls before it."""
-    straight = fdl("train", "a3c-cartpole", *A2C, "trainer.total_steps=6000", env=env)
-    assert straight.returncode == 0, straight.stderr
-    (reference,) = run_dirs(env, "a3c-cartpole")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fdlcli", "train", "a3c-cartpole", *A2C, "trainer.total_steps=10000000"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    run = _wait_for_record(reference.parent, 400, process, [reference])
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "resume with" in stderr, stderr
-    assert int(_latest(run).name.split("-")[1]) < 6000, "stopped too late for this test"
-
-    resumed = fdl("train", "--resume", str(run), "trainer.total_steps=6000", env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert metric_records(run) == metric_records(reference)
-    assert read_summary(run)["final"] == read_summary(reference)["final"]
-    final, expected = (load_file(str(_latest(r) / "model.safetensors")) for r in (run, reference))
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    uninterrupted one does and ends with the same weights."""
+    assert_sigterm_resume_is_exact(env, "a3c-cartpole", A2C, total_steps=6000, stop_after=400)
 
 
 A3C = [
@@ -203,14 +174,14 @@ def test_a3c_ctrl_c_leaves_no_worker_then_resumes_keeps_learning_and_plays(env, 
     )  # fmt: skip
     root = Path(env["FDL_RUNS_DIR"]) / "a3c-cartpole"
     root.mkdir(parents=True, exist_ok=True)
-    run = _wait_for_record(root, 1000, process, [])
+    run = wait_for_record(root, 1000, process, [])
     workers = _children(process.pid)
     assert len(workers) >= 2, workers
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and "resume with" in stderr and "Traceback" not in stderr, stderr
     assert _wait_gone(workers) == []
-    stopped = _latest(run)
+    stopped = latest_checkpoint(run)
     stopped_step = int(stopped.name.split("-")[1])
     saved = torch.load(stopped / "trainer.pt", weights_only=True)
     assert len(saved["task"]["workers"]) == 2 and saved["task"]["updates"] > 0
@@ -221,7 +192,7 @@ def test_a3c_ctrl_c_leaves_no_worker_then_resumes_keeps_learning_and_plays(env, 
     assert summary["steps"] >= stopped_step + 2000 and summary["mode"] == "a3c"
     assert summary["updates"] >= saved["task"]["updates"] + 2000 // 10  # t_max=10 steps an update at most
     assert summary["episodes"] > saved["task"]["tracker"]["episodes"]
-    final = torch.load(_latest(run) / "trainer.pt", weights_only=True)
+    final = torch.load(latest_checkpoint(run) / "trainer.pt", weights_only=True)
     before = [s["square_avg"] for s in saved["optimizer"]["state"].values()]
     after = [s["square_avg"] for s in final["optimizer"]["state"].values()]
     assert all(a.shape == b.shape and not torch.equal(a, b) for a, b in zip(after, before, strict=True))

@@ -42,7 +42,7 @@ def play_cmd(
 
     from fdlcli import config, registry
     from fdlcli.engine.loop import load_task
-    from fdlcli.experiments._rl import RLTask, is_atari, play_episodes
+    from fdlcli.experiments._rl import RLTask, is_atari, is_minatar, play_episodes
     from fdlcli.extras import require
     from fdlcli.terminal import console
 
@@ -61,7 +61,8 @@ def play_cmd(
         raise UsageError(f"{run.config.name} is not a reinforcement-learning experiment")
     task, _ = load_task(task_class, run, checkpoint)  # the network with the checkpoint's weights
     trainer = run.config.trainer
-    if (record or render == "human") and not is_atari(trainer.env):  # gymnasium draws them with pygame
+    drawn_by_pygame = not (is_atari(trainer.env) or is_minatar(trainer.env))  # gymnasium's classic control
+    if (record or render == "human") and drawn_by_pygame:
         require("pygame", f"fdl play --{'record' if record else 'render human'} of {trainer.env}", "rl")
     epsilon = trainer.eval_epsilon if epsilon is None else epsilon
 

@@ -66,6 +66,10 @@ def is_atari(env_id: str) -> bool:
     return env_id.startswith("ALE/")
 
 
+def is_minatar(env_id: str) -> bool:
+    return env_id.startswith("MinAtar/")  # 10 x 10 x channels boolean grids (``_minatar.py``)
+
+
 # the entries of a flat observation that are positions (what ``hide_velocity`` keeps)
 POSITION_ENTRIES = {"CartPole-v0": (0, 2), "CartPole-v1": (0, 2)}  # cart position, pole angle
 
@@ -95,7 +99,12 @@ def make_env(
         if max_episode_steps:
             kwargs["max_episode_steps"] = max_episode_steps
         try:
-            env = gym.make(env_id, **kwargs)
+            if is_minatar(env_id):
+                from fdlcli.experiments import _minatar
+
+                env = _minatar.make(env_id, **kwargs)
+            else:
+                env = gym.make(env_id, **kwargs)
         except gym.error.Error as exc:
             raise ConfigError(f"cannot make environment {env_id!r}: {exc}") from None
         if hide_velocity:
@@ -167,6 +176,28 @@ def nature_layers(frames: int) -> list[nn.Module]:
         nn.Flatten(),
         nn.Linear(64 * 7 * 7, NATURE_FEATURES), nn.ReLU(),
     ]  # fmt: skip
+
+
+class ChannelsFirst(nn.Module):
+    """Height x width x channels observations (MinAtar's) -> channels x height x width, as convolutions
+    take them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+
+def grid_conv_layers(shape: tuple[int, ...], env_id: str) -> tuple[list[nn.Module], int]:
+    """The convolution of MinAtar's reference networks (Young & Tian 2019) for height x width x channels
+    grids of 0/1 cells: 16 3x3 filters, stride 1, ReLU, flattened. Returns the layers and their number of
+    output features."""
+    if len(shape) != 3 or min(shape[:2]) < 3:
+        raise ConfigError(
+            f"model.network=minatar needs height x width x channels grids (MinAtar/...), {env_id} gives "
+            f"observations of shape {tuple(shape)}"
+        )
+    height, width, channels = shape
+    layers = [ChannelsFirst(), nn.Conv2d(channels, 16, 3), nn.ReLU(), nn.Flatten()]
+    return layers, 16 * (height - 2) * (width - 2)
 
 
 def make_vector_env(
@@ -478,11 +509,14 @@ def play_episodes(
 ) -> list[Episode]:
     """Play ``episodes`` episodes of the run's environment one after another (seeded, so an evaluation is
     repeatable). A recurrent network (one with ``initial_state(batch)`` and ``step(obs, state)`` returning
-    (scores, state), DRQN) carries its state from step to step and starts each episode from zero."""
+    (scores, state), DRQN) carries its state from step to step and starts each episode from zero; one that
+    also takes the last action and reward as inputs (UNREAL) has ``feedback(state, action, reward)``, which
+    puts them into its state after each step."""
     env = make_trainer_env(trainer, render_mode)
     rng = np.random.default_rng(seed)
     n_actions = int(env.action_space.n)
     recurrent = hasattr(net, "initial_state")
+    feedback = getattr(net, "feedback", None)
     was_training = net.training
     net.eval()
     results = []
@@ -501,6 +535,8 @@ def play_episodes(
                     q = net(batch)
                 action = int(epsilon_greedy(q.argmax(dim=1), epsilon, n_actions, rng)[0])
                 obs, reward, terminated, truncated, _ = env.step(action)
+                if feedback is not None:
+                    state = feedback(state, action, float(reward))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated

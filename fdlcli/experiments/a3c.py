@@ -5,8 +5,9 @@ with its policy pi(a|s), computes n-step returns R_t = r_t + gamma r_{t+1} + ...
 and descends  -log pi(a_t|s_t) (R_t - V(s_t))  +  value_coef (R_t - V(s_t))^2  -  entropy_coef H(pi(.|s_t))
 (the advantage is a constant in the policy term; the entropy bonus keeps the policy from collapsing
 early). One network with a policy head (action logits: what acts, and what ``fdl play`` takes the
-arg-max of) and a value head on a shared body: an MLP (CartPole) or the Nature DQN convolutional network
-(Breakout, 84x84x4 frames, as in ``dqn-breakout``).
+arg-max of) and a value head on a shared body: an MLP (CartPole), the Nature DQN convolutional network
+(Breakout, 84x84x4 frames, as in ``dqn-breakout``) or MinAtar's small one (10x10 grids, ``a3c-minatar``,
+the baseline of ``unreal-minatar``).
 
 ``trainer.mode=a3c``, the paper: ``num_envs`` worker processes (torch.multiprocessing), each an
 actor-learner with its own environment whose episodes are seeded from (seed, worker, episode). Before
@@ -45,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -62,6 +63,7 @@ from fdlcli.experiments._rl import (
     RLTask,
     RLTrainerConfig,
     SeededEnvs,
+    grid_conv_layers,
     make_trainer_env,
     mlp_layers,
     nature_layers,
@@ -74,12 +76,13 @@ MODES = ("a3c", "a2c")
 
 @dataclass
 class ActorCriticConfig(QNetworkConfig):
-    """The body: ``network=mlp`` (``hidden`` widths) or ``nature`` (Atari frames); a policy head and a
-    value head sit on top of it. ``shared_body=false`` gives the value head a body of its own (on
-    CartPole the value loss's large early gradients through a shared MLP body, and the clipping of their
-    joint norm, slow the policy down)."""
+    """The body: ``network=mlp`` (``hidden`` widths), ``nature`` (Atari frames) or ``minatar`` (MinAtar's
+    convolution, then ``hidden`` widths); a policy head and a value head sit on top of it.
+    ``shared_body=false`` gives the value head a body of its own (on CartPole the value loss's large early
+    gradients through a shared MLP body, and the clipping of their joint norm, slow the policy down)."""
 
     shared_body: bool = True
+    NETWORKS: ClassVar[tuple[str, ...]] = ("mlp", "nature", "minatar")
 
 
 @dataclass
@@ -159,6 +162,16 @@ def build_actor_critic(config: RunConfig) -> ActorCritic:
             raise ConfigError(f"model.network=nature needs 84x84 frame stacks, {trainer.env} gives {shape}")
         value_body = None if config.model.shared_body else nature_layers(shape[0])
         return ActorCritic(nature_layers(shape[0]), NATURE_FEATURES, n_actions, True, value_body)
+    if config.model.network == "minatar":  # 0/1 grids: no scaling
+        hidden = config.model.hidden
+
+        def grid_body() -> tuple[list[nn.Module], int]:
+            conv, n_features = grid_conv_layers(shape, trainer.env)
+            return [*conv, *mlp_layers(n_features, hidden)], hidden[-1] if hidden else n_features
+
+        body, features = grid_body()
+        value_body = None if config.model.shared_body else grid_body()[0]
+        return ActorCritic(body, features, n_actions, False, value_body)
     n_inputs, hidden = int(np.prod(shape)), config.model.hidden
     features = hidden[-1] if hidden else n_inputs
     value_body = None if config.model.shared_body else mlp_layers(n_inputs, hidden)
@@ -187,7 +200,10 @@ class Rollout:
 class Actor:
     """``num_envs`` environments played by the policy, ``t_max`` steps at a time. Its episodes are
     seeded from (seed, environment, episode) and its actions sampled from its own RNG, seeded from
-    (seed, first environment): both, with the episodes in progress, are its :meth:`state_dict`."""
+    (seed, first environment): both, with the episodes in progress, are its :meth:`state_dict`.
+
+    A recurrent actor (``unreal.RecurrentActor``) overrides :meth:`policy_and_value` and
+    :meth:`bootstrap_value` to carry its network's state, and :meth:`observed` to keep what it saw."""
 
     def __init__(
         self, trainer: A3CTrainerConfig, seed: int, num_envs: int, first_env: int, device: torch.device
@@ -202,17 +218,39 @@ class Actor:
         self.obs = self.envs.reset()
         self.episode_return = np.zeros(num_envs)
 
-    def rollout(self, net: ActorCritic) -> Rollout:
+    def policy_and_value(self, net: nn.Module, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action logits and values of the environments' current observations (with their graph)."""
+        return net.policy_and_value(obs)
+
+    def bootstrap_value(self, net: nn.Module, obs: torch.Tensor) -> torch.Tensor:
+        """V of the observations a rollout ended on (called without a graph)."""
+        return net.policy_and_value(obs)[1]
+
+    def observed(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        rewards: np.ndarray,
+        terminated: np.ndarray,
+        real: np.ndarray,
+    ) -> None:
+        """After each step: the observations acted on, the actions, the rewards as learned from, and
+        which steps were real (not reset steps)."""
+
+    def rollout(self, net: nn.Module) -> Rollout:
         trainer, envs = self.trainer, self.envs
         logits, values, actions, rewards, terminated, valid = [], [], [], [], [], []
         episodes: list[tuple[float, int]] = []
         steps = 0
         for _ in range(trainer.t_max):
-            step_logits, value = net.policy_and_value(torch.as_tensor(self.obs, device=self.device))
+            step_logits, value = self.policy_and_value(net, torch.as_tensor(self.obs, device=self.device))
             probs = F.softmax(step_logits.detach().float(), dim=-1).cpu()
             action = torch.multinomial(probs, 1, generator=self.sampler).squeeze(1)
             real = ~envs.ended  # the others take a reset step: no transition
+            acted_on = self.obs
             self.obs, reward, term, trunc = envs.step(action.numpy())
+            learned = np.sign(reward) if trainer.clip_rewards else reward
+            self.observed(acted_on, action.numpy(), learned, term, real)
             self.episode_return += reward
             for i in range(envs.num_envs):
                 steps += int(real[i])
@@ -222,11 +260,11 @@ class Actor:
             logits.append(step_logits)
             values.append(value)
             actions.append(action)
-            rewards.append(torch.as_tensor(np.sign(reward) if trainer.clip_rewards else reward))
+            rewards.append(torch.as_tensor(learned))
             terminated.append(torch.as_tensor(term))
             valid.append(torch.as_tensor(real))
         with torch.no_grad():
-            last_value = net.policy_and_value(torch.as_tensor(self.obs, device=self.device))[1]
+            last_value = self.bootstrap_value(net, torch.as_tensor(self.obs, device=self.device))
         device = self.device
         return Rollout(
             torch.stack(logits), torch.stack(values), torch.stack(actions).to(device),
@@ -516,6 +554,8 @@ class ActorCriticTask(RLTask):
     # bf16 autocast of the network (the workers run under it too); no compile: each A3C worker would
     # compile its own copy
     supports = frozenset({"precision", "checkpoint_every"})
+    # the parts of the loss that each update reports (logged as train/<part>, means over the window)
+    PARTS: ClassVar[tuple[str, ...]] = ("policy_loss", "value_loss", "entropy")
 
     @classmethod
     def check_config(cls, config: RunConfig) -> str | None:
@@ -536,8 +576,8 @@ class ActorCriticTask(RLTask):
         self.trainer: A3CTrainerConfig = self.config.trainer
         self.updates = 0
         self.epsilon = 0.0  # actions are sampled from the policy: no epsilon
-        # the logging window: policy loss, value loss, entropy summed over its updates
-        self.window_parts = torch.zeros(3, dtype=torch.float64)
+        # the logging window: the parts of the loss (PARTS) summed over its updates
+        self.window_parts = torch.zeros(len(self.PARTS), dtype=torch.float64)
         self.window_updates = 0
         self.window_closes = False
         self.clock = (time.monotonic(), 0)
@@ -568,15 +608,22 @@ class ActorCriticTask(RLTask):
         self.steps_done = step + out.advance
         return out
 
+    def make_actor(self) -> Actor:
+        """The A2C actor: every environment, stepped in this process."""
+        return Actor(self.trainer, self.config.seed, self.trainer.num_envs, 0, self.device)
+
+    def a2c_loss(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of an A2C update and its PARTS (detached)."""
+        return actor_critic_loss(rollout, self.trainer)
+
     def _a2c_step(self, step: int) -> StepOutput:
         if self.actor is None:
-            trainer = self.trainer
-            self.actor = Actor(trainer, self.config.seed, trainer.num_envs, 0, self.device)
+            self.actor = self.make_actor()
             if self.actor_state is not None:
                 self.actor.load_state_dict(self.actor_state)
         model = self.train_model if self.train_model is not None else self.model
-        rollout = self.actor.rollout(model)  # type: ignore[arg-type]
-        loss, parts = actor_critic_loss(rollout, self.trainer)
+        rollout = self.actor.rollout(model)
+        loss, parts = self.a2c_loss(rollout)
         self._record(step, rollout.steps, parts.cpu(), rollout.episodes)
         return StepOutput(loss=loss, advance=rollout.steps)
 
@@ -616,9 +663,7 @@ class ActorCriticTask(RLTask):
         started, steps_then = self.clock
         parts = (self.window_parts / max(1, self.window_updates)).tolist()
         metrics = {
-            "train/policy_loss": parts[0],
-            "train/value_loss": parts[1],
-            "train/entropy": parts[2],
+            **{f"train/{name}": value for name, value in zip(self.PARTS, parts, strict=True)},
             "train/return_avg": self.tracker.average,
             "train/steps_per_s": (self.steps_done - steps_then) / max(1e-9, now - started),
         }
@@ -714,6 +759,15 @@ register(
         dataset="ALE/Breakout-v5",
         book_result="(A3C is described, not run, in the book)",
         description="A3C from pixels: Nature conv net body, policy and value heads (trainer.mode=a2c)",
+        **_COMMON,
+    )
+)
+register(
+    ExperimentSpec(
+        name="a3c-minatar",
+        dataset="MinAtar/Breakout-v1",
+        book_result="(A3C is described, not run, in the book)",
+        description="A2C/A3C on MinAtar's 10x10 Breakout: the baseline of unreal-minatar (trainer.mode=a3c)",
         **_COMMON,
     )
 )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,10 +56,11 @@ from fdlcli.registry import ExperimentSpec, register
 class QNetworkConfig:
     network: str = "mlp"  # mlp (flat observations) | nature (the book's convolutional network, Atari)
     hidden: list[int] = field(default_factory=lambda: [64, 64])  # mlp only
+    NETWORKS: ClassVar[tuple[str, ...]] = ("mlp", "nature")
 
     def check(self) -> str | None:
-        if self.network not in ("mlp", "nature"):
-            return f"model.network={self.network!r}; choose from: mlp, nature"
+        if self.network not in self.NETWORKS:
+            return f"model.network={self.network!r}; choose from: {', '.join(self.NETWORKS)}"
         if any(width <= 0 for width in self.hidden):
             return f"model.hidden={self.hidden} must list positive layer widths"
         return None

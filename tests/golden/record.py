@@ -116,6 +116,16 @@ COMMANDS: dict[str, list[str]] = {
         "trainer.eval_episodes=1", "trainer.eval_epsilon=1.0", "trainer.max_episode_steps=100",
         "trainer.log_every=2",
     ],
+    "a3c-minatar": [
+        "trainer.num_envs=2", "trainer.total_steps=200", "trainer.eval_every=100", "trainer.eval_episodes=1",
+        "trainer.max_episode_steps=100", "trainer.log_every=5", "model.hidden=[32]",
+    ],
+    # the replay buffer (20 rows of 2 environments) fills at the 4th update: the auxiliary losses learn
+    "unreal-minatar": [
+        "trainer.num_envs=2", "trainer.total_steps=200", "trainer.eval_every=100", "trainer.eval_episodes=1",
+        "trainer.max_episode_steps=100", "trainer.log_every=5", "trainer.buffer_size=40",
+        "trainer.replay_length=5", "trainer.replay_batch=2", "model.hidden=[32]", "model.lstm=32",
+    ],
     "pg-cartpole": [
         "trainer.episodes=48", "trainer.eval_every=16", "trainer.eval_episodes=2", "explore=anneal-0.5",
         "trainer.explore.anneal_episodes=48",
