@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import assert_sigterm_resume_is_exact, fdl_in_process, read_summary, run_dirs
+from conftest import fdl_in_process, read_summary, run_dirs
 
 from fdlcli import config
 from fdlcli.engine.seed import seed_everything
@@ -213,12 +213,6 @@ def test_unreal_refuses_what_it_cannot_do_in_one_line():
         with pytest.raises(ConfigError) as refused:
             config.validate(config.compose("unreal-minatar", small(override)))
         assert words in str(refused.value) and "\n" not in str(refused.value)
-
-
-def test_unreal_resume_after_sigterm_is_exact(env):
-    assert_sigterm_resume_is_exact(
-        env, "unreal-minatar", small("trainer.eval_every=300"), total_steps=600, stop_after=100
-    )
 
 
 @pytest.mark.parametrize("name", ["a3c-minatar", "unreal-minatar"])
