@@ -58,6 +58,31 @@ def test_allocation(g: torch.Generator) -> None:
     assert bool((dnc.allocation(usage).sum(dim=1) <= 1 + 1e-6).all())
 
 
+def sorted_allocation(usage: torch.Tensor) -> torch.Tensor:
+    """The allocation as fdl computed it before issue 20 point 4 (a stable sort, an exclusive cumulative
+    product, a scatter back): the reference for the sort-free version's gradient."""
+    usage = dnc.EPS + (1 - dnc.EPS) * usage
+    sorted_usage, order = usage.sort(dim=1, stable=True)
+    ones = torch.ones_like(sorted_usage[:, :1])
+    before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=1), dim=1)
+    return torch.zeros_like(usage).scatter(1, order, (1 - sorted_usage) * before)
+
+
+def test_allocation_breaks_ties_by_slot_and_has_the_sorts_gradient(g: torch.Generator) -> None:
+    usage = torch.rand(B, N, generator=g)
+    usage[0] = 0.0  # a fresh memory: every slot tied, the first one is allocated
+    usage[1, 4] = usage[1, 5] = usage[1, 1]  # three tied slots, taken in slot order
+    close(dnc.allocation(usage), ref.allocation(usage))
+    assert dnc.allocation(usage)[0].argmax() == 0
+    close(dnc.allocation(usage), sorted_allocation(usage))
+    # the gradient (the order a constant), in double precision against sort + cumprod + scatter
+    usage = torch.rand(4, 16, generator=g, dtype=torch.float64).requires_grad_()
+    weights = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    (fast,) = torch.autograd.grad((dnc.allocation(usage) * weights).sum(), usage)
+    (slow,) = torch.autograd.grad((sorted_allocation(usage) * weights).sum(), usage)
+    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+
+
 def test_write_path(g: torch.Generator) -> None:
     content, alloc = simplex(B, N, generator=g), simplex(B, N, generator=g)
     gw, ga = torch.rand(B, 1, generator=g), torch.rand(B, 1, generator=g)
@@ -138,7 +163,7 @@ def reference_cell():
 def test_batched_cell_equals_the_reference_cell(controller: str, clip: float) -> None:
     """The same parameters give the same logits, traces and gradients as the per-step reference: the
     input projection and output layer batched over time, the weight gradients summed after the loop
-    (TimeSummedWeightGrad), the link update's baddbmm; clip=0.05 makes the clipping bite."""
+    (TimeSummedWeightGrad), the sort-free allocation, the link update in place; clip=0.05 makes the clipping bite."""
     old = reference_cell()
     torch.manual_seed(0)
     cfg = dnc.DNCConfig(
