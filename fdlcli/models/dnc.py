@@ -60,8 +60,16 @@ def content_weighting(memory: torch.Tensor, keys: torch.Tensor, strengths: torch
 
 
 def retention(free_gates: torch.Tensor, read_weights: torch.Tensor) -> torch.Tensor:
-    """psi [B,N] from free gates [B,R] and the previous read weightings [B,R,N]."""
-    return torch.prod(1 - free_gates.unsqueeze(2) * read_weights, dim=1)
+    """psi [B,N] from free gates [B,R] and the previous read weightings [B,R,N].
+
+    A running product over the heads, not ``torch.prod``: prod's backward guards against zero factors with
+    cumulative products that torch.compile cannot fuse (two library calls per time step); a product of R
+    factors has the plain elementwise backward."""
+    keep = 1 - free_gates.unsqueeze(2) * read_weights
+    psi = keep[:, 0]
+    for head in range(1, keep.shape[1]):
+        psi = psi * keep[:, head]
+    return psi
 
 
 def update_usage(usage: torch.Tensor, write_weights: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
