@@ -58,29 +58,39 @@ def test_allocation(g: torch.Generator) -> None:
     assert bool((dnc.allocation(usage).sum(dim=1) <= 1 + 1e-6).all())
 
 
-def sorted_allocation(usage: torch.Tensor) -> torch.Tensor:
-    """The allocation as fdl computed it before issue 20 point 4 (a stable sort, an exclusive cumulative
-    product, a scatter back): the reference for the sort-free version's gradient."""
-    usage = dnc.EPS + (1 - dnc.EPS) * usage
-    sorted_usage, order = usage.sort(dim=1, stable=True)
-    ones = torch.ones_like(sorted_usage[:, :1])
-    before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=1), dim=1)
-    return torch.zeros_like(usage).scatter(1, order, (1 - sorted_usage) * before)
-
-
-def test_allocation_breaks_ties_by_slot_and_has_the_sorts_gradient(g: torch.Generator) -> None:
+def test_allocation_forms_break_ties_by_slot_and_have_the_same_gradient(g: torch.Generator) -> None:
+    """The eager form (stable sort + cumprod) and the compiled one (pairwise order + sum of logs) against
+    the loop reference, ties included, and against each other's gradient in double precision."""
     usage = torch.rand(B, N, generator=g)
     usage[0] = 0.0  # a fresh memory: every slot tied, the first one is allocated
     usage[1, 4] = usage[1, 5] = usage[1, 1]  # three tied slots, taken in slot order
-    close(dnc.allocation(usage), ref.allocation(usage))
+    expected = ref.allocation(usage)
+    clamped = dnc.EPS + (1 - dnc.EPS) * usage
+    close(dnc.allocation(usage), expected)
+    close(dnc.allocation_sorted(clamped), expected)
+    close(dnc.allocation_pairwise(clamped), expected)
     assert dnc.allocation(usage)[0].argmax() == 0
-    close(dnc.allocation(usage), sorted_allocation(usage))
-    # the gradient (the order a constant), in double precision against sort + cumprod + scatter
     usage = torch.rand(4, 16, generator=g, dtype=torch.float64).requires_grad_()
     weights = torch.randn(4, 16, generator=g, dtype=torch.float64)
-    (fast,) = torch.autograd.grad((dnc.allocation(usage) * weights).sum(), usage)
-    (slow,) = torch.autograd.grad((sorted_allocation(usage) * weights).sum(), usage)
-    torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-12)
+    (pairwise,) = torch.autograd.grad((dnc.allocation_pairwise(usage) * weights).sum(), usage)
+    (sort,) = torch.autograd.grad((dnc.allocation_sorted(usage) * weights).sum(), usage)
+    torch.testing.assert_close(pairwise, sort, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_allocation_and_retention_equal_eager(g: torch.Generator) -> None:
+    """The compile-only forms (pairwise allocation, running-product retention) under torch.compile."""
+    usage, free, reads = (
+        torch.rand(B, N, generator=g),
+        torch.rand(B, R, generator=g),
+        simplex(B, R, N, generator=g),
+    )
+    usage[0] = 0.0
+    step = torch.compile(
+        lambda u, f, r: (dnc.allocation(u), dnc.retention(f, r)), fullgraph=True, dynamic=False
+    )
+    alloc, psi = step(usage, free, reads)
+    close(alloc, ref.allocation(usage))
+    close(psi, ref.retention(free, reads))
 
 
 def test_write_path(g: torch.Generator) -> None:

@@ -7,7 +7,7 @@ against it (benchmarks/dnc_step.py). Shapes: B batch, N memory slots, W word siz
 One time step, in the paper's order:
 1. retention psi = prod_i (1 - f_i w^r_i)  (free gates release what the heads read last step)
 2. usage u = (u + w^w - u * w^w) * psi     (last step's writes raise usage)
-3. allocation a: slots sorted by usage; a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i] (pairwise order)
+3. allocation a: slots sorted by usage; a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i] (sorted or pairwise)
 4. write weighting w^w = g^w (g^a a + (1 - g^a) c^w), c^w the content weighting of the write key
 5. memory M = M * (1 - w^w e^T) + w^w v^T  (erase, then add)
 6. temporal links L[i, j] = (1 - w^w_i - w^w_j) L[i, j] + w^w_i p_j, zero diagonal; precedence
@@ -62,10 +62,12 @@ def content_weighting(memory: torch.Tensor, keys: torch.Tensor, strengths: torch
 def retention(free_gates: torch.Tensor, read_weights: torch.Tensor) -> torch.Tensor:
     """psi [B,N] from free gates [B,R] and the previous read weightings [B,R,N].
 
-    A running product over the heads, not ``torch.prod``: prod's backward guards against zero factors with
-    cumulative products that torch.compile cannot fuse (two library calls per time step); a product of R
-    factors has the plain elementwise backward."""
+    Under torch.compile a running product over the heads: ``torch.prod``'s backward guards against zero
+    factors with cumulative products that inductor cannot fuse (two library calls per time step). Eager,
+    ``torch.prod`` (one op; the running product's slices cost more there)."""
     keep = 1 - free_gates.unsqueeze(2) * read_weights
+    if not torch.compiler.is_compiling():
+        return torch.prod(keep, dim=1)
     psi = keep[:, 0]
     for head in range(1, keep.shape[1]):
         psi = psi * keep[:, head]
@@ -79,14 +81,29 @@ def update_usage(usage: torch.Tensor, write_weights: torch.Tensor, psi: torch.Te
 def allocation(usage: torch.Tensor) -> torch.Tensor:
     """Allocation weighting [B,N]: the least used slots first, each weighted by how free it is and by how
     used the slots before it are: a[i] = (1 - u[i]) prod_{j before i} u[j], "before" the ascending order of
-    usage, ties by slot index (a stable sort, as the loop reference's ``sorted``).
+    usage, ties by slot index (a stable sort, as the loop reference's ``sorted``). The gradient is the
+    sort's: the order a constant, d a[i] / d u[j] = a[i] / u[j] for j before i, -prod for j = i.
 
-    Without a sort: "j before i" is a pairwise comparison ([B,N,N], cheap at DNC sizes) and the product a
-    masked sum of logs (usage >= EPS, so every log is finite). Sort, cumprod and scatter are three
-    operations torch.compile cannot fuse (each a call of its own, cumprod's backward five more); these are
-    elementwise ops and one reduction, forward and backward. The gradient is the sort's: the order is a
-    constant, d a[i] / d u[j] = a[i] / u[j] for j before i, -prod for j = i."""
+    Two forms of the same function, each the faster one where it runs: eager, :func:`allocation_sorted`;
+    under torch.compile, :func:`allocation_pairwise` (sort, cumprod and scatter are library calls inductor
+    cannot fuse, and cumprod's backward adds five more per time step)."""
     usage = EPS + (1 - EPS) * usage
+    return allocation_pairwise(usage) if torch.compiler.is_compiling() else allocation_sorted(usage)
+
+
+def allocation_sorted(usage: torch.Tensor) -> torch.Tensor:
+    """The allocation of ``usage`` (already >= EPS) by a stable sort, an exclusive cumulative product and a
+    scatter back to the slots."""
+    sorted_usage, order = usage.sort(dim=1, stable=True)
+    ones = torch.ones_like(sorted_usage[:, :1])
+    before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=1), dim=1)  # exclusive product
+    return torch.zeros_like(usage).scatter(1, order, (1 - sorted_usage) * before)
+
+
+def allocation_pairwise(usage: torch.Tensor) -> torch.Tensor:
+    """The allocation of ``usage`` (already >= EPS, so every log is finite) without a sort: "j before i" a
+    pairwise comparison ([B,N,N], cheap at DNC sizes), the product a masked sum of logs. Elementwise ops and
+    one reduction, forward and backward, which inductor fuses with the rest of the time step."""
     n = usage.shape[1]
     index = torch.arange(n, device=usage.device)
     ui, uj = usage.unsqueeze(2), usage.unsqueeze(1)  # [B,N,1] (slot i), [B,1,N] (slot j)
