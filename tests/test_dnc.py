@@ -58,6 +58,41 @@ def test_allocation(g: torch.Generator) -> None:
     assert bool((dnc.allocation(usage).sum(dim=1) <= 1 + 1e-6).all())
 
 
+def test_allocation_forms_break_ties_by_slot_and_have_the_same_gradient(g: torch.Generator) -> None:
+    """The eager form (stable sort + cumprod) and the compiled one (pairwise order + sum of logs) against
+    the loop reference, ties included, and against each other's gradient in double precision."""
+    usage = torch.rand(B, N, generator=g)
+    usage[0] = 0.0  # a fresh memory: every slot tied, the first one is allocated
+    usage[1, 4] = usage[1, 5] = usage[1, 1]  # three tied slots, taken in slot order
+    expected = ref.allocation(usage)
+    clamped = dnc.EPS + (1 - dnc.EPS) * usage
+    close(dnc.allocation(usage), expected)
+    close(dnc.allocation_sorted(clamped), expected)
+    close(dnc.allocation_pairwise(clamped), expected)
+    assert dnc.allocation(usage)[0].argmax() == 0
+    usage = torch.rand(4, 16, generator=g, dtype=torch.float64).requires_grad_()
+    weights = torch.randn(4, 16, generator=g, dtype=torch.float64)
+    (pairwise,) = torch.autograd.grad((dnc.allocation_pairwise(usage) * weights).sum(), usage)
+    (sort,) = torch.autograd.grad((dnc.allocation_sorted(usage) * weights).sum(), usage)
+    torch.testing.assert_close(pairwise, sort, rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_allocation_and_retention_equal_eager(g: torch.Generator) -> None:
+    """The compile-only forms (pairwise allocation, running-product retention) under torch.compile."""
+    usage, free, reads = (
+        torch.rand(B, N, generator=g),
+        torch.rand(B, R, generator=g),
+        simplex(B, R, N, generator=g),
+    )
+    usage[0] = 0.0
+    step = torch.compile(
+        lambda u, f, r: (dnc.allocation(u), dnc.retention(f, r)), fullgraph=True, dynamic=False
+    )
+    alloc, psi = step(usage, free, reads)
+    close(alloc, ref.allocation(usage))
+    close(psi, ref.retention(free, reads))
+
+
 def test_write_path(g: torch.Generator) -> None:
     content, alloc = simplex(B, N, generator=g), simplex(B, N, generator=g)
     gw, ga = torch.rand(B, 1, generator=g), torch.rand(B, 1, generator=g)
@@ -138,7 +173,7 @@ def reference_cell():
 def test_batched_cell_equals_the_reference_cell(controller: str, clip: float) -> None:
     """The same parameters give the same logits, traces and gradients as the per-step reference: the
     input projection and output layer batched over time, the weight gradients summed after the loop
-    (TimeSummedWeightGrad), the link update's baddbmm; clip=0.05 makes the clipping bite."""
+    (TimeSummedWeightGrad), the sort-free allocation, the link update in place; clip=0.05 makes the clipping bite."""
     old = reference_cell()
     torch.manual_seed(0)
     cfg = dnc.DNCConfig(

@@ -7,7 +7,7 @@ against it (benchmarks/dnc_step.py). Shapes: B batch, N memory slots, W word siz
 One time step, in the paper's order:
 1. retention psi = prod_i (1 - f_i w^r_i)  (free gates release what the heads read last step)
 2. usage u = (u + w^w - u * w^w) * psi     (last step's writes raise usage)
-3. allocation a: slots sorted by usage; a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i] (sort + cumprod)
+3. allocation a: slots sorted by usage; a[phi_j] = (1 - u[phi_j]) prod_{i<j} u[phi_i] (sorted or pairwise)
 4. write weighting w^w = g^w (g^a a + (1 - g^a) c^w), c^w the content weighting of the write key
 5. memory M = M * (1 - w^w e^T) + w^w v^T  (erase, then add)
 6. temporal links L[i, j] = (1 - w^w_i - w^w_j) L[i, j] + w^w_i p_j, zero diagonal; precedence
@@ -60,8 +60,18 @@ def content_weighting(memory: torch.Tensor, keys: torch.Tensor, strengths: torch
 
 
 def retention(free_gates: torch.Tensor, read_weights: torch.Tensor) -> torch.Tensor:
-    """psi [B,N] from free gates [B,R] and the previous read weightings [B,R,N]."""
-    return torch.prod(1 - free_gates.unsqueeze(2) * read_weights, dim=1)
+    """psi [B,N] from free gates [B,R] and the previous read weightings [B,R,N].
+
+    Under torch.compile a running product over the heads: ``torch.prod``'s backward guards against zero
+    factors with cumulative products that inductor cannot fuse (two library calls per time step). Eager,
+    ``torch.prod`` (one op; the running product's slices cost more there)."""
+    keep = 1 - free_gates.unsqueeze(2) * read_weights
+    if not torch.compiler.is_compiling():
+        return torch.prod(keep, dim=1)
+    psi = keep[:, 0]
+    for head in range(1, keep.shape[1]):
+        psi = psi * keep[:, head]
+    return psi
 
 
 def update_usage(usage: torch.Tensor, write_weights: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
@@ -70,12 +80,36 @@ def update_usage(usage: torch.Tensor, write_weights: torch.Tensor, psi: torch.Te
 
 def allocation(usage: torch.Tensor) -> torch.Tensor:
     """Allocation weighting [B,N]: the least used slots first, each weighted by how free it is and by how
-    used the slots before it are (a sort and an exclusive cumulative product, no loop over slots)."""
+    used the slots before it are: a[i] = (1 - u[i]) prod_{j before i} u[j], "before" the ascending order of
+    usage, ties by slot index (a stable sort, as the loop reference's ``sorted``). The gradient is the
+    sort's: the order a constant, d a[i] / d u[j] = a[i] / u[j] for j before i, -prod for j = i.
+
+    Two forms of the same function, each the faster one where it runs: eager, :func:`allocation_sorted`;
+    under torch.compile, :func:`allocation_pairwise` (sort, cumprod and scatter are library calls inductor
+    cannot fuse, and cumprod's backward adds five more per time step)."""
     usage = EPS + (1 - EPS) * usage
-    sorted_usage, order = usage.sort(dim=1)
+    return allocation_pairwise(usage) if torch.compiler.is_compiling() else allocation_sorted(usage)
+
+
+def allocation_sorted(usage: torch.Tensor) -> torch.Tensor:
+    """The allocation of ``usage`` (already >= EPS) by a stable sort, an exclusive cumulative product and a
+    scatter back to the slots."""
+    sorted_usage, order = usage.sort(dim=1, stable=True)
     ones = torch.ones_like(sorted_usage[:, :1])
     before = torch.cumprod(torch.cat([ones, sorted_usage[:, :-1]], dim=1), dim=1)  # exclusive product
     return torch.zeros_like(usage).scatter(1, order, (1 - sorted_usage) * before)
+
+
+def allocation_pairwise(usage: torch.Tensor) -> torch.Tensor:
+    """The allocation of ``usage`` (already >= EPS, so every log is finite) without a sort: "j before i" a
+    pairwise comparison ([B,N,N], cheap at DNC sizes), the product a masked sum of logs. Elementwise ops and
+    one reduction, forward and backward, which inductor fuses with the rest of the time step."""
+    n = usage.shape[1]
+    index = torch.arange(n, device=usage.device)
+    ui, uj = usage.unsqueeze(2), usage.unsqueeze(1)  # [B,N,1] (slot i), [B,1,N] (slot j)
+    before = (uj < ui) | ((uj == ui) & (index < index.unsqueeze(1)))  # [B,N,N]: slot j comes before slot i
+    log_before = torch.where(before, usage.log().unsqueeze(1), 0.0).sum(dim=2)
+    return (1 - usage) * torch.exp(log_before)
 
 
 def write_weighting(
@@ -102,11 +136,14 @@ def update_links(
     """L[i,j]: how much slot i was written right after slot j. link [B,N,N], precedence and write [B,N];
     ``off_diagonal`` (1 - identity [N,N]) zeroes the diagonal: the DNC builds it once per sequence."""
     wi, wj = write_weights.unsqueeze(2), write_weights.unsqueeze(1)
-    # (1 - w_i - w_j) L[i,j] + w_i p_j, the outer product added by the same kernel (baddbmm)
-    new = torch.baddbmm(link * (1 - wi - wj), wi, precedence.unsqueeze(1))
+    # (1 - w_i - w_j) L[i,j] + w_i p_j, then the diagonal zeroed: elementwise ops only, which torch.compile
+    # fuses into one kernel (a baddbmm for the outer product was a library call of its own). In place where
+    # autograd allows it (neither addcmul_ nor a product by a constant needs its own output for the
+    # backward): two [B,N,N] temporaries fewer when eager.
+    new = (link * (1 - wi - wj)).addcmul_(wi, precedence.unsqueeze(1))
     if off_diagonal is None:
         off_diagonal = 1 - torch.eye(link.shape[1], dtype=link.dtype, device=link.device)
-    return new * off_diagonal
+    return new.mul_(off_diagonal)
 
 
 def update_precedence(precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
@@ -254,6 +291,7 @@ def cell_step(
     clip: float,
     word: int,
     heads: int,
+    record: bool = False,
 ) -> tuple[MemoryState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """One time step after the work done for all steps at once: (state, h, c, controller input, clipped h,
     trace).
@@ -262,7 +300,9 @@ def cell_step(
     biases), ``face_bias`` [B,I] the interface's bias: the loop computes both for all steps at once (see
     :class:`TimeSummedWeightGrad` for the zeros they carry). The LSTM cell is ``nn.LSTMCell``'s (gates i,
     f, g, o); the recurrent ``h`` is the unclipped one, the interface and the output layer see ``h``
-    clipped to [-clip, clip]. A pure function of tensors, so ``torch.compile`` can trace it whole."""
+    clipped to [-clip, clip]. The trace is empty unless ``record``: in training, the compiled step then has
+    no outputs that alias others (each costs the runtime wrapper work at every call). A pure function of
+    tensors, so ``torch.compile`` can trace it whole."""
     controller_in = (
         torch.cat([state.read_vectors.flatten(1), h], dim=1) if lstm else state.read_vectors.flatten(1)
     )
@@ -276,7 +316,7 @@ def cell_step(
     out = h.clamp(-clip, clip) if clip else h
     face = split_interface(torch.addmm(face_bias, out, shared.interface.t()), word, heads)
     state, trace = memory_step(state, face, shared.off_diagonal)
-    return state, h, c, controller_in, out, trace
+    return state, h, c, controller_in, out, trace if record else {}
 
 
 class DNC(nn.Module):
@@ -368,7 +408,7 @@ class DNC(nn.Module):
         # unbind, not x_gates[:, t]: the backward of indexing would zero a [B,T,G] gradient at every step
         for x_t, bias_t in zip(x_gates.unbind(dim=1), face_bias.unbind(dim=1), strict=True):
             state, h, c, controller_in, out, trace = self.step(
-                x_t, bias_t, shared, state, h, c, lstm, cfg.clip, cfg.word_size, cfg.read_heads
+                x_t, bias_t, shared, state, h, c, lstm, cfg.clip, cfg.word_size, cfg.read_heads, record
             )
             controller_ins.append(controller_in.detach())
             face_ins.append(out.detach())
