@@ -242,10 +242,14 @@ class ReplayBuffer:
         ``extra`` more frames follow each stack (the rows after it, same episode)."""
         if self.stack == 1 and not extra:
             return self.frames[rows, envs]
+        # the index arithmetic and the gather in numpy, on views of the same memory: numpy copies each
+        # 84x84 frame as one block where torch's index kernel goes element by element (measured ~4x faster)
+        rows_np, envs_np = rows.numpy(), envs.numpy()
         # oldest frame first, as FrameStackObservation orders; then the frames after
-        back = torch.arange(self.stack - 1, -extra - 1, -1)
-        offsets = torch.minimum(back[None, :], self.since_start[rows, envs][:, None])
-        return self.frames[(rows[:, None] - offsets) % self.rows, envs[:, None]]
+        back = np.arange(self.stack - 1, -extra - 1, -1)
+        offsets = np.minimum(back[None, :], self.since_start.numpy()[rows_np, envs_np][:, None])
+        frames = self.frames.numpy()[(rows_np[:, None] - offsets) % self.rows, envs_np[:, None]]
+        return torch.from_numpy(frames)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Uniform over the valid transitions whose next observation and frame history are stored."""
