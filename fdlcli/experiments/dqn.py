@@ -26,6 +26,7 @@ resume) and, beside the newest checkpoint only, the replay buffer (``save_arrays
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -380,13 +381,12 @@ class DQNTask(RLTask):
         trainer, tracker = self.trainer, self.tracker
         self.epsilon = epsilon = trainer.epsilon(step)
 
-        @torch.inference_mode()
-        def greedy() -> torch.Tensor:  # one batched forward of the acting network
-            return self.act_values(self.obs).argmax(dim=1)
-
-        # a feed-forward network runs only when some environment acts greedily (rarely while epsilon is near
-        # 1); a recurrent one sees every observation, to carry its state
-        chosen = greedy() if self.recurrent else greedy
+        chosen: torch.Tensor | Callable[[np.ndarray], torch.Tensor]
+        if self.recurrent:  # a recurrent network sees every observation, to carry its state
+            with torch.inference_mode():
+                chosen = self.act_values(self.obs).argmax(dim=1)
+        else:  # a feed-forward one runs only when some environment acts greedily, on those alone
+            chosen = self.greedy_actions
         actions = epsilon_greedy(chosen, epsilon, self.n_actions, self.rng, count=trainer.num_envs)
         final = self.envs.ended.copy()  # these environments' step is a reset step: no transition
         next_obs, reward, terminated, truncated = self.envs.step(actions)
@@ -415,6 +415,12 @@ class DQNTask(RLTask):
         self.steps_done = after
         cost = torch.stack(losses).sum() if losses else None
         return StepOutput(cost=cost, weight=float(len(losses)), advance=after - step)
+
+    @torch.inference_mode()
+    def greedy_actions(self, acting: np.ndarray) -> torch.Tensor:
+        """The greedy actions of the environments in the mask ``acting``: one batched forward on their
+        observations only (while epsilon is near 1, one or two of them: the reference loop's cost)."""
+        return self.act_values(self.obs[acting]).argmax(dim=1)
 
     @torch.no_grad()
     def act_values(self, obs: np.ndarray) -> torch.Tensor:
