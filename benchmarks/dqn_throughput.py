@@ -1,8 +1,9 @@
 """dqn-breakout collection plus learning, through fdl's loop, against a plain single-environment loop.
 
-fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step, run
-only when some environment acts greedily), the frames-once uint8 replay, one update of batch 32 per 4
-agent steps (fused Adam, channels-last convolutions). The reference is the usual CleanRL-style script in
+fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step on the
+observations of the environments that act greedily, none when all explore), the frames-once uint8
+replay (stacks gathered with numpy), one update of batch 32 per 4 agent steps (fused Adam,
+channels-last convolutions). The reference is the usual CleanRL-style script in
 one process: one environment, one forward per greedy step, a replay that stores each transition's
 observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer (torch's
 default Adam), update rate and epsilon schedule. Both are timed in steady state, after learning starts
