@@ -3,16 +3,17 @@
 fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step on the
 observations of the environments that act greedily, none when all explore), the frames-once uint8
 replay (stacks gathered with numpy), one update of batch 32 per 4 agent steps (fused Adam,
-channels-last convolutions). The reference is the usual CleanRL-style script in
+channels-last convolutions, and the TD loss compiled by ``trainer.compile=true``, its forward and
+backward one graph; ``--eager`` runs fdl without it). The reference is the usual CleanRL-style script in
 one process: one environment, one forward per greedy step, a replay that stores each transition's
 observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer (torch's
-default Adam), update rate and epsilon schedule. Both are timed in steady state, after learning starts
-(fdl: its own per-window rates with the first window dropped), as agent steps (4 frames each) per second
-of process CPU time (all threads; no subprocesses), the figure that holds on a machine shared with other
-jobs; wall-clock rates are printed beside it (and give the ratio on a GPU, where kernels run
-asynchronously).
+default Adam), update rate and epsilon schedule, in eager PyTorch. Both are timed in steady state, after
+learning starts (fdl: its own per-window rates with the first window dropped, which holds the compile and
+inductor's compile workers, the only subprocesses), as agent steps (4 frames each) per second of process
+CPU time (all threads), the figure that holds on a machine shared with other jobs; wall-clock rates are
+printed beside it (and give the ratio on a GPU, where kernels run asynchronously).
 
-    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda]
+    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda] [--eager]
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from fdlcli.runs import Run, read_metrics
 LEARNING_STARTS = 500
 
 
-def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[float, float]:
+def fdl_rate(steps: int, num_envs: int, device: str, threads: int, compiled: bool) -> tuple[float, float]:
     """(agent steps per CPU second, per wall second) of fdl's training loop."""
     overrides = [
         f"trainer.total_steps={steps + LEARNING_STARTS}",
@@ -52,6 +53,7 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[floa
         "trainer.log_every=25",
         f"trainer.device={device}",
         f"trainer.threads={threads}",
+        f"trainer.compile={str(compiled).lower()}",
     ]
     run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,16 +129,18 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eager", action="store_true", help="fdl without trainer.compile")
     args = parser.parse_args()
     os.environ.setdefault("FDL_RUNS_DIR", tempfile.gettempdir())
     cpus = len(os.sched_getaffinity(0))
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
     print(f"machine: {platform.machine()}, {cpus} CPUs, GPU {gpu}, torch {torch.__version__}")
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} timed agent steps")
-    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads)
-    print(f"fdl        num_envs={args.num_envs}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
+    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads, not args.eager)
+    fdl_name = f"fdl        {args.num_envs} envs, {'eager' if args.eager else 'compiled'}"
+    print(f"{fdl_name}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
     ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads)
-    print(f"reference  one env       : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
+    print(f"reference  one env, eager : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
     # CPU time is the fair measure on a shared CPU; on a GPU (asynchronous kernels) wall time is
     print(f"ratio {fdl_cpu / ref_cpu if args.device == 'cpu' else fdl_wall / ref_wall:.2f}")
 

@@ -323,6 +323,7 @@ class DQNTask(RLTask):
         self.trainer = trainer
         self.stacked = is_atari(trainer.env) or trainer.frame_stack > 1  # observations with a stack axis
         self.updates = 0
+        self.loss_fn = td_loss  # compiled by trainer.compile=true (compile)
         self.steps_done = 0  # the loop's counter after the latest step (agent steps)
         # exploration and replay sampling: their own RNG streams, carried by the checkpoint
         self.rng = np.random.default_rng([self.config.seed, 0])
@@ -342,8 +343,11 @@ class DQNTask(RLTask):
         return f"{self.trainer.env}: {self.trainer.num_envs} environments, Q-network of {params:,} parameters"
 
     def compile(self) -> None:
-        self.model.online.compile()  # td_loss calls both networks directly, not the agent's forward
-        self.model.target.compile()
+        # one graph for the whole TD loss (the frames' conversion, both networks' forwards, the max and the
+        # Huber loss; AOTAutograd compiles its backward too): ~8% off a CPU update of batch 32, where
+        # compiling the two networks alone took ~5% off (measured, 1 thread). Acting stays eager: its batch
+        # is the few environments that act greedily, a different size every step.
+        self.loss_fn = torch.compile(td_loss)
 
     def total_steps(self) -> int:
         return self.trainer.total_steps
@@ -432,7 +436,7 @@ class DQNTask(RLTask):
         assert self.buffer is not None
         trainer = self.trainer
         batch = [t.to(self.device) for t in self.buffer.sample(trainer.batch_size, self.sampler)]
-        return td_loss(self.model, batch, trainer.gamma, trainer.double)
+        return self.loss_fn(self.model, batch, trainer.gamma, trainer.double)
 
     def update(self) -> torch.Tensor:
         """One gradient step on a sampled minibatch; returns its (detached) loss."""
