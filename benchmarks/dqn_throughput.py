@@ -3,17 +3,19 @@
 fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step on the
 observations of the environments that act greedily, none when all explore), the frames-once uint8
 replay (stacks gathered with numpy), one update of batch 32 per 4 agent steps (fused Adam,
-channels-last convolutions, and the TD loss compiled by ``trainer.compile=true``, its forward and
-backward one graph; ``--eager`` runs fdl without it). The reference is the usual CleanRL-style script in
-one process: one environment, one forward per greedy step, a replay that stores each transition's
-observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer (torch's
-default Adam), update rate and epsilon schedule, in eager PyTorch. Both are timed in steady state, after
-learning starts (fdl: its own per-window rates with the first window dropped, which holds the compile and
-inductor's compile workers, the only subprocesses), as agent steps (4 frames each) per second of process
-CPU time (all threads), the figure that holds on a machine shared with other jobs; wall-clock rates are
-printed beside it (and give the ratio on a GPU, where kernels run asynchronously).
+channels-last convolutions); ``--compile`` adds ``trainer.compile=true`` (the TD loss compiled as one
+graph: faster per update in isolation, measured no faster in the loop, so off by default). The
+reference is the usual CleanRL-style script in one process: one environment, one forward per greedy
+step, a replay that stores each transition's observation and next observation as full 4x84x84 stacks,
+the same network, loss, optimizer (torch's default Adam), update rate and epsilon schedule, in eager
+PyTorch. Both are timed in steady state, after learning starts (fdl: its own per-window rates with the
+first window dropped, which holds any compile and inductor's compile workers, the only subprocesses), as
+agent steps (4 frames each) per second of process CPU time (all threads), the figure that holds on a
+machine shared with other jobs; wall-clock rates are printed beside it (and give the ratio on a GPU,
+where kernels run asynchronously). Run it with this checkout's fdlcli importable (PYTHONPATH=. or an
+editable install of it): a script's directory, not the current one, leads sys.path.
 
-    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda] [--eager]
+    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda] [--compile]
 """
 
 from __future__ import annotations
@@ -129,15 +131,15 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--eager", action="store_true", help="fdl without trainer.compile")
+    parser.add_argument("--compile", action="store_true", help="fdl with trainer.compile=true")
     args = parser.parse_args()
     os.environ.setdefault("FDL_RUNS_DIR", tempfile.gettempdir())
     cpus = len(os.sched_getaffinity(0))
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
     print(f"machine: {platform.machine()}, {cpus} CPUs, GPU {gpu}, torch {torch.__version__}")
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} timed agent steps")
-    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads, not args.eager)
-    fdl_name = f"fdl        {args.num_envs} envs, {'eager' if args.eager else 'compiled'}"
+    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads, args.compile)
+    fdl_name = f"fdl        {args.num_envs} envs, {'compiled' if args.compile else 'eager'}"
     print(f"{fdl_name}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
     ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads)
     print(f"reference  one env, eager : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
