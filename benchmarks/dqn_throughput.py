@@ -1,17 +1,21 @@
 """dqn-breakout collection plus learning, through fdl's loop, against a plain single-environment loop.
 
-fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step, run
-only when some environment acts greedily), the frames-once uint8 replay, one update of batch 32 per 4
-agent steps (fused Adam, channels-last convolutions). The reference is the usual CleanRL-style script in
-one process: one environment, one forward per greedy step, a replay that stores each transition's
-observation and next observation as full 4x84x84 stacks, the same network, loss, optimizer (torch's
-default Adam), update rate and epsilon schedule. Both are timed in steady state, after learning starts
-(fdl: its own per-window rates with the first window dropped), as agent steps (4 frames each) per second
-of process CPU time (all threads; no subprocesses), the figure that holds on a machine shared with other
-jobs; wall-clock rates are printed beside it (and give the ratio on a GPU, where kernels run
-asynchronously).
+fdl: ``trainer.num_envs`` Breakout environments stepped together (one batched forward per step on the
+observations of the environments that act greedily, none when all explore), the frames-once uint8
+replay (stacks gathered with numpy), one update of batch 32 per 4 agent steps (fused Adam,
+channels-last convolutions); ``--compile`` adds ``trainer.compile=true`` (the TD loss compiled as one
+graph: faster per update in isolation, measured no faster in the loop, so off by default). The
+reference is the usual CleanRL-style script in one process: one environment, one forward per greedy
+step, a replay that stores each transition's observation and next observation as full 4x84x84 stacks,
+the same network, loss, optimizer (torch's default Adam), update rate and epsilon schedule, in eager
+PyTorch. Both are timed in steady state, after learning starts (fdl: its own per-window rates with the
+first window dropped, which holds any compile and inductor's compile workers, the only subprocesses), as
+agent steps (4 frames each) per second of process CPU time (all threads), the figure that holds on a
+machine shared with other jobs; wall-clock rates are printed beside it (and give the ratio on a GPU,
+where kernels run asynchronously). Run it with this checkout's fdlcli importable (PYTHONPATH=. or an
+editable install of it): a script's directory, not the current one, leads sys.path.
 
-    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda]
+    python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda] [--compile]
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from fdlcli.runs import Run, read_metrics
 LEARNING_STARTS = 500
 
 
-def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[float, float]:
+def fdl_rate(steps: int, num_envs: int, device: str, threads: int, compiled: bool) -> tuple[float, float]:
     """(agent steps per CPU second, per wall second) of fdl's training loop."""
     overrides = [
         f"trainer.total_steps={steps + LEARNING_STARTS}",
@@ -51,6 +55,7 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int) -> tuple[floa
         "trainer.log_every=25",
         f"trainer.device={device}",
         f"trainer.threads={threads}",
+        f"trainer.compile={str(compiled).lower()}",
     ]
     run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,16 +131,18 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="fdl with trainer.compile=true")
     args = parser.parse_args()
     os.environ.setdefault("FDL_RUNS_DIR", tempfile.gettempdir())
     cpus = len(os.sched_getaffinity(0))
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
     print(f"machine: {platform.machine()}, {cpus} CPUs, GPU {gpu}, torch {torch.__version__}")
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} timed agent steps")
-    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads)
-    print(f"fdl        num_envs={args.num_envs}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
+    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads, args.compile)
+    fdl_name = f"fdl        {args.num_envs} envs, {'compiled' if args.compile else 'eager'}"
+    print(f"{fdl_name}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
     ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads)
-    print(f"reference  one env       : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
+    print(f"reference  one env, eager : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
     # CPU time is the fair measure on a shared CPU; on a GPU (asynchronous kernels) wall time is
     print(f"ratio {fdl_cpu / ref_cpu if args.device == 'cpu' else fdl_wall / ref_wall:.2f}")
 

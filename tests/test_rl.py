@@ -122,9 +122,9 @@ def test_seeded_atari_reset_plays_the_episodes_a_rom_reload_does():
 def test_epsilon_greedy_runs_the_network_only_when_some_action_is_greedy():
     calls = []
 
-    def greedy() -> torch.Tensor:
-        calls.append(1)
-        return torch.tensor([3, 3, 3, 3])
+    def greedy(acting: np.ndarray) -> torch.Tensor:  # the greedy actions of the acting ones only
+        calls.append(acting.copy())
+        return torch.full((int(acting.sum()),), 3)
 
     explored = epsilon_greedy(greedy, 1.0, 3, np.random.default_rng(0), count=4)
     assert not calls and explored.max() < 3  # every action random: no forward
@@ -132,7 +132,8 @@ def test_epsilon_greedy_runs_the_network_only_when_some_action_is_greedy():
         lazy = epsilon_greedy(greedy, epsilon, 3, rng := np.random.default_rng(1), count=4)
         eager = epsilon_greedy(torch.tensor([3, 3, 3, 3]), epsilon, 3, rng_eager := np.random.default_rng(1))
         assert np.array_equal(lazy, eager) and rng.random() == rng_eager.random()
-    assert len(calls) == 2
+        assert np.array_equal(calls[-1], lazy == 3)  # the forward saw the greedy environments alone
+    assert len(calls) == 2 and calls[0].all() and not calls[1].all()
 
 
 def test_discounted_returns_stop_at_episode_end():

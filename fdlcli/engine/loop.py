@@ -272,6 +272,7 @@ class _Loop:
     def fit(self) -> dict[str, Any]:
         task, state, session, trainer = self.task, self.state, self.session, self.trainer
         self.restore()
+        session.writer.open_tensorboard()  # before the first step, not inside a timed logging window
         if "compile" in task.supports and trainer.compile:
             task.compile()
         task.train_model = task.model

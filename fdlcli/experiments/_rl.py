@@ -321,7 +321,7 @@ class SeededEnvs:
 
 
 def epsilon_greedy(
-    greedy: torch.Tensor | Callable[[], torch.Tensor],
+    greedy: torch.Tensor | Callable[[np.ndarray], torch.Tensor],
     epsilon: float,
     n_actions: int,
     rng: np.random.Generator,
@@ -329,17 +329,20 @@ def epsilon_greedy(
 ) -> np.ndarray:
     """Replace each greedy action by a uniformly random one with probability ``epsilon``.
 
-    ``greedy``: the greedy actions, or a function computing them (a network's forward), called only when
-    some of the ``count`` actions is greedy: while epsilon is near 1 acting then seldom runs the network.
-    The random draws are the same either way."""
-    if epsilon > 0:
-        count = len(greedy) if count is None else count
-        explore = rng.random(count) < epsilon
-        random_actions = rng.integers(0, n_actions, count)
-        if explore.all():
-            return random_actions
-    actions = (greedy() if callable(greedy) else greedy).cpu().numpy()
-    return np.where(explore, random_actions, actions) if epsilon > 0 else actions
+    ``greedy``: the greedy actions, or a function computing them (a network's forward) for the ``count``
+    actions' boolean mask of those that act greedily: it is called only when some action is greedy, and
+    returns the greedy actions of those alone, so a forward runs on just the observations acted on (while
+    epsilon is near 1, seldom and on a few). The random draws are the same either way."""
+    count = len(greedy) if count is None else count  # type: ignore[arg-type]
+    explore = rng.random(count) < epsilon if epsilon > 0 else np.zeros(count, dtype=bool)
+    random_actions = rng.integers(0, n_actions, count) if epsilon > 0 else np.zeros(count, dtype=np.int64)
+    if explore.all():
+        return random_actions
+    if callable(greedy):
+        actions = random_actions.copy()
+        actions[~explore] = greedy(~explore).cpu().numpy()
+        return actions
+    return np.where(explore, random_actions, greedy.cpu().numpy())
 
 
 @dataclass

@@ -26,6 +26,7 @@ resume) and, beside the newest checkpoint only, the replay buffer (``save_arrays
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -243,10 +244,14 @@ class ReplayBuffer:
         ``extra`` more frames follow each stack (the rows after it, same episode)."""
         if self.stack == 1 and not extra:
             return self.frames[rows, envs]
+        # the index arithmetic and the gather in numpy, on views of the same memory: numpy copies each
+        # 84x84 frame as one block where torch's index kernel goes element by element (measured ~4x faster)
+        rows_np, envs_np = rows.numpy(), envs.numpy()
         # oldest frame first, as FrameStackObservation orders; then the frames after
-        back = torch.arange(self.stack - 1, -extra - 1, -1)
-        offsets = torch.minimum(back[None, :], self.since_start[rows, envs][:, None])
-        return self.frames[(rows[:, None] - offsets) % self.rows, envs[:, None]]
+        back = np.arange(self.stack - 1, -extra - 1, -1)
+        offsets = np.minimum(back[None, :], self.since_start.numpy()[rows_np, envs_np][:, None])
+        frames = self.frames.numpy()[(rows_np[:, None] - offsets) % self.rows, envs_np[:, None]]
+        return torch.from_numpy(frames)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Uniform over the valid transitions whose next observation and frame history are stored."""
@@ -319,6 +324,7 @@ class DQNTask(RLTask):
         self.trainer = trainer
         self.stacked = is_atari(trainer.env) or trainer.frame_stack > 1  # observations with a stack axis
         self.updates = 0
+        self.loss_fn = td_loss  # compiled by trainer.compile=true (compile)
         self.steps_done = 0  # the loop's counter after the latest step (agent steps)
         # exploration and replay sampling: their own RNG streams, carried by the checkpoint
         self.rng = np.random.default_rng([self.config.seed, 0])
@@ -338,8 +344,11 @@ class DQNTask(RLTask):
         return f"{self.trainer.env}: {self.trainer.num_envs} environments, Q-network of {params:,} parameters"
 
     def compile(self) -> None:
-        self.model.online.compile()  # td_loss calls both networks directly, not the agent's forward
-        self.model.target.compile()
+        # one graph for the whole TD loss (the frames' conversion, both networks' forwards, the max and the
+        # Huber loss; AOTAutograd compiles its backward too): ~8% off a CPU update of batch 32, where
+        # compiling the two networks alone took ~5% off (measured, 1 thread). Acting stays eager: its batch
+        # is the few environments that act greedily, a different size every step.
+        self.loss_fn = torch.compile(td_loss)
 
     def total_steps(self) -> int:
         return self.trainer.total_steps
@@ -377,13 +386,12 @@ class DQNTask(RLTask):
         trainer, tracker = self.trainer, self.tracker
         self.epsilon = epsilon = trainer.epsilon(step)
 
-        @torch.inference_mode()
-        def greedy() -> torch.Tensor:  # one batched forward of the acting network
-            return self.act_values(self.obs).argmax(dim=1)
-
-        # a feed-forward network runs only when some environment acts greedily (rarely while epsilon is near
-        # 1); a recurrent one sees every observation, to carry its state
-        chosen = greedy() if self.recurrent else greedy
+        chosen: torch.Tensor | Callable[[np.ndarray], torch.Tensor]
+        if self.recurrent:  # a recurrent network sees every observation, to carry its state
+            with torch.inference_mode():
+                chosen = self.act_values(self.obs).argmax(dim=1)
+        else:  # a feed-forward one runs only when some environment acts greedily, on those alone
+            chosen = self.greedy_actions
         actions = epsilon_greedy(chosen, epsilon, self.n_actions, self.rng, count=trainer.num_envs)
         final = self.envs.ended.copy()  # these environments' step is a reset step: no transition
         next_obs, reward, terminated, truncated = self.envs.step(actions)
@@ -413,6 +421,12 @@ class DQNTask(RLTask):
         cost = torch.stack(losses).sum() if losses else None
         return StepOutput(cost=cost, weight=float(len(losses)), advance=after - step)
 
+    @torch.inference_mode()
+    def greedy_actions(self, acting: np.ndarray) -> torch.Tensor:
+        """The greedy actions of the environments in the mask ``acting``: one batched forward on their
+        observations only (while epsilon is near 1, one or two of them: the reference loop's cost)."""
+        return self.act_values(self.obs[acting]).argmax(dim=1)
+
     @torch.no_grad()
     def act_values(self, obs: np.ndarray) -> torch.Tensor:
         """The online network's Q-values of the environments' current observations (what they act on)."""
@@ -423,7 +437,7 @@ class DQNTask(RLTask):
         assert self.buffer is not None
         trainer = self.trainer
         batch = [t.to(self.device) for t in self.buffer.sample(trainer.batch_size, self.sampler)]
-        return td_loss(self.model, batch, trainer.gamma, trainer.double)
+        return self.loss_fn(self.model, batch, trainer.gamma, trainer.double)
 
     def update(self) -> torch.Tensor:
         """One gradient step on a sampled minibatch; returns its (detached) loss."""
