@@ -430,7 +430,13 @@ def _resume_rank(run_dir: Path, run_config: Any, overrides: Sequence[str]) -> di
     main = distributed.is_main()
     try:
         # the overrides reach config.yaml only once the checkpoint has been restored (Loop.restore)
-        run = runs.Run(path=run_dir, config=run_config, resume=True, overrides=list(overrides))
+        run = runs.Run(
+            path=run_dir,
+            config=run_config,
+            resume=True,
+            overrides=list(overrides),
+            pending_overrides=list(overrides),
+        )
         with runs.locked(run_dir) if main else contextlib.nullcontext():
             return registry.get(run_config.name).train(run)
     finally:

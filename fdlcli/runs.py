@@ -286,13 +286,16 @@ class Run:
     resume: bool = False
     overrides: list[str] = field(default_factory=list)
     parallel_jobs: int = 1  # jobs of the same sweep running beside this one (sets the CPU thread share)
+    # `fdl train --resume RUN key=value`: overrides that change the saved config, written into config.yaml
+    # and overrides.yaml by save_resume_overrides once the checkpoint has restored
+    pending_overrides: list[str] = field(default_factory=list)
 
     def save_resume_overrides(self) -> None:
         """Write a resumed run's new overrides into its config.yaml and overrides.yaml. The loop calls
         this once the checkpoint has been restored, so that an override the checkpoint refuses (another
         model size) leaves the run's files as they were."""
-        if self.resume and self.overrides:
-            save_config(self.path, self.config, saved_overrides(self.path) + self.overrides)
+        if self.resume and self.pending_overrides:
+            save_config(self.path, self.config, saved_overrides(self.path) + self.pending_overrides)
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -51,10 +51,10 @@ def test_extras_all_and_dev_hold_every_optional_feature():
     extras = project["optional-dependencies"]
     assert set(extras["rl"]) == {"pygame>=2.5", "imageio>=2.30", "imageio-ffmpeg>=0.4.9"}
     assert extras["word2vec"] == ["numba>=0.60"]
-    assert extras["all"] == ["fdlcli[rl,word2vec,atari,slurm]"] and "fdlcli[all]" in extras["dev"]
+    assert extras["all"] == ["fdlcli[rl,word2vec,atari,minatar,slurm]"] and "fdlcli[all]" in extras["dev"]
     core = " ".join(project["dependencies"])
     assert "torch>=2.13,<3" in core and "scipy" in core and "pyyaml" in core
-    for optional in ("numba", "pygame", "imageio"):
+    for optional in ("numba", "pygame", "imageio", "MinAtar"):
         assert optional not in core
     assert "torch==2.13.0" in (REPO / "constraints.txt").read_text()
     install = 'python -m pip install -q -c constraints.txt -e ".[dev]"'
