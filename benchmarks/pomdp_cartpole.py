@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fdlcli import config, runs
-from fdlcli.analysis.returns import moving_average
+from fdlcli.analysis.returns import finish_returns_figure, moving_average, returns_figure, training_returns
 
 
 def agent_label(run_dir: Path) -> str:
@@ -35,10 +35,10 @@ def agent_label(run_dir: Path) -> str:
 
 def returns_by_step(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """(agent step at each training episode's end, its return)."""
-    records = [r for r in runs.read_metrics(run_dir) if r["name"] == "train/return"]
-    if not records:
+    steps, returns = training_returns(run_dir, "steps")
+    if not len(returns):
         raise SystemExit(f"{run_dir}: no train/return records (is it a dqn-cartpole or drqn-cartpole run?)")
-    return np.array([r["step"] for r in records]), np.array([r["value"] for r in records], dtype=float)
+    return steps, returns
 
 
 def first_reaching(steps: np.ndarray, average: np.ndarray, threshold: float, window: int) -> int | None:
@@ -48,6 +48,9 @@ def first_reaching(steps: np.ndarray, average: np.ndarray, threshold: float, win
     return int(steps[hits[0]]) if len(hits) else None
 
 
+TITLE = "CartPole-v1 without velocities: DQN, frame-stacked DQN, DRQN"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -55,12 +58,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=100, help="episodes per average")
     args = parser.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
+    fig, ax = returns_figure()
     colours: dict[str, str] = {}
     threshold = None
     print(f"{'run':<60} {'agent':<48} {'episodes':>8} {'solved at step':>15}")
@@ -78,16 +76,7 @@ def main() -> None:
         print(f"{run_dir!s:<60} {label:<48} {len(returns):>8,} {shown:>15}")
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8, label=f"solved ({threshold:g})")
-    ax.set_xlabel("agent steps")
-    ax.set_ylabel(f"average training return (last {args.window} episodes)")
-    ax.set_title("CartPole-v1 without velocities: DQN, frame-stacked DQN, DRQN")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
-    plt.close(fig)
-    print(args.out)
+    print(finish_returns_figure(fig, ax, args.out, args.window, "agent steps", TITLE))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fdlcli import config, runs
-from fdlcli.analysis.returns import moving_average
+from fdlcli.analysis.returns import finish_returns_figure, moving_average, returns_figure, training_returns
 
 
 def agent_label(run_dir: Path) -> str:
@@ -35,11 +35,10 @@ def agent_label(run_dir: Path) -> str:
 
 def average_by_step(run_dir: Path, window: int) -> tuple[np.ndarray, np.ndarray]:
     """(agent step at each training episode's end, the average return of the last ``window`` episodes)."""
-    records = [r for r in runs.read_metrics(run_dir) if r["name"] == "train/return"]
-    if not records:
+    steps, returns = training_returns(run_dir, "steps")
+    if not len(returns):
         raise SystemExit(f"{run_dir}: no train/return records yet")
-    steps = np.array([r["step"] for r in records], dtype=float)
-    return steps, moving_average(np.array([r["value"] for r in records], dtype=float), window)
+    return steps, moving_average(returns, window)
 
 
 def main() -> None:
@@ -56,12 +55,7 @@ def main() -> None:
     end = min(steps[-1] for runs_of in curves.values() for _, steps, _ in runs_of)
     grid = np.linspace(0, end, 200)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
+    fig, ax = returns_figure()
     print(f"{'agent':<52} {'seeds':>5} {'final average':>16} {'mean of curve':>14}")
     for index, (label, runs_of) in enumerate(sorted(curves.items())):
         on_grid = np.stack([np.interp(grid, steps, average) for _, steps, average in runs_of])
@@ -77,16 +71,8 @@ def main() -> None:
         )
         for run_dir, _, _ in runs_of:
             print(f"    {run_dir}")
-    ax.set_xlabel("agent steps")
-    ax.set_ylabel(f"average training return (last {args.window} episodes)")
-    ax.set_title("MinAtar Breakout: UNREAL and A2C at equal agent steps (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out)
-    plt.close(fig)
-    print(args.out)
+    title = "MinAtar Breakout: UNREAL and A2C at equal agent steps (mean over seeds)"
+    print(finish_returns_figure(fig, ax, args.out, args.window, "agent steps", title))
 
 
 if __name__ == "__main__":

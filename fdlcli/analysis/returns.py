@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,16 +40,15 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
 
 
-def plot_curves(
-    curves: list[Curve], out: Path, window: int, threshold: float | None, title: str, x: str = "episodes"
-) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=100)
-    for curve in curves:
-        ax.plot(curve.x, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
-    if threshold is not None:
-        ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8, label=f"solved ({threshold:g})")
-    ax.set_xlabel(X_AXES[x])
+def returns_figure() -> tuple[Any, Any]:
+    """An empty figure and axes of the size every returns figure has."""
+    return pyplot().subplots(figsize=(8, 4.8), dpi=100)
+
+
+def finish_returns_figure(fig: Any, ax: Any, out: Path, window: int, xlabel: str, title: str) -> Path:
+    """Label, grid, legend and save a returns figure (fdl plot-returns, benchmarks/pomdp_cartpole.py,
+    benchmarks/unreal_vs_a3c.py)."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"average return (last {window} episodes)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -57,3 +57,14 @@ def plot_curves(
     out.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, out)
     return out
+
+
+def plot_curves(
+    curves: list[Curve], out: Path, window: int, threshold: float | None, title: str, x: str = "episodes"
+) -> Path:
+    fig, ax = returns_figure()
+    for curve in curves:
+        ax.plot(curve.x, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8, label=f"solved ({threshold:g})")
+    return finish_returns_figure(fig, ax, out, window, X_AXES[x], title)
