@@ -129,27 +129,18 @@ def plot_returns_cmd(
     --window episodes, against episodes, agent steps or wall minutes (different agents at equal time:
     `fdl plot-returns A3C_RUN DQN_RUN PG_RUN --x minutes`)."""
     from fdlcli import config, runs
+    from fdlcli.analysis.curves import expand_run_dirs, run_labels
     from fdlcli.analysis.returns import Curve, plot_curves, training_returns
 
-    run_dirs: list[Path] = []
-    for path in paths:
-        if (path / "multirun.yaml").is_file():  # a sweep: its numbered job directories
-            jobs = [p for p in path.iterdir() if (p / runs.CONFIG_FILE).is_file()]
-            run_dirs += sorted(jobs, key=lambda p: int(p.name) if p.name.isdigit() else p.name)
-        else:
-            run_dirs.append(runs.resolve_run_dir(path))
-    curves, threshold = [], None
+    run_dirs = expand_run_dirs(paths)  # a sweep: its job directories, in job order
     run_configs = [config.load_saved(run_dir / runs.CONFIG_FILE) for run_dir in run_dirs]
-    several_experiments = len({run_config.name for run_config in run_configs}) > 1
-    for run_dir, run_config in zip(run_dirs, run_configs, strict=True):
+    curves, threshold = [], None
+    for run_dir, run_config, label in zip(run_dirs, run_configs, run_labels(run_dirs), strict=True):
         x, returns = training_returns(run_dir, x_axis)
         if len(returns) == 0:
             raise UsageError(f"{run_dir} has no training returns (is it a reinforcement-learning run?)")
-        explore = getattr(run_config.trainer, "explore", None)
-        label = explore.name if explore is not None else run_dir.name
-        if several_experiments:
-            label = f"{run_config.name} {label}"
-        curves.append(Curve(label, x, returns))
+        explore = getattr(run_config.trainer, "explore", None)  # pg-cartpole's sweeps: the setting's name
+        curves.append(Curve(explore.name if explore is not None else label, x, returns))
         threshold = getattr(run_config.trainer, "solve_return", None)
         if threshold is not None and threshold > 1e6:
             threshold = None
