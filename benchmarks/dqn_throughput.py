@@ -15,12 +15,18 @@ machine shared with other jobs; wall-clock rates are printed beside it (and give
 where kernels run asynchronously). Run it with this checkout's fdlcli importable (PYTHONPATH=. or an
 editable install of it): a script's directory, not the current one, leads sys.path.
 
+``--precision bf16`` trains fdl's side with ``trainer.precision=bf16`` (bf16 autocast of the update, as the
+1M-step dqn-breakout run of docs/chapter9.md trained); ``--reference-precision bf16`` wraps the reference's
+forwards and loss in the same autocast. Both default to fp32, and the header says which pair was compared.
+
     python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda] [--compile]
+        [--precision fp32|bf16] [--reference-precision fp32|bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import tempfile
@@ -40,7 +46,9 @@ from fdlcli.runs import Run, read_metrics
 LEARNING_STARTS = 500
 
 
-def fdl_rate(steps: int, num_envs: int, device: str, threads: int, compiled: bool) -> tuple[float, float]:
+def fdl_rate(
+    steps: int, num_envs: int, device: str, threads: int, compiled: bool, precision: str
+) -> tuple[float, float]:
     """(agent steps per CPU second, per wall second) of fdl's training loop."""
     overrides = [
         f"trainer.total_steps={steps + LEARNING_STARTS}",
@@ -56,6 +64,7 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int, compiled: boo
         f"trainer.device={device}",
         f"trainer.threads={threads}",
         f"trainer.compile={str(compiled).lower()}",
+        f"trainer.precision={precision}",
     ]
     run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,8 +77,14 @@ def fdl_rate(steps: int, num_envs: int, device: str, threads: int, compiled: boo
     return steady("train/steps_per_cpu_s"), steady("train/steps_per_s")
 
 
-def reference_rate(steps: int, device: str, threads: int) -> tuple[float, float]:
+def reference_rate(steps: int, device: str, threads: int, precision: str) -> tuple[float, float]:
     """(agent steps per CPU second, per wall second) of the plain single-environment loop."""
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -107,13 +122,14 @@ def reference_rate(steps: int, device: str, threads: int) -> tuple[float, float]
             idx = rng.integers(0, min(step + 1, capacity), 32)
             batch_obs = torch.as_tensor(observations[idx], device=device)
             batch_next = torch.as_tensor(next_observations[idx], device=device)
-            with torch.no_grad():
-                next_value = target(batch_next).max(dim=1).values
+            with torch.no_grad(), autocast():
+                next_value = target(batch_next).max(dim=1).values.float()
                 y = torch.as_tensor(rewards[idx], device=device) + 0.98 * next_value * (
                     1 - torch.as_tensor(dones[idx], device=device)
                 )
-            q = online(batch_obs).gather(1, torch.as_tensor(actions[idx], device=device)[:, None]).squeeze(1)
-            loss = F.smooth_l1_loss(q, y)
+            with autocast():
+                q = online(batch_obs).gather(1, torch.as_tensor(actions[idx], device=device)[:, None])
+            loss = F.smooth_l1_loss(q.squeeze(1).float(), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -132,17 +148,23 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="fdl with trainer.compile=true")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fdl's precision")
+    parser.add_argument("--reference-precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
     os.environ.setdefault("FDL_RUNS_DIR", tempfile.gettempdir())
     cpus = len(os.sched_getaffinity(0))
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "none"
     print(f"machine: {platform.machine()}, {cpus} CPUs, GPU {gpu}, torch {torch.__version__}")
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} timed agent steps")
-    fdl_cpu, fdl_wall = fdl_rate(args.steps, args.num_envs, args.device, args.threads, args.compile)
-    fdl_name = f"fdl        {args.num_envs} envs, {'compiled' if args.compile else 'eager'}"
+    print(f"precision: fdl {args.precision}, reference {args.reference_precision}")
+    fdl_cpu, fdl_wall = fdl_rate(
+        args.steps, args.num_envs, args.device, args.threads, args.compile, args.precision
+    )
+    fdl_name = f"fdl        {args.num_envs} envs, {'compiled' if args.compile else 'eager'}, {args.precision}"
     print(f"{fdl_name}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
-    ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads)
-    print(f"reference  one env, eager : {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
+    ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads, args.reference_precision)
+    ref_name = f"reference  one env, eager, {args.reference_precision}"
+    print(f"{ref_name}: {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
     # CPU time is the fair measure on a shared CPU; on a GPU (asynchronous kernels) wall time is
     print(f"ratio {fdl_cpu / ref_cpu if args.device == 'cpu' else fdl_wall / ref_wall:.2f}")
 
