@@ -190,6 +190,12 @@ def test_pg_resume_continues_exactly_and_plot_returns(golden_run, env, tmp_path,
     from PIL import Image
 
     assert Image.open(figure).size == (800, 480)
+    # --each scatters every episode's return behind the means: the same frame, more drawn
+    dotted = tmp_path / "returns-each.png"
+    code, _, err = fdl_call(["plot-returns", str(full), str(part), "--each", "--out", str(dotted)], capsys)
+    assert code == 0, err
+    assert Image.open(dotted).size == (800, 480)
+    assert Image.open(dotted).tobytes() != Image.open(figure).tobytes()
     # the same returns against agent steps (each record's step) and wall minutes (meta.json's clock)
     from fdlcli.analysis.returns import training_returns
 

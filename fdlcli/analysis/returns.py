@@ -45,11 +45,14 @@ def returns_figure() -> tuple[Any, Any]:
     return pyplot().subplots(figsize=(8, 4.8), dpi=100)
 
 
-def finish_returns_figure(fig: Any, ax: Any, out: Path, window: int, xlabel: str, title: str) -> Path:
+def finish_returns_figure(
+    fig: Any, ax: Any, out: Path, window: int, xlabel: str, title: str, each: bool = False
+) -> Path:
     """Label, grid, legend and save a returns figure (fdl plot-returns, benchmarks/pomdp_cartpole.py,
-    benchmarks/unreal_vs_a3c.py)."""
+    benchmarks/unreal_vs_a3c.py); ``each``: the faint points are every episode's return."""
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"average return (last {window} episodes)")
+    average = f"average return (last {window} episodes)"
+    ax.set_ylabel(f"return: each episode (dots), {average}" if each else average)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
@@ -60,11 +63,21 @@ def finish_returns_figure(fig: Any, ax: Any, out: Path, window: int, xlabel: str
 
 
 def plot_curves(
-    curves: list[Curve], out: Path, window: int, threshold: float | None, title: str, x: str = "episodes"
+    curves: list[Curve],
+    out: Path,
+    window: int,
+    threshold: float | None,
+    title: str,
+    x: str = "episodes",
+    each: bool = False,
 ) -> Path:
+    """One moving-average line per curve; ``each`` also scatters every episode's return behind it, in the
+    line's colour (the book's figure of DQN on Breakout shows both)."""
     fig, ax = returns_figure()
     for curve in curves:
-        ax.plot(curve.x, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
+        (line,) = ax.plot(curve.x, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
+        if each:
+            ax.scatter(curve.x, curve.returns, s=2, alpha=0.25, color=line.get_color(), linewidths=0)
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8, label=f"solved ({threshold:g})")
-    return finish_returns_figure(fig, ax, out, window, X_AXES[x], title)
+    return finish_returns_figure(fig, ax, out, window, X_AXES[x], title, each)

@@ -122,8 +122,9 @@ def _video_writer(path: Path, fps: int):
     show_default=True,
     help="The x axis: episodes, agent steps, or wall minutes since each run started.",
 )
+@click.option("--each", is_flag=True, help="Also draw every episode's return (faint dots) behind its mean.")
 def plot_returns_cmd(
-    paths: tuple[Path, ...], out: Path | None, window: int, title: str | None, x_axis: str
+    paths: tuple[Path, ...], out: Path | None, window: int, title: str | None, x_axis: str, each: bool
 ) -> None:
     """Average training return of RL runs or sweeps (one curve per run; book figure 9-6), over the last
     --window episodes, against episodes, agent steps or wall minutes (different agents at equal time:
@@ -148,7 +149,7 @@ def plot_returns_cmd(
         first = paths[0]
         out = (first if (first / "multirun.yaml").is_file() else first / "artifacts") / "returns.png"
     names = ", ".join(dict.fromkeys(run_config.name for run_config in run_configs))
-    plot_curves(curves, out, window, threshold, title or f"{names}: training return", x_axis)
+    plot_curves(curves, out, window, threshold, title or f"{names}: training return", x_axis, each)
     click.echo(str(out))
 
 
