@@ -147,6 +147,28 @@ def test_plot_against_wall_minutes_reads_the_run_clock(sweep, env, capsys, tmp_p
     assert code == 2 and "only with --x step" in stderr
 
 
+def test_minutes_leave_out_the_pause_before_a_resume(tmp_path):
+    """A run interrupted at 10 s (last kept record) and resumed at 100 s: its records after the resume sit
+    90 s earlier on the minutes axis, so a resumed run compares with an uninterrupted one."""
+    import datetime as dt
+
+    from fdlcli.analysis.curves import read_curves
+
+    start = dt.datetime(2026, 12, 4, tzinfo=dt.UTC)
+    iso = (start + dt.timedelta(seconds=100)).isoformat()
+    (tmp_path / "meta.json").write_text(
+        json.dumps({"start_time": start.isoformat(), "resumes": [{"time": iso}]})
+    )
+    t0 = start.timestamp()
+    times = [t0 + 5, t0 + 10, t0 + 130, t0 + 160]
+    lines = [
+        json.dumps({"name": "train/return", "value": i, "step": i, "time": t}) for i, t in enumerate(times)
+    ]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    drawn = read_curves(tmp_path, x="minutes")["train/return"]
+    assert [m * 60 for m, _ in drawn] == pytest.approx([5, 10, 40, 70])
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,8 @@ COST_THRESHOLD = 0.1
 
 
 # What a curve's x axis counts: the minibatch (step) of each record, or the wall-clock minutes since the
-# run started (meta.json's start_time, so setup counts; a resumed run's pauses count too).
+# run started (meta.json's start_time, so setup counts; the pause between an interruption's last kept record
+# and each resume does not, so runs that were resumed compare with runs that were not).
 X_AXES = {"step": "minibatches", "minutes": "wall minutes since the run started"}
 
 
@@ -38,20 +39,41 @@ def read_curves(run_dir: Path, x: str = "step") -> dict[str, list[tuple[float, f
     A half-written last line (a run killed mid-write) is skipped, not an error.
     """
     records = read_metrics(Path(run_dir))
-    start = None
-    if x == "minutes":  # meta.json is read only for the clock
-        start = timestamp(read_json_object(Path(run_dir) / META_FILE).get("start_time"))
-        if start is None and records:
-            start = records[0].get("time")
+    clock = _training_clock(Path(run_dir), records) if x == "minutes" else None
     curves: dict[str, list[tuple[float, float]]] = {}
     for record in records:
         try:
             name, value = str(record["name"]), float(record["value"])
-            at = int(record["step"]) if x == "step" else (float(record["time"]) - float(start)) / 60
+            at = int(record["step"]) if clock is None else clock(float(record["time"])) / 60
         except (ValueError, KeyError, TypeError):
             continue
         curves.setdefault(name, []).append((at, value))
     return curves
+
+
+def _training_clock(run_dir: Path, records: list[dict]) -> Callable[[float], float]:
+    """Seconds since the run started at a record's time, less the pauses before its resumes.
+
+    A resume truncates the records to its checkpoint, so the pause is the time from the last record kept
+    before the resume to the resume itself (the lost work after that checkpoint is not counted twice).
+    """
+    meta = read_json_object(run_dir / META_FILE)
+    start = timestamp(meta.get("start_time"))
+    if start is None:
+        start = float(records[0].get("time", 0.0)) if records else 0.0
+    times = sorted(float(r["time"]) for r in records if isinstance(r.get("time"), int | float))
+    pauses = []  # (resume time, seconds paused before it)
+    for resume in meta.get("resumes") or []:
+        resumed = timestamp(resume.get("time")) if isinstance(resume, dict) else None
+        if resumed is None:
+            continue
+        before = [t for t in times if t <= resumed]
+        pauses.append((resumed, resumed - max(before[-1] if before else start, start)))
+
+    def clock(at: float) -> float:
+        return at - start - sum(paused for resumed, paused in pauses if at >= resumed)
+
+    return clock
 
 
 def lower_is_better(metric: str) -> bool:
