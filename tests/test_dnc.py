@@ -127,6 +127,37 @@ def test_links_precedence_and_reads(g: torch.Generator) -> None:
     )
 
 
+def link_step_inputs(g: torch.Generator, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    link = torch.rand(B, N, N, generator=g) / N
+    link.diagonal(dim1=1, dim2=2).zero_()  # as every link matrix the DNC builds
+    inputs = [link, simplex(B, N, generator=g), simplex(B, N, generator=g), simplex(B, R, N, generator=g)]
+    return [x.to(dtype).requires_grad_() for x in inputs]
+
+
+def test_link_step_gradcheck(g: torch.Generator) -> None:
+    """The hand-written backward of the link update and the directional read weightings, in float64."""
+    assert torch.autograd.gradcheck(dnc.LinkStep.apply, link_step_inputs(g, torch.float64))
+
+
+def test_link_step_matches_loop_reference_and_autograd(g: torch.Generator) -> None:
+    """LinkStep's values against the loop reference (which has no gradient: its loops read floats), its
+    gradients against autograd through the same operations."""
+    inputs = link_step_inputs(g)
+    fast = dnc.LinkStep.apply(*inputs)
+    link, precedence, ww, reads = inputs
+    new = ref.update_links(link.detach(), precedence.detach(), ww.detach())
+    for a, b in zip(fast, (new, *ref.directional_weights(new, reads.detach())), strict=True):
+        close(a, b)
+    new = dnc.update_links(link, precedence, ww)
+    slow = (new, *dnc.directional_weights(new, reads))
+    seeds = [torch.randn(x.shape, generator=g) for x in fast]
+    grads = zip(
+        torch.autograd.grad(fast, inputs, seeds), torch.autograd.grad(slow, inputs, seeds), strict=True
+    )
+    for a, b in grads:
+        close(a, b)
+
+
 def test_links_follow_write_order() -> None:
     """Writing slots 0, 1, 2 in turn: forward from slot 0 reaches slot 1, backward from 2 reaches 1."""
     link, precedence = torch.zeros(1, 4, 4), torch.zeros(1, 4)
