@@ -158,6 +158,23 @@ def test_link_step_matches_loop_reference_and_autograd(g: torch.Generator) -> No
         close(a, b)
 
 
+def test_link_step_under_bf16_autocast(g: torch.Generator) -> None:
+    """Under autocast the read-outs come back bf16 and the links float: the backward takes both (each
+    gradient in its input's dtype) and agrees with autograd's within bf16 precision."""
+    inputs = link_step_inputs(g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = dnc.LinkStep.apply(*inputs)
+        new = dnc.update_links(*inputs[:3])
+        slow = (new, *dnc.directional_weights(new, inputs[3]))
+    seeds = [torch.randn(x.shape, generator=g) for x in fast]
+    grads = zip(
+        torch.autograd.grad(fast, inputs, seeds), torch.autograd.grad(slow, inputs, seeds), strict=True
+    )
+    for x, (a, b) in zip(inputs, grads, strict=True):
+        assert a.dtype == x.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 def test_links_follow_write_order() -> None:
     """Writing slots 0, 1, 2 in turn: forward from slot 0 reaches slot 1, backward from 2 reaches 1."""
     link, precedence = torch.zeros(1, 4, 4), torch.zeros(1, 4)

@@ -184,6 +184,9 @@ class LinkStep(torch.autograd.Function):
         grad_forward: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         link, precedence, ww, reads, new = ctx.saved_tensors  # type: ignore[attr-defined]
+        # under bf16 autocast the read-outs (batched products) and their gradients are bf16, the links float:
+        # the backward in the links' precision (autograd casts each gradient back to its input's dtype)
+        grad_backward, grad_forward, reads = (x.to(new.dtype) for x in (grad_backward, grad_forward, reads))
         # the two read-outs' outer products in one [B,N,2R] @ [B,2R,N] product added to the next step's
         left = torch.cat([grad_forward, reads], dim=1).transpose(1, 2)
         grad = torch.baddbmm(grad_new, left, torch.cat([reads, grad_backward], dim=1))
