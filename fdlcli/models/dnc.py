@@ -130,9 +130,9 @@ def write_memory(
 def update_links(link: torch.Tensor, precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
     """L[i,j]: how much slot i was written right after slot j. link [B,N,N], precedence and write [B,N]."""
     wi = write_weights.unsqueeze(2)
-    # L - (w_i + w_j) L + w_i p_j, then the diagonal zeroed: three passes over [B,N,N] and one temporary (a
-    # baddbmm for the outer product, or a mask multiplied in, each cost a pass more). In place where autograd
-    # allows it: neither addcmul's backward nor zeroing needs the output.
+    # L - (w_i + w_j) L + w_i p_j, then the diagonal zeroed in place (a baddbmm for the outer product, or a
+    # mask multiplied in, each measured slower on the CPU). In place where autograd allows it: neither
+    # addcmul's backward nor zeroing needs the output.
     new = torch.addcmul(link, link, wi + write_weights.unsqueeze(1), value=-1).addcmul_(
         wi, precedence.unsqueeze(1)
     )
@@ -155,11 +155,12 @@ class LinkStep(torch.autograd.Function):
     """:func:`update_links` and then :func:`directional_weights` of the new links, with the backward written
     out: (link [B,N,N], precedence, write [B,N], read [B,R,N]) -> (new link, backward, forward).
 
-    Autograd's backward of the two, eager or as inductor fuses it, is about half the memory step's backward
-    at the dnc-babi size (the [B,N,N] gradient built in several passes, small matrix-vector products that
-    take the slow batched path); by hand it is one baddbmm for everything that reaches the new links, a few
-    passes over [B,N,N] and batched products that keep the long dimension last. With G the gradient of the
-    new links (the next step's plus the read-outs' g_f^T w^r + w^r^T g_b), diagonal zeroed, and L the old:
+    Autograd's backward of the two, eager or as inductor fuses it, was the largest part of the memory
+    step's backward at the dnc-babi size (the [B,N,N] gradient built in several passes, matrix-vector
+    products on the slow batched path; ~0.5 ms per time step alone); by hand it is one baddbmm for all
+    that reaches the new links, a few passes over [B,N,N] and batched products that keep the long
+    dimension last. With G the gradient of the new links (the next step's plus the read-outs'
+    g_f^T w^r + w^r^T g_b), diagonal zeroed, and L the old links:
     dL = G (1 - w_i - w_j); dw^w = G p - rowsum(G L) - colsum(G L); dp = w^w^T G;
     dw^r = g_b L_new^T + g_f L_new."""
 
@@ -304,8 +305,8 @@ class TimeSummedWeightGrad(torch.autograd.Function):
     ``b`` is dL/dy_t for all t at once, and with the inputs ``x_t`` the loop appends to ``inputs``,
     dL/dW = sum_t dL/dy_t^T x_t is one [out, B*T] @ [B*T, in] product instead of T small ones (each also
     added into the gradient). ``b`` comes back as a view, not a copy: adding zeros of its size instead
-    cost a fill and an add of [B,T,out] per training step (about 0.1 ms per time step at the dnc-babi
-    size, mostly page faults on the fresh allocations)."""
+    cost a fill and an add of [B,T,out] per training step (0.06-0.13 ms per time step at the dnc-babi
+    size)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
