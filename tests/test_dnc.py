@@ -127,6 +127,54 @@ def test_links_precedence_and_reads(g: torch.Generator) -> None:
     )
 
 
+def link_step_inputs(g: torch.Generator, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    link = torch.rand(B, N, N, generator=g) / N
+    link.diagonal(dim1=1, dim2=2).zero_()  # as every link matrix the DNC builds
+    inputs = [link, simplex(B, N, generator=g), simplex(B, N, generator=g), simplex(B, R, N, generator=g)]
+    return [x.to(dtype).requires_grad_() for x in inputs]
+
+
+def test_link_step_gradcheck(g: torch.Generator) -> None:
+    """The hand-written backward of the link update and the directional read weightings, in float64."""
+    assert torch.autograd.gradcheck(dnc.LinkStep.apply, link_step_inputs(g, torch.float64))
+
+
+def test_link_step_matches_loop_reference_and_autograd(g: torch.Generator) -> None:
+    """LinkStep's values against the loop reference (which has no gradient: its loops read floats), its
+    gradients against autograd through the same operations."""
+    inputs = link_step_inputs(g)
+    fast = dnc.LinkStep.apply(*inputs)
+    link, precedence, ww, reads = inputs
+    new = ref.update_links(link.detach(), precedence.detach(), ww.detach())
+    for a, b in zip(fast, (new, *ref.directional_weights(new, reads.detach())), strict=True):
+        close(a, b)
+    new = dnc.update_links(link, precedence, ww)
+    slow = (new, *dnc.directional_weights(new, reads))
+    seeds = [torch.randn(x.shape, generator=g) for x in fast]
+    grads = zip(
+        torch.autograd.grad(fast, inputs, seeds), torch.autograd.grad(slow, inputs, seeds), strict=True
+    )
+    for a, b in grads:
+        close(a, b)
+
+
+def test_link_step_under_bf16_autocast(g: torch.Generator) -> None:
+    """Under autocast the read-outs come back bf16 and the links float: the backward takes both (each
+    gradient in its input's dtype) and agrees with autograd's within bf16 precision."""
+    inputs = link_step_inputs(g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = dnc.LinkStep.apply(*inputs)
+        new = dnc.update_links(*inputs[:3])
+        slow = (new, *dnc.directional_weights(new, inputs[3]))
+    seeds = [torch.randn(x.shape, generator=g) for x in fast]
+    grads = zip(
+        torch.autograd.grad(fast, inputs, seeds), torch.autograd.grad(slow, inputs, seeds), strict=True
+    )
+    for x, (a, b) in zip(inputs, grads, strict=True):
+        assert a.dtype == x.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 def test_links_follow_write_order() -> None:
     """Writing slots 0, 1, 2 in turn: forward from slot 0 reaches slot 1, backward from 2 reaches 1."""
     link, precedence = torch.zeros(1, 4, 4), torch.zeros(1, 4)

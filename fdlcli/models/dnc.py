@@ -127,23 +127,17 @@ def write_memory(
     return memory * (1 - ww * erase.unsqueeze(1)) + ww * values.unsqueeze(1)
 
 
-def update_links(
-    link: torch.Tensor,
-    precedence: torch.Tensor,
-    write_weights: torch.Tensor,
-    off_diagonal: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """L[i,j]: how much slot i was written right after slot j. link [B,N,N], precedence and write [B,N];
-    ``off_diagonal`` (1 - identity [N,N]) zeroes the diagonal: the DNC builds it once per sequence."""
-    wi, wj = write_weights.unsqueeze(2), write_weights.unsqueeze(1)
-    # (1 - w_i - w_j) L[i,j] + w_i p_j, then the diagonal zeroed: elementwise ops only, which torch.compile
-    # fuses into one kernel (a baddbmm for the outer product was a library call of its own). In place where
-    # autograd allows it (neither addcmul_ nor a product by a constant needs its own output for the
-    # backward): two [B,N,N] temporaries fewer when eager.
-    new = (link * (1 - wi - wj)).addcmul_(wi, precedence.unsqueeze(1))
-    if off_diagonal is None:
-        off_diagonal = 1 - torch.eye(link.shape[1], dtype=link.dtype, device=link.device)
-    return new.mul_(off_diagonal)
+def update_links(link: torch.Tensor, precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
+    """L[i,j]: how much slot i was written right after slot j. link [B,N,N], precedence and write [B,N]."""
+    wi = write_weights.unsqueeze(2)
+    # L - (w_i + w_j) L + w_i p_j, then the diagonal zeroed in place (a baddbmm for the outer product, or a
+    # mask multiplied in, each measured slower on the CPU). In place where autograd allows it: neither
+    # addcmul's backward nor zeroing needs the output.
+    new = torch.addcmul(link, link, wi + write_weights.unsqueeze(1), value=-1).addcmul_(
+        wi, precedence.unsqueeze(1)
+    )
+    new.diagonal(dim1=1, dim2=2).zero_()
+    return new
 
 
 def update_precedence(precedence: torch.Tensor, write_weights: torch.Tensor) -> torch.Tensor:
@@ -155,6 +149,58 @@ def directional_weights(link: torch.Tensor, read_weights: torch.Tensor) -> tuple
     forward = read_weights @ link.transpose(1, 2)
     backward = read_weights @ link
     return backward, forward
+
+
+class LinkStep(torch.autograd.Function):
+    """:func:`update_links` and then :func:`directional_weights` of the new links, with the backward written
+    out: (link [B,N,N], precedence, write [B,N], read [B,R,N]) -> (new link, backward, forward).
+
+    Autograd's backward of the two, eager or as inductor fuses it, was the largest part of the memory
+    step's backward at the dnc-babi size (the [B,N,N] gradient built in several passes, matrix-vector
+    products on the slow batched path; ~0.5 ms per time step alone); by hand it is one baddbmm for all
+    that reaches the new links, a few passes over [B,N,N] and batched products that keep the long
+    dimension last. With G the gradient of the new links (the next step's plus the read-outs'
+    g_f^T w^r + w^r^T g_b), diagonal zeroed, and L the old links:
+    dL = G (1 - w_i - w_j); dw^w = G p - rowsum(G L) - colsum(G L); dp = w^w^T G;
+    dw^r = g_b L_new^T + g_f L_new."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        link: torch.Tensor,
+        precedence: torch.Tensor,
+        write_weights: torch.Tensor,
+        read_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        new = update_links(link, precedence, write_weights)
+        backward, forward = directional_weights(new, read_weights)
+        ctx.save_for_backward(link, precedence, write_weights, read_weights, new)
+        return new, backward, forward
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        grad_new: torch.Tensor,
+        grad_backward: torch.Tensor,
+        grad_forward: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        link, precedence, ww, reads, new = ctx.saved_tensors  # type: ignore[attr-defined]
+        # under bf16 autocast the read-outs (batched products) and their gradients are bf16, the links float:
+        # the backward in the links' precision (autograd casts each gradient back to its input's dtype)
+        grad_backward, grad_forward, reads = (x.to(new.dtype) for x in (grad_backward, grad_forward, reads))
+        # the two read-outs' outer products in one [B,N,2R] @ [B,2R,N] product added to the next step's
+        left = torch.cat([grad_forward, reads], dim=1).transpose(1, 2)
+        grad = torch.baddbmm(grad_new, left, torch.cat([reads, grad_backward], dim=1))
+        grad.diagonal(dim1=1, dim2=2).zero_()
+        grad_reads = torch.bmm(grad_backward, new.transpose(1, 2)).baddbmm_(grad_forward, new)
+        wi = ww.unsqueeze(2)
+        grad_link = torch.addcmul(grad, grad, wi + ww.unsqueeze(1), value=-1)
+        grad_times_link = grad * link
+        # G p as p^T G^T: a [B,1,N] row times the matrix; [B,N,N] @ [B,N,1] is several times slower on CPU
+        grad_ww = torch.bmm(precedence.unsqueeze(1), grad.transpose(1, 2)).squeeze(1)
+        grad_ww = grad_ww - grad_times_link.sum(dim=2) - grad_times_link.sum(dim=1)
+        grad_precedence = torch.bmm(wi.transpose(1, 2), grad).squeeze(1)
+        return grad_link, grad_precedence, grad_ww, grad_reads
 
 
 def read_weighting(
@@ -218,9 +264,7 @@ def split_interface(vector: torch.Tensor, word: int, heads: int) -> Interface:
     )
 
 
-def memory_step(
-    state: MemoryState, face: Interface, off_diagonal: torch.Tensor | None = None
-) -> tuple[MemoryState, dict[str, torch.Tensor]]:
+def memory_step(state: MemoryState, face: Interface) -> tuple[MemoryState, dict[str, torch.Tensor]]:
     """One write-then-read step of the memory; also returns what the visualization plots."""
     psi = retention(face.free_gates, state.read_weights)
     usage = update_usage(state.usage, state.write_weights, psi)
@@ -228,9 +272,8 @@ def memory_step(
     write_content = content_weighting(state.memory, face.write_key, face.write_strength).squeeze(1)
     ww = write_weighting(write_content, alloc, face.write_gate, face.alloc_gate)
     memory = write_memory(state.memory, ww, face.erase, face.write_vector)
-    link = update_links(state.link, state.precedence, ww, off_diagonal)
+    link, backward, forward = LinkStep.apply(state.link, state.precedence, ww, state.read_weights)
     precedence = update_precedence(state.precedence, ww)
-    backward, forward = directional_weights(link, state.read_weights)
     read_content = content_weighting(memory, face.read_keys, face.read_strengths)
     wr = read_weighting(face.read_modes, backward, read_content, forward)
     read_vectors = wr @ memory
@@ -248,36 +291,36 @@ def memory_step(
 
 class Shared(NamedTuple):
     """What every time step uses: the weights it multiplies by, detached (their gradients are summed over
-    the time steps in one matrix product each after the loop, :class:`TimeSummedWeightGrad`), and the
-    link matrix's diagonal mask."""
+    the time steps in one matrix product each after the loop, :class:`TimeSummedWeightGrad`)."""
 
     recurrent: torch.Tensor  # [G, R*W (+ hidden)]: what multiplies [read vectors, h] (G = 4*hidden for LSTM)
     interface: torch.Tensor  # [interface_size, hidden]
-    off_diagonal: torch.Tensor  # [N,N] 1 - identity
 
 
 class TimeSummedWeightGrad(torch.autograd.Function):
     """The gradient of a weight used at every time step, in one matrix product after the loop.
 
     ``y_t = b_t + x_t @ W^T`` at every step t, with ``W`` detached inside the loop and ``b`` [B,T,out] the
-    part of ``y`` known before the loop plus the zeros this function returns: the gradient reaching those
-    zeros is dL/dy_t for all t at once, and with the inputs ``x_t`` the loop appends to ``inputs``,
+    part of ``y`` known before the loop, passed through this function unchanged: the gradient reaching
+    ``b`` is dL/dy_t for all t at once, and with the inputs ``x_t`` the loop appends to ``inputs``,
     dL/dW = sum_t dL/dy_t^T x_t is one [out, B*T] @ [B*T, in] product instead of T small ones (each also
-    added into the gradient). Forward values are unchanged (y + 0 is y)."""
+    added into the gradient). ``b`` comes back as a view, not a copy: adding zeros of its size instead
+    cost a fill and an add of [B,T,out] per training step (0.06-0.13 ms per time step at the dnc-babi
+    size)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, weight: torch.Tensor, shape: torch.Size, inputs: list
+        ctx: torch.autograd.function.FunctionCtx, before: torch.Tensor, weight: torch.Tensor, inputs: list
     ) -> torch.Tensor:
         ctx.inputs = inputs  # type: ignore[attr-defined]
         ctx.weight_dtype = weight.dtype  # type: ignore[attr-defined]
-        return weight.new_zeros(shape)
+        return before
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:  # type: ignore[override]
         x = torch.stack(ctx.inputs, dim=1).flatten(0, 1)  # type: ignore[attr-defined]  # [B*T, in]
         grad_weight = grad.flatten(0, 1).t() @ x.to(grad.dtype)
-        return grad_weight.to(ctx.weight_dtype), None, None  # type: ignore[attr-defined]
+        return grad, grad_weight.to(ctx.weight_dtype), None  # type: ignore[attr-defined]
 
 
 def cell_step(
@@ -298,7 +341,7 @@ def cell_step(
 
     ``x_gates`` [B,G] is this step's input already multiplied by the controller's input weights (plus the
     biases), ``face_bias`` [B,I] the interface's bias: the loop computes both for all steps at once (see
-    :class:`TimeSummedWeightGrad` for the zeros they carry). The LSTM cell is ``nn.LSTMCell``'s (gates i,
+    :class:`TimeSummedWeightGrad`, which they pass through). The LSTM cell is ``nn.LSTMCell``'s (gates i,
     f, g, o); the recurrent ``h`` is the unclipped one, the interface and the output layer see ``h``
     clipped to [-clip, clip]. The trace is empty unless ``record``: in training, the compiled step then has
     no outputs that alias others (each costs the runtime wrapper work at every call). A pure function of
@@ -315,7 +358,7 @@ def cell_step(
         h = torch.relu(gates)
     out = h.clamp(-clip, clip) if clip else h
     face = split_interface(torch.addmm(face_bias, out, shared.interface.t()), word, heads)
-    state, trace = memory_step(state, face, shared.off_diagonal)
+    state, trace = memory_step(state, face)
     return state, h, c, controller_in, out, trace if record else {}
 
 
@@ -379,11 +422,9 @@ class DNC(nn.Module):
         face_weight = self.interface.weight
         face_bias = self.interface.bias.expand(*inputs.shape[:2], -1)
         if torch.is_grad_enabled():
-            x_gates = x_gates + TimeSummedWeightGrad.apply(recurrent, x_gates.shape, controller_ins)
-            face_bias = face_bias + TimeSummedWeightGrad.apply(face_weight, face_bias.shape, face_ins)
-        n = self.cfg.memory_slots
-        off_diagonal = 1 - torch.eye(n, dtype=x_gates.dtype, device=x_gates.device)
-        return x_gates, face_bias, Shared(recurrent.detach(), face_weight.detach(), off_diagonal)
+            x_gates = TimeSummedWeightGrad.apply(x_gates, recurrent, controller_ins)
+            face_bias = TimeSummedWeightGrad.apply(face_bias, face_weight, face_ins)
+        return x_gates, face_bias, Shared(recurrent.detach(), face_weight.detach())
 
     def compile_step(self) -> None:
         """``torch.compile`` one time step (the whole cell: controller, interface and memory, one graph,
