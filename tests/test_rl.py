@@ -185,8 +185,13 @@ def test_pg_resume_continues_exactly_and_plot_returns(golden_run, env, tmp_path,
 
     # figure 9-6's plot: one curve per run, from the train/return records
     figure = tmp_path / "returns.png"
-    code, _, err = fdl_call(["plot-returns", str(full), str(part), "--out", str(figure)], capsys)
+    code, out, err = fdl_call(["plot-returns", str(full), str(part), "--out", str(figure)], capsys)
     assert code == 0, err
+    # one line per run: the mean of the first and last 100 episodes (here all 48 of each) and the best
+    first = float(out.split("mean of the first 48 ")[1].split(",")[0])
+    assert out.count("48 episodes; mean of the first 48") == 2 and "best 48-episode mean" in out
+    returns = [r["value"] for r in metric_records(part) if r["name"] == "train/return"]
+    assert first == pytest.approx(float(np.mean(returns)), abs=0.005)
     from PIL import Image
 
     assert Image.open(figure).size == (800, 480)

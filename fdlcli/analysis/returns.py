@@ -40,6 +40,20 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
 
 
+def describe(curve: Curve, window: int) -> str:
+    """One line on a curve: episodes, the mean of the first and of the last ``window`` returns (the book's
+    test of learning: the last well above the first), and the best ``window``-episode mean."""
+    n = len(curve.returns)
+    k = min(window, n)
+    means = moving_average(curve.returns, window)
+    best = int(np.argmax(means[k - 1 :])) + k - 1  # only full windows (all of them when fewer episodes)
+    return (
+        f"{curve.label}: {n} episodes; mean of the first {k} {curve.returns[:k].mean():.2f}, of the last {k} "
+        f"{curve.returns[-k:].mean():.2f}; best {k}-episode mean {means[best]:.2f} (episodes "
+        f"{best - k + 2}-{best + 1})"
+    )
+
+
 def returns_figure() -> tuple[Any, Any]:
     """An empty figure and axes of the size every returns figure has."""
     return pyplot().subplots(figsize=(8, 4.8), dpi=100)

@@ -131,7 +131,7 @@ def plot_returns_cmd(
     `fdl plot-returns A3C_RUN DQN_RUN PG_RUN --x minutes`)."""
     from fdlcli import config, runs
     from fdlcli.analysis.curves import expand_run_dirs, run_labels
-    from fdlcli.analysis.returns import Curve, plot_curves, training_returns
+    from fdlcli.analysis.returns import Curve, describe, plot_curves, training_returns
 
     run_dirs = expand_run_dirs(paths)  # a sweep: its job directories, in job order
     run_configs = [config.load_saved(run_dir / runs.CONFIG_FILE) for run_dir in run_dirs]
@@ -150,6 +150,8 @@ def plot_returns_cmd(
         out = (first if (first / "multirun.yaml").is_file() else first / "artifacts") / "returns.png"
     names = ", ".join(dict.fromkeys(run_config.name for run_config in run_configs))
     plot_curves(curves, out, window, threshold, title or f"{names}: training return", x_axis, each)
+    for curve in curves:
+        click.echo(describe(curve, window))
     click.echo(str(out))
 
 
