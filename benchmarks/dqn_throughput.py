@@ -64,7 +64,7 @@ def fdl_rate(
         f"trainer.device={device}",
         f"trainer.threads={threads}",
         f"trainer.compile={str(compiled).lower()}",
-        f"trainer.precision={precision}",
+        f"trainer.precision={'32' if precision == 'fp32' else precision}",  # fdl names fp32 "32"
     ]
     run_config = fdl_config.validate(fdl_config.compose("dqn-breakout", overrides))
     with tempfile.TemporaryDirectory() as tmp:
