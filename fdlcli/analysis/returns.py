@@ -91,7 +91,7 @@ def plot_curves(
     for curve in curves:
         (line,) = ax.plot(curve.x, moving_average(curve.returns, window), label=curve.label, linewidth=1.4)
         if each:
-            ax.scatter(curve.x, curve.returns, s=2, alpha=0.25, color=line.get_color(), linewidths=0)
+            ax.scatter(curve.x, curve.returns, s=4, alpha=0.35, color=line.get_color(), linewidths=0)
     if threshold is not None:
         ax.axhline(threshold, color="grey", linestyle="--", linewidth=0.8, label=f"solved ({threshold:g})")
     return finish_returns_figure(fig, ax, out, window, X_AXES[x], title, each)
