@@ -530,7 +530,8 @@ register(
         name="dqn-breakout",
         dataset="ALE/Breakout-v5",
         book_result="upward reward trend over 1,000 episodes",
-        description="DQN from pixels: Nature conv net, replay, target network, Huber loss",
+        description="DQN from pixels: Nature conv net, replay, target network, Huber loss. Measured on 2 CPU "
+        "cores (AVX-512), bf16: 1M agent steps in ~2 h, greedy score 61.8 (docs/RESULTS.md)",
         **_COMMON,
     )
 )
