@@ -20,10 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "golden"))
+import compare  # noqa: E402  (tests/golden/compare.py: the golden runs' placeholders)
+
 GOLDEN = REPO / "tests" / "golden"
 VARIANTS = {
     "fp32": [],
@@ -33,9 +36,13 @@ VARIANTS = {
 FEATURE_OF = {"trainer.precision=bf16": "precision", "trainer.compile=true": "compile"}
 
 
-def golden_overrides(name: str) -> list[str]:
+def golden_overrides(name: str, inputs: Path) -> list[str]:
+    """The golden run's overrides, its ``{inputs}`` folder (neural-style's images) made and filled in."""
     record = json.loads((GOLDEN / f"{name}.json").read_text())
-    return [o for o in record["overrides"] if not o.startswith(("trainer.device=", "trainer.threads="))]
+    overrides = [o for o in record["overrides"] if not o.startswith(("trainer.device=", "trainer.threads="))]
+    if any(compare.INPUTS_PLACEHOLDER in o for o in overrides):
+        compare.make_inputs(inputs)
+    return compare.command_overrides(overrides, inputs)
 
 
 def expected_refusal(name: str, variant: list[str]) -> bool:
@@ -50,7 +57,8 @@ def run_one(name: str, variant_name: str, device: str, timeout: float, env: dict
     refuse = expected_refusal(name, variant)
     result = {"name": name, "variant": variant_name}
     with tempfile.TemporaryDirectory() as runs:
-        command = [sys.executable, "-m", "fdlcli", "train", name, *golden_overrides(name)]
+        overrides = golden_overrides(name, Path(runs) / "inputs")
+        command = [sys.executable, "-m", "fdlcli", "train", name, *overrides]
         command += [f"trainer.device={device}", *variant]
         started = time.monotonic()
         try:
@@ -74,8 +82,9 @@ def run_one(name: str, variant_name: str, device: str, timeout: float, env: dict
         if done.returncode != 0:
             return {**result, "status": "FAILED"}
         metrics = [json.loads(line) for path in Path(runs).glob("**/metrics.jsonl") for line in path.open()]
-        values = [m["value"] for m in metrics if m["name"].startswith("train/")]
-        finite = all(v is not None and math.isfinite(v) for v in values)
+        # None is a value not defined yet (a return average before the first episode ends), NaN is a failure
+        values = [m["value"] for m in metrics if m["name"].startswith("train/") and m["value"] is not None]
+        finite = all(math.isfinite(v) for v in values)
         result["why"] = f"last train value {values[-1]:.4g}" if values else "no training records"
         return {**result, "status": "ok" if finite and values else "FAILED"}
 
@@ -96,13 +105,22 @@ def main() -> int:
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     jobs = [(n, v) for n in names for v in VARIANTS]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: run_one(*job, args.device, args.timeout, env), jobs))
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:  # a line per run as it ends: an outer timeout keeps them
+        futures = [pool.submit(run_one, *job, args.device, args.timeout, env) for job in jobs]
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            seconds = f"{result['seconds']:.0f}s" if "seconds" in result else "-"
+            line = f"{result['status']:<8} {result['name']} {result['variant']} {seconds}"
+            print(f"{line} {result.get('why', '')}", flush=True)
     width = max(len(n) for n in names)
     print(f"{'experiment':<{width}}  " + "  ".join(f"{v:<22}" for v in VARIANTS))
     for name in names:
         cells = []
-        for result in (r for r in results if r["name"] == name):
+        for result in sorted(
+            (r for r in results if r["name"] == name), key=lambda r: list(VARIANTS).index(r["variant"])
+        ):
             seconds = f" {result['seconds']:.0f}s" if "seconds" in result else ""
             cells.append(f"{result['status'] + seconds:<22}")
         print(f"{name:<{width}}  " + "  ".join(cells))

@@ -18,7 +18,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   "${PLATFORMS[@]}" -d .gpu/whl \
   "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" hydra-joblib-launcher==1.2.0 "datasets>=3.0" dill \
   multiprocess "gymnasium>=1.0,<2" farama-notifications "ale-py>=0.10" prompt_toolkit wcwidth pexpect \
-  ptyprocess
+  ptyprocess MinAtar==1.0.15
 # antlr4-python3-runtime 4.9.3 (omegaconf's parser) is published as a source archive only: build its wheel
 python3 -m pip wheel -q --no-deps -w .gpu/whl antlr4-python3-runtime==4.9.3
 python3 - "$DATA" <<'PY'
@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 source, target = Path(sys.argv[1]), Path(".gpu/data")
-cut = {"cifar10": 4000, "imdb": 4000}  # rows per split of the large ones
+cut = {"cifar10": 8000, "imdb": 4000}  # rows per split of the large ones (CIFAR-10: 5,000 go to validation)
 for folder in sorted(p for p in source.iterdir() if p.is_dir()):
     if folder.name not in cut:
         shutil.copytree(folder, target / folder.name)

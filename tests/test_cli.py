@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import fdl, fdl_call, fdl_in_process, read_summary, run_dirs, without_modules
 
 
@@ -119,7 +120,8 @@ def test_train_then_eval_end_to_end(env, capsys):
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "init" / "model.safetensors").is_file()
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["status"] == "completed" and meta["seed"] == 0 and meta["device"] == "cpu"
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"  # trainer.device=auto (the GPU check)
+    assert meta["status"] == "completed" and meta["seed"] == 0 and meta["device"] == expected_device
     assert {"torch", "python", "hydra-core"} <= set(meta["versions"])
     assert "commit" in meta["git"] and meta["end_time"]
     summary = read_summary(run)

@@ -175,6 +175,23 @@ def test_link_step_under_bf16_autocast(g: torch.Generator) -> None:
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
 
 
+def test_link_step_compiles_under_bf16_autocast(g: torch.Generator) -> None:
+    """torch.compile traces LinkStep's backward under the forward's autocast (eager runs it outside): it
+    must keep float batched products there (it failed with "Input dtypes must be the same" in dnc-copy and
+    dnc-babi with trainer.precision=bf16 trainer.compile=true) and give eager's gradients."""
+
+    def step(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return dnc.LinkStep.apply(*inputs)
+
+    inputs = link_step_inputs(g)
+    seeds = [torch.randn(x.shape, generator=g) for x in step(*inputs)]
+    eager = torch.autograd.grad(step(*inputs), inputs, seeds)
+    compiled = torch.autograd.grad(torch.compile(step, backend="aot_eager")(*inputs), inputs, seeds)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_links_follow_write_order() -> None:
     """Writing slots 0, 1, 2 in turn: forward from slot 0 reaches slot 1, backward from 2 reaches 1."""
     link, precedence = torch.zeros(1, 4, 4), torch.zeros(1, 4)

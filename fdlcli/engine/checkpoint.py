@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from fdlcli.errors import CheckpointError
 from fdlcli.runs import atomic_write_json, fsync_dir, read_json
@@ -28,6 +29,45 @@ WEIGHTS = "model.safetensors"
 STATE = "trainer.pt"
 ARRAYS = "arrays.npz"  # a task's large state (a replay buffer): beside the latest checkpoint only
 INIT = "init"
+
+
+def _tie_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """Names of the same tensor (tied weights: same memory, shape and layout), each group sorted.
+
+    safetensors' own ``save_model`` also treats views into one buffer as shared and refuses them, and on
+    CUDA an ``nn.LSTM`` keeps its weights as views into cuDNN's flat buffer: only true aliases count here.
+    """
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for name, tensor in state.items():
+        if tensor.numel() == 0:  # empty tensors share the null pointer without being tied
+            groups[(name,)].append(name)
+            continue
+        key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        groups[key].append(name)
+    return [sorted(group) for group in groups.values()]
+
+
+def save_weights(model: torch.nn.Module, path: str, metadata: dict[str, str]) -> None:
+    """``model``'s weights as safetensors: one copy of each tied tensor (kept under its first name, the
+    others named in the metadata, as safetensors' ``save_model`` does), in CPU memory, contiguous."""
+    state = model.state_dict()
+    metadata = dict(metadata)
+    for kept, *dropped in _tie_groups(state):
+        for name in dropped:
+            metadata.setdefault(name, kept)
+            del state[name]
+    save_file({name: t.detach().cpu().contiguous() for name, t in state.items()}, path, metadata=metadata)
+
+
+def load_weights_into(model: torch.nn.Module, path: str, device: str) -> tuple[set[str], list[str]]:
+    """Load ``path`` into ``model``; the (missing, unexpected) names, a tied name counting as loaded
+    when any name of its group is in the file."""
+    state = load_file(path, device=device)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    loaded_group = {
+        name for group in _tie_groups(model.state_dict()) if any(n in state for n in group) for name in group
+    }
+    return {name for name in missing if name not in loaded_group}, list(unexpected)
 
 
 def step_dir_name(step: int) -> str:
@@ -70,7 +110,7 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             metadata = {"fdl_experiment": self.experiment, "step": str(step)}
-            save_model(unwrap(model), str(tmp / WEIGHTS), metadata=metadata)
+            save_weights(unwrap(model), str(tmp / WEIGHTS), metadata)
             if state is not None:
                 # through a Python file, so a failed write surfaces as its OSError (torch.save on a path
                 # reports only "unexpected pos ..."): see describe_write_failure
@@ -235,7 +275,7 @@ class CheckpointManager:
                 f"not of experiment {self.experiment!r}"
             )
         try:
-            missing, unexpected = load_model(unwrap(model), str(path), strict=False, device=str(device))
+            missing, unexpected = load_weights_into(unwrap(model), str(path), str(device))
         except (SafetensorError, RuntimeError, OSError) as exc:
             raise CheckpointError(
                 f"weights {path} do not fit the model: {str(exc).splitlines()[0]}"

@@ -185,22 +185,39 @@ class LinkStep(torch.autograd.Function):
         grad_forward: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         link, precedence, ww, reads, new = ctx.saved_tensors  # type: ignore[attr-defined]
-        # under bf16 autocast the read-outs (batched products) and their gradients are bf16, the links float:
-        # the backward in the links' precision (autograd casts each gradient back to its input's dtype)
-        grad_backward, grad_forward, reads = (x.to(new.dtype) for x in (grad_backward, grad_forward, reads))
-        # the two read-outs' outer products in one [B,N,2R] @ [B,2R,N] product added to the next step's
-        left = torch.cat([grad_forward, reads], dim=1).transpose(1, 2)
-        grad = torch.baddbmm(grad_new, left, torch.cat([reads, grad_backward], dim=1))
-        grad.diagonal(dim1=1, dim2=2).zero_()
-        grad_reads = torch.bmm(grad_backward, new.transpose(1, 2)).baddbmm_(grad_forward, new)
-        wi = ww.unsqueeze(2)
-        grad_link = torch.addcmul(grad, grad, wi + ww.unsqueeze(1), value=-1)
-        grad_times_link = grad * link
-        # G p as p^T G^T: a [B,1,N] row times the matrix; [B,N,N] @ [B,N,1] is several times slower on CPU
-        grad_ww = torch.bmm(precedence.unsqueeze(1), grad.transpose(1, 2)).squeeze(1)
-        grad_ww = grad_ww - grad_times_link.sum(dim=2) - grad_times_link.sum(dim=1)
-        grad_precedence = torch.bmm(wi.transpose(1, 2), grad).squeeze(1)
-        return grad_link, grad_precedence, grad_ww, grad_reads
+        # eager runs this outside autocast (backward() is called after the autocast block), but torch.compile
+        # traces it under the forward's autocast, where bmm turns bf16 and the in-place baddbmm_ then fails
+        with torch.autocast(new.device.type, enabled=False):
+            return _link_step_grads(link, precedence, ww, reads, new, grad_new, grad_backward, grad_forward)
+
+
+def _link_step_grads(
+    link: torch.Tensor,
+    precedence: torch.Tensor,
+    ww: torch.Tensor,
+    reads: torch.Tensor,
+    new: torch.Tensor,
+    grad_new: torch.Tensor,
+    grad_backward: torch.Tensor,
+    grad_forward: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`LinkStep`'s backward (its docstring gives the formulas)."""
+    # under bf16 autocast the read-outs (batched products) and their gradients are bf16, the links float:
+    # the backward in the links' precision (autograd casts each gradient back to its input's dtype)
+    grad_backward, grad_forward, reads = (x.to(new.dtype) for x in (grad_backward, grad_forward, reads))
+    # the two read-outs' outer products in one [B,N,2R] @ [B,2R,N] product added to the next step's
+    left = torch.cat([grad_forward, reads], dim=1).transpose(1, 2)
+    grad = torch.baddbmm(grad_new, left, torch.cat([reads, grad_backward], dim=1))
+    grad.diagonal(dim1=1, dim2=2).zero_()
+    grad_reads = torch.bmm(grad_backward, new.transpose(1, 2)).baddbmm_(grad_forward, new)
+    wi = ww.unsqueeze(2)
+    grad_link = torch.addcmul(grad, grad, wi + ww.unsqueeze(1), value=-1)
+    grad_times_link = grad * link
+    # G p as p^T G^T: a [B,1,N] row times the matrix; [B,N,N] @ [B,N,1] is several times slower on CPU
+    grad_ww = torch.bmm(precedence.unsqueeze(1), grad.transpose(1, 2)).squeeze(1)
+    grad_ww = grad_ww - grad_times_link.sum(dim=2) - grad_times_link.sum(dim=1)
+    grad_precedence = torch.bmm(wi.transpose(1, 2), grad).squeeze(1)
+    return grad_link, grad_precedence, grad_ww, grad_reads
 
 
 def read_weighting(
