@@ -18,7 +18,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   "${PLATFORMS[@]}" -d .gpu/whl \
   "hydra-core>=1.3.2,<1.4" "omegaconf>=2.3,<2.4" hydra-joblib-launcher==1.2.0 "datasets>=3.0" dill \
   multiprocess "gymnasium>=1.0,<2" farama-notifications "ale-py>=0.10" prompt_toolkit wcwidth pexpect \
-  ptyprocess MinAtar==1.0.15
+  ptyprocess MinAtar==1.0.15 sacremoses
 # antlr4-python3-runtime 4.9.3 (omegaconf's parser) is published as a source archive only: build its wheel
 python3 -m pip wheel -q --no-deps -w .gpu/whl antlr4-python3-runtime==4.9.3
 python3 - "$DATA" <<'PY'

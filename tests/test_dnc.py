@@ -192,6 +192,27 @@ def test_link_step_compiles_under_bf16_autocast(g: torch.Generator) -> None:
         torch.testing.assert_close(a, b)
 
 
+def test_compiled_step_serves_every_story_length_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One compiled graph per kind of step (the first, whose state needs no gradient; the rest; no_grad for
+    evaluation), not one per story length or per state dtype: dnc-babi with trainer.precision=bf16
+    trainer.compile=true hit dynamo's recompile limit (a hard failure under fullgraph) on the GPU check.
+    Dynamo's eager backend: the guards are dynamo's, no code is generated."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, **{**kw, "backend": "eager"}))
+    torch._dynamo.reset()
+    model = dnc.DNC(5, 3, dnc.DNCConfig(hidden=8, memory_slots=6, word_size=4, read_heads=2))
+    model.compile_step()
+    with torch._dynamo.config.patch(recompile_limit=4):
+        for length in (3, 5, 8, 13, 21):
+            inputs = torch.randn(2, length, 5)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits, _ = model(inputs)
+            logits.float().sum().backward()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                model(inputs)
+    torch._dynamo.reset()
+
+
 def test_links_follow_write_order() -> None:
     """Writing slots 0, 1, 2 in turn: forward from slot 0 reaches slot 1, backward from 2 reaches 1."""
     link, precedence = torch.zeros(1, 4, 4), torch.zeros(1, 4)

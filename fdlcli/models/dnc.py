@@ -293,7 +293,9 @@ def memory_step(state: MemoryState, face: Interface) -> tuple[MemoryState, dict[
     precedence = update_precedence(state.precedence, ww)
     read_content = content_weighting(memory, face.read_keys, face.read_strengths)
     wr = read_weighting(face.read_modes, backward, read_content, forward)
-    read_vectors = wr @ memory
+    # in the memory's dtype: under bf16 autocast the product is bf16, and a state whose dtype changes after
+    # the first step would make torch.compile trace the step again (its consumers promote or recast anyway)
+    read_vectors = (wr @ memory).to(memory.dtype)
     new = MemoryState(memory, usage, link, precedence, wr, ww, read_vectors)
     trace = {
         "write_weights": ww,
@@ -463,8 +465,11 @@ class DNC(nn.Module):
         h = torch.zeros(batch, cfg.hidden, device=inputs.device)
         c = torch.zeros_like(h)
         lstm = cfg.controller == "lstm"
-        # unbind, not x_gates[:, t]: the backward of indexing would zero a [B,T,G] gradient at every step
-        for x_t, bias_t in zip(x_gates.unbind(dim=1), face_bias.unbind(dim=1), strict=True):
+        # unbind, not x_gates[:, t]: the backward of indexing would zero a [B,T,G] gradient at every step;
+        # time-major first, so each step's [B,G] has the same strides whatever the story's length (the
+        # compiled step guards on strides: one graph per length, then the recompile limit, otherwise)
+        steps = x_gates.transpose(0, 1).contiguous().unbind(dim=0)
+        for x_t, bias_t in zip(steps, face_bias.unbind(dim=1), strict=True):
             state, h, c, controller_in, out, trace = self.step(
                 x_t, bias_t, shared, state, h, c, lstm, cfg.clip, cfg.word_size, cfg.read_heads, record
             )
