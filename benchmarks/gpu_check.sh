@@ -38,7 +38,7 @@ timeout 120 python3 -m pytest -q -n 8 -p no:cacheprovider tests/test_training.py
 fi
 if [[ " $parts " == *" 3 "* ]]; then
 echo "== 3. speed benchmarks, --device cuda"
-timeout 40 python3 benchmarks/cnn_cifar10_throughput.py --device cuda --steps 30 2>&1 | tail -4 | tee "$OUT/bench.txt" || status=1
+timeout 40 python3 benchmarks/cnn_cifar10_throughput.py --device cuda --steps 30 2>&1 | tail -6 | tee "$OUT/bench.txt" || status=1
 timeout 40 python3 benchmarks/dqn_throughput.py --device cuda --steps 500 2>&1 | tail -4 | tee -a "$OUT/bench.txt" || status=1
 fi
 exit $status
