@@ -201,6 +201,16 @@ def test_pg_resume_continues_exactly_and_plot_returns(golden_run, env, tmp_path,
     assert code == 0, err
     assert Image.open(dotted).size == (800, 480)
     assert Image.open(dotted).tobytes() != Image.open(figure).tobytes()
+    # agents of several experiments (A3C, DQN, REINFORCE at equal time): each curve names its experiment,
+    # pg-cartpole's with its exploration setting too
+    mixed = tmp_path / "mixed.png"
+    dqn = golden_run("dqn-cartpole").run
+    code, out, err = fdl_call(
+        ["plot-returns", str(full), str(dqn), "--x", "minutes", "--out", str(mixed)], capsys
+    )
+    assert code == 0, err
+    labels = [line.split(":")[0] for line in out.splitlines() if "episodes; mean of the first" in line]
+    assert labels[0].startswith("pg-cartpole") and "(" in labels[0] and labels[1].startswith("dqn-cartpole")
     # the same returns against agent steps (each record's step) and wall minutes (meta.json's clock)
     from fdlcli.analysis.returns import training_returns
 

@@ -136,12 +136,15 @@ def plot_returns_cmd(
     run_dirs = expand_run_dirs(paths)  # a sweep: its job directories, in job order
     run_configs = [config.load_saved(run_dir / runs.CONFIG_FILE) for run_dir in run_dirs]
     curves, threshold = [], None
+    mixed = len({run_config.name for run_config in run_configs}) > 1  # then each label names its experiment
     for run_dir, run_config, label in zip(run_dirs, run_configs, run_labels(run_dirs), strict=True):
         x, returns = training_returns(run_dir, x_axis)
         if len(returns) == 0:
             raise UsageError(f"{run_dir} has no training returns (is it a reinforcement-learning run?)")
         explore = getattr(run_config.trainer, "explore", None)  # pg-cartpole's sweeps: the setting's name
-        curves.append(Curve(explore.name if explore is not None else label, x, returns))
+        if explore is not None:
+            label = f"{label} ({explore.name})" if mixed else explore.name
+        curves.append(Curve(label, x, returns))
         threshold = getattr(run_config.trainer, "solve_return", None)
         if threshold is not None and threshold > 1e6:
             threshold = None
