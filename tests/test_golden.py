@@ -26,10 +26,10 @@ def test_the_golden_runs_cover_exactly_the_registered_experiments():
 def test_golden_run(golden_run, name):
     """The golden command through the real CLI (conftest's golden_run: trained once per session, also
     for the tests that evaluate, play or resume against the same run)."""
-    path = compare.golden_path(name)
+    signature = compare.cpu_signature()
+    path = compare.golden_path(name, signature)
     assert path.is_file(), f"{name}: no golden file {path.name}; {compare.regenerate_hint(name)}"
     golden = json.loads(path.read_text())
     trained = golden_run(name)
-    signature = compare.cpu_signature()
     found = compare.differences(golden, compare.capture(trained.run, trained.inputs), signature)
     assert not found, compare.report(name, golden, found, signature)

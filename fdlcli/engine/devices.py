@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -48,4 +49,30 @@ def configure_threads(requested: int, parallel_jobs: int = 1) -> int:
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@functools.cache
+def _cpu_runs_bf16_lstm() -> bool:
+    """Whether oneDNN has a bf16 LSTM on this CPU: not on CPUs without bf16 instructions (AVX2 only), where
+    it fails with "could not create a primitive descriptor for the LSTM forward propagation primitive"."""
+    lstm = torch.nn.LSTM(2, 2)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            lstm(torch.zeros(1, 1, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
+def lstm_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """Around an ``nn.LSTM`` call: inside bf16 autocast on a CPU without a bf16 LSTM, the LSTM runs in
+    fp32 (autocast off for it alone; the layers around it stay bf16), instead of failing."""
+    if (
+        device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not _cpu_runs_bf16_lstm()
+    ):
+        return torch.autocast("cpu", enabled=False)
     return contextlib.nullcontext()

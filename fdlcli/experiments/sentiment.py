@@ -35,6 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from fdlcli.data.imdb import ImdbDataConfig, encode, load_reviews, tokenize
 from fdlcli.data.tensors import ArraySplits
+from fdlcli.engine.devices import lstm_precision
 from fdlcli.engine.supervised import ClassificationTask
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_text
@@ -82,10 +83,12 @@ class SentimentLSTM(nn.Module):
         x = self.drop(self.embed(ids))
         if self.sequence == "packed":
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            _, (h_n, _) = self.lstm(packed)  # h_n: the output at each review's last real step
+            with lstm_precision(x.device):
+                _, (h_n, _) = self.lstm(packed)  # h_n: the output at each review's last real step
             last = h_n[-1]
         else:
-            outputs, _ = self.lstm(x)
+            with lstm_precision(x.device):
+                outputs, _ = self.lstm(x)
             last = outputs[torch.arange(len(ids), device=ids.device), lengths - 1]
         return self.norm(self.out(self.drop(last)))
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fdlcli.engine.devices import lstm_precision
+
 
 @dataclass
 class SequenceLSTMConfig:
@@ -32,5 +34,6 @@ class SequenceLSTM(nn.Module):
         self.output = nn.Linear(cfg.hidden, output_size)
 
     def forward(self, inputs: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, None]:
-        states, _ = self.lstm(inputs)
+        with lstm_precision(inputs.device):
+            states, _ = self.lstm(inputs)
         return self.output(states), None

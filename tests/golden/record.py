@@ -183,8 +183,17 @@ def main() -> int:
             workdir = Path(tmp)
             got = compare.capture(run_once(name, overrides, workdir), workdir / "inputs")
         took = f"{time.perf_counter() - started:.1f} s wall, {_children_cpu_seconds() - cpu_before:.1f} s CPU"
-        path = compare.golden_path(name)
+        path = compare.golden_path(name, signature)
         if args.update:
+            primary = compare.golden_path(name)
+            if (
+                primary.is_file()
+                and json.loads(primary.read_text())["cpu"]["avx512f"] != signature["avx512f"]
+            ):
+                # another kind of CPU than the first recording's: its own file (cpu-*/), compared exactly
+                # on this kind; re-record on every kind that has one when the numbers are meant to change
+                path = compare.GOLDEN_DIR / compare.cpu_folder(signature) / f"{name}.json"
+                path.parent.mkdir(exist_ok=True)
             golden = {"experiment": name, "overrides": overrides, "cpu": signature, **got}
             atomic_write_text(path, json.dumps(golden, indent=1) + "\n")
             print(f"{name}: recorded {path.relative_to(REPO)} ({took})")
