@@ -97,8 +97,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=4, help="runs at once (they share the device)")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per run")
     parser.add_argument("--out", type=Path, help="also write the results as JSON lines")
+    parser.add_argument("--print-overrides", metavar="NAME", help="print NAME's golden overrides and exit")
     parser.add_argument("names", nargs="*", help="experiments (default: every golden one)")
     args = parser.parse_args()
+    if args.print_overrides:  # gpu_check.sh's eval round trip trains from the same command
+        print(" ".join(golden_overrides(args.print_overrides, Path(tempfile.mkdtemp()) / "inputs")))
+        return 0
     names = args.names or sorted(p.stem for p in GOLDEN.glob("*.json"))
     env = {
         **os.environ,

@@ -27,7 +27,9 @@ fi
 if [[ " $parts " == *" 4 "* ]]; then
 echo "== 4. an LSTM run's checkpoints read back on cuda"
 runs=$(mktemp -d)
-FDL_RUNS_DIR="$runs" timeout 120 python3 -m fdlcli train sentiment-lstm seed=0 data.val_size=100 data.train_limit=200 data.eval_limit=100 data.vocab_size=3000 data.max_len=120 model.embed=16 model.hidden=16 trainer.epochs=2 trainer.log_every=2 trainer.device=cuda >/dev/null 2>&1 \
+overrides=$(python3 benchmarks/gpu_check.py --print-overrides sentiment-lstm)
+# shellcheck disable=SC2086
+FDL_RUNS_DIR="$runs" timeout 120 python3 -m fdlcli train sentiment-lstm $overrides trainer.device=cuda >/dev/null 2>&1 \
   && FDL_RUNS_DIR="$runs" timeout 60 python3 -m fdlcli eval "$(ls -d "$runs"/sentiment-lstm/*/)" 2>&1 | tail -3 \
   | tee "$OUT/eval.txt" || { echo "FAILED: train or eval of sentiment-lstm on cuda"; status=1; }
 fi

@@ -65,14 +65,17 @@ def _cpu_runs_bf16_lstm() -> bool:
     return True
 
 
-def lstm_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """Around an ``nn.LSTM`` call: inside bf16 autocast on a CPU without a bf16 LSTM, the LSTM runs in
-    fp32 (autocast off for it alone; the layers around it stay bf16), instead of failing."""
-    if (
-        device.type == "cpu"
-        and torch.is_autocast_enabled("cpu")
-        and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and not _cpu_runs_bf16_lstm()
-    ):
-        return torch.autocast("cpu", enabled=False)
-    return contextlib.nullcontext()
+class LSTM(torch.nn.LSTM):
+    """``nn.LSTM`` (same parameters and state dict) that, inside bf16 autocast on a CPU without a bf16 LSTM,
+    runs in fp32 (autocast off for it alone; the layers around it stay bf16) instead of failing."""
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if (
+            self.weight_ih_l0.device.type == "cpu"
+            and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and not _cpu_runs_bf16_lstm()
+        ):
+            with torch.autocast("cpu", enabled=False):
+                return super().forward(*args, **kwargs)
+        return super().forward(*args, **kwargs)

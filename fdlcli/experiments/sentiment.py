@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from fdlcli.data.imdb import ImdbDataConfig, encode, load_reviews, tokenize
 from fdlcli.data.tensors import ArraySplits
-from fdlcli.engine.devices import lstm_precision
+from fdlcli.engine.devices import LSTM
 from fdlcli.engine.supervised import ClassificationTask
 from fdlcli.registry import ExperimentSpec, register
 from fdlcli.runs import Run, atomic_write_text
@@ -72,7 +72,7 @@ class SentimentLSTM(nn.Module):
         self.sequence = cfg.sequence
         self.embed = nn.Embedding(vocab, cfg.embed, padding_idx=0)
         self.drop = nn.Dropout(cfg.dropout)
-        self.lstm = nn.LSTM(cfg.embed, cfg.hidden, batch_first=True)
+        self.lstm = LSTM(cfg.embed, cfg.hidden, batch_first=True)
         self.out = nn.Linear(cfg.hidden, 2)
         self.norm = nn.BatchNorm1d(2)
 
@@ -83,12 +83,10 @@ class SentimentLSTM(nn.Module):
         x = self.drop(self.embed(ids))
         if self.sequence == "packed":
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            with lstm_precision(x.device):
-                _, (h_n, _) = self.lstm(packed)  # h_n: the output at each review's last real step
+            _, (h_n, _) = self.lstm(packed)  # h_n: the output at each review's last real step
             last = h_n[-1]
         else:
-            with lstm_precision(x.device):
-                outputs, _ = self.lstm(x)
+            outputs, _ = self.lstm(x)
             last = outputs[torch.arange(len(ids), device=ids.device), lengths - 1]
         return self.norm(self.out(self.drop(last)))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fdlcli.engine.devices import lstm_precision
+from fdlcli.engine.devices import LSTM
 
 
 @dataclass
@@ -30,10 +30,9 @@ class SequenceLSTM(nn.Module):
     def __init__(self, input_size: int, output_size: int, cfg: SequenceLSTMConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.lstm = nn.LSTM(input_size, cfg.hidden, cfg.layers, batch_first=True)
+        self.lstm = LSTM(input_size, cfg.hidden, cfg.layers, batch_first=True)
         self.output = nn.Linear(cfg.hidden, output_size)
 
     def forward(self, inputs: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, None]:
-        with lstm_precision(inputs.device):
-            states, _ = self.lstm(inputs)
+        states, _ = self.lstm(inputs)
         return self.output(states), None
