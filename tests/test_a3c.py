@@ -23,6 +23,7 @@ from conftest import (
 )
 
 from fdlcli import config
+from fdlcli.engine.optim import scheduled_lr, set_lr
 from fdlcli.engine.seed import seed_everything
 from fdlcli.errors import FdlError
 from fdlcli.experiments.a3c import ActorCriticTask, WorkerPool, n_step_returns
@@ -54,30 +55,43 @@ def _task(*overrides: str) -> ActorCriticTask:
     return task
 
 
-def test_one_a3c_worker_computes_what_one_environment_of_a2c_does():
+@pytest.mark.parametrize("schedule", ["constant", "linear"])
+def test_one_a3c_worker_computes_what_one_environment_of_a2c_does(schedule):
     """With one worker nothing interleaves, so A3C (a process, its own copy of the shared weights, the
-    shared optimizer's statistics) must compute exactly what A2C with one environment does."""
+    shared optimizer's statistics) must compute exactly what A2C with one environment does. Under
+    ``optim.schedule=linear`` (one update per loop step) the worker must step at the rate the main process
+    hands it, the one the loop gives A2C's update."""
     torch.set_num_threads(1)
-    synchronous = _task("trainer.mode=a2c", "trainer.num_envs=1")
-    for step in range(30):  # the loop's update of a returned loss
-        out = synchronous.train_step(step, step)
+    common = ["trainer.num_envs=1", "trainer.total_steps=600", f"optim.schedule={schedule}"]
+    synchronous = _task("trainer.mode=a2c", *common)
+    optim, step = synchronous.config.optim, 0
+    for index in range(30):  # the loop's update of a returned loss
+        out = synchronous.train_step(step, index)
         synchronous.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(synchronous.model.parameters(), synchronous.trainer.grad_clip)
+        set_lr(synchronous.optimizer, scheduled_lr(optim, step, 600))
         synchronous.optimizer.step()
-    asynchronous = _task("trainer.mode=a3c", "trainer.num_envs=1", "trainer.updates_per_step=10")
+        step += out.advance
+    a2c_steps, step = step, 0
+    updates_per_step = 10 if schedule == "constant" else 1
+    asynchronous = _task("trainer.mode=a3c", *common, f"trainer.updates_per_step={updates_per_step}")
     try:
-        for step in range(3):
-            asynchronous.train_step(step, step)
+        for index in range(30 // updates_per_step):
+            step += asynchronous.train_step(step, index).advance
         state = asynchronous.state_dict()
     finally:
         asynchronous.close()
+    assert step == a2c_steps  # agent steps: reset steps after an episode's end do not count
     assert asynchronous.updates == synchronous.updates == 30
     assert asynchronous.tracker.episodes == synchronous.tracker.episodes > 5
     assert asynchronous.tracker.returns == synchronous.tracker.returns
     for name, value in synchronous.model.state_dict().items():
         assert torch.equal(value, asynchronous.model.state_dict()[name]), name
     assert state["workers"][0]["envs"]["observations"].shape == (1, 4)  # the worker's episode in progress
+    last_lr = asynchronous.optimizer.param_groups[0]["lr"]
+    assert last_lr == synchronous.optimizer.param_groups[0]["lr"]
+    assert last_lr == optim.lr if schedule == "constant" else last_lr < optim.lr / 10
 
 
 def _alive(pid: int) -> bool:

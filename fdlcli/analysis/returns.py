@@ -69,7 +69,7 @@ def finish_returns_figure(
     ax.set_ylabel(f"return: each episode (dots), {average}" if each else average)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, out)

@@ -394,8 +394,8 @@ class RLTask(Task):
     keeps the episode statistics and the solve criterion, and says how the run went."""
 
     unit = "steps"
-    # the network runs under bf16 autocast and torch.compile; no data parallelism, no lr schedule, and no
-    # data group (RL runs have no dataset to limit)
+    # the network runs under bf16 autocast and torch.compile; no data parallelism, no lr schedule (a
+    # subclass that declares "schedule" applies it), and no data group (RL runs have no dataset to limit)
     supports = frozenset({"precision", "compile", "checkpoint_every"})
     progress_value = "loss"
     # fdl eval RUN --split ...: seeds of its episodes (val: those of the evaluations during training)
@@ -415,7 +415,10 @@ class RLTask(Task):
         trainer = self.config.trainer
         self.model = self.build_network(self.config).to(self.device)
         self.optimizer = build_optimizer(
-            self.config.optim, self.trained_parameters(), fused=self.fused_optimizer
+            self.config.optim,
+            self.trained_parameters(),
+            scheduled="schedule" in self.supports,
+            fused=self.fused_optimizer,
         )
         self.tracker = EpisodeTracker(trainer.solve_window, trainer.solve_return)
         self.epsilon = float("nan")  # the exploration of the latest step

@@ -27,6 +27,11 @@ lose increments to races, as Hogwild allows).
 one update per ``t_max`` steps of all of them, through the loop's own update). Everything it depends on
 is in the checkpoint, so on the CPU a resumed A2C run is exactly an uninterrupted one.
 
+``optim.schedule`` (linear or cosine decay, warm-up): the learning rate is a function of the agent step.
+A2C takes it from the loop at every update; the A3C workers get the rate of the loop step's first agent
+step with each command to run, so it moves in steps of ``num_envs x t_max x updates_per_step`` agent
+steps (1,000 for a3c-breakout) and a resumed run continues on the same rates.
+
 Environments follow ``SeededEnvs``' next-step autoreset: the step after an episode ended is a reset step
 (action ignored, reward 0) that takes no part in the loss; it lets a time-limit truncation bootstrap
 from the value of the final observation while a termination does not bootstrap at all.
@@ -55,7 +60,7 @@ from torch import nn
 
 from fdlcli.config import RunConfig
 from fdlcli.engine.devices import autocast
-from fdlcli.engine.optim import build_optimizer
+from fdlcli.engine.optim import build_optimizer, scheduled_lr, set_lr
 from fdlcli.engine.task import StepOutput
 from fdlcli.errors import CheckpointError, ConfigError, FdlError
 from fdlcli.experiments._rl import (
@@ -400,7 +405,8 @@ class _Worker:
         self.precision = self.trainer.precision
         self.shared, self.conn, self.stop, self.parent = shared, conn, stop, parent
         self.local = build_actor_critic(config)  # theta': this worker's copy of the shared weights
-        self.optimizer = build_optimizer(config.optim, shared.parameters())
+        # the rate of each loop step comes with the command to run (``optim.schedule``)
+        self.optimizer = build_optimizer(config.optim, shared.parameters(), scheduled=True)
         for param, state in zip(shared.parameters(), optimizer_state, strict=True):
             self.optimizer.state[param] = state  # the shared statistics themselves, not copies
         self.actor = Actor(self.trainer, config.seed, 1, index, torch.device("cpu"))
@@ -414,6 +420,7 @@ class _Worker:
                 continue
             command = self.conn.recv()
             if command[0] == "run":
+                set_lr(self.optimizer, command[2])
                 self.run(command[1])
                 self.conn.send(("paused",))
             elif command[0] == "state":
@@ -491,10 +498,11 @@ class WorkerPool:
             raise FdlError(f"A3C worker {index} failed: {last}")
         return message
 
-    def run(self, updates: int, on_update: Callable[[tuple], None]) -> None:
-        """Every worker makes ``updates`` updates; ``on_update(message)`` sees each report as it comes."""
+    def run(self, updates: int, lr: float, on_update: Callable[[tuple], None]) -> None:
+        """Every worker makes ``updates`` updates at learning rate ``lr``; ``on_update(message)`` sees
+        each report as it comes."""
         for index in range(len(self.conns)):
-            self._send(index, ("run", updates))
+            self._send(index, ("run", updates, lr))
         running = set(range(len(self.conns)))
         while running:
             ready = wait([self.conns[i] for i in running], timeout=1.0)
@@ -551,9 +559,9 @@ class ActorCriticTask(RLTask):
     a2c: a step is one rollout of every environment and the update the loop makes from its loss.
     a3c: a step is ``updates_per_step`` updates of every worker, reported to this process."""
 
-    # bf16 autocast of the network (the workers run under it too); no compile: each A3C worker would
-    # compile its own copy
-    supports = frozenset({"precision", "checkpoint_every"})
+    # bf16 autocast of the network (the workers run under it too); the lr schedule (A2C: the loop's; A3C:
+    # the workers', set at each loop step); no compile: each A3C worker would compile its own copy
+    supports = frozenset({"precision", "schedule", "checkpoint_every"})
     # the parts of the loss that each update reports (logged as train/<part>, means over the window)
     PARTS: ClassVar[tuple[str, ...]] = ("policy_loss", "value_loss", "entropy")
 
@@ -633,6 +641,10 @@ class ActorCriticTask(RLTask):
             self.pool = WorkerPool(self.config, self.model, self.optimizer, self.worker_states)  # type: ignore[arg-type]
         per_update = trainer.num_envs * trainer.t_max
         updates = min(trainer.updates_per_step, math.ceil((trainer.total_steps - step) / per_update))
+        # the loop sets the rate only where it makes the update (A2C); here the workers do, and the main
+        # process's optimizer (whose statistics they share) shows it to train/lr
+        lr = scheduled_lr(self.config.optim, step, trainer.total_steps)
+        set_lr(self.optimizer, lr)  # type: ignore[arg-type]
         position, losses = step, []
 
         def on_update(message: tuple) -> None:
@@ -642,7 +654,7 @@ class ActorCriticTask(RLTask):
             self._record(position, steps, torch.tensor(parts), episodes)
             position += steps
 
-        self.pool.run(max(1, updates), on_update)
+        self.pool.run(max(1, updates), lr, on_update)
         return StepOutput(cost=float(np.sum(losses)), weight=float(len(losses)), advance=position - step)
 
     def _record(self, step: int, steps: int, parts: torch.Tensor, episodes: list[tuple[float, int]]) -> None:
