@@ -23,9 +23,7 @@ while [ $# -gt 0 ]; do
     *) echo "breakout_wall_time.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-runs="${FDL_RUNS_DIR:-runs}"
-quiet() { if [ -x ../shared/bin/measure ]; then ../shared/bin/measure "$@"; else "$@"; fi; }
-newest() { ls -d "$runs/$1"/*/ | sort | tail -n 1; }
+. benchmarks/sequential.sh  # quiet, newest
 # checkpoints every 250k agent steps, all kept: greedy evaluations at equal times afterwards
 keep=(trainer.threads=2 trainer.checkpoint_every=250000 trainer.keep_checkpoints=100)
 

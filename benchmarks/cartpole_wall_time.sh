@@ -9,9 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docs/figures/cartpole_wall_time.png
 if [ "${1:-}" = "--out" ]; then out="$2"; fi
-runs="${FDL_RUNS_DIR:-runs}"
-quiet() { if [ -x ../shared/bin/measure ]; then ../shared/bin/measure "$@"; else "$@"; fi; }
-newest() { ls -d "$runs/$1"/*/ | sort | tail -n 1; }
+. benchmarks/sequential.sh  # quiet, newest
 for experiment in a3c-cartpole dqn-cartpole pg-cartpole; do
   quiet fdl train "$experiment" seed=0
 done

@@ -109,8 +109,8 @@ COMMANDS: dict[str, list[str]] = {
     # A3C's interleaving of asynchronous workers is not repeatable: its golden runs are its A2C mode.
     # The YAML's entropy bonus is 0 since session 29; the golden run keeps the term (recorded with 0.01)
     "a3c-cartpole": [
-        "trainer.mode=a2c", "trainer.entropy_coef=0.01", "trainer.num_envs=4", "trainer.total_steps=800", "trainer.eval_every=400",
-        "trainer.eval_episodes=2", "trainer.log_every=5",
+        "trainer.mode=a2c", "trainer.entropy_coef=0.01", "trainer.num_envs=4", "trainer.total_steps=800",
+        "trainer.eval_every=400", "trainer.eval_episodes=2", "trainer.log_every=5",
     ],
     "a3c-breakout": [
         "trainer.mode=a2c", "trainer.num_envs=2", "trainer.total_steps=80", "trainer.eval_every=40",
