@@ -21,7 +21,15 @@ from other jobs only ever adds time). The last line is ``ratio <reference step t
 The first compile takes a few minutes of wall time on a cold cache (not counted).
 
     python benchmarks/dnc_step.py [--batch 32] [--steps 80] [--repeats 5] [--threads 1] [--no-compile]
-                                  [--precision 32|bf16]
+                                  [--precision 32|bf16] [--floor]
+
+``--floor`` also times the step's dense matrix products alone, on the same shapes and thread count: the
+controller's and the interface's products of each time step (forward, and backward to their inputs) and
+the products done once for all time steps (the input projection, the output layer, the weight
+gradients). Every cell has to do these (the reference does the same ones, some of them per time step);
+the memory's small batched products are left out. So ``reference step / floor`` is the highest ratio
+any cell could reach on this CPU, however fast its memory, and the line says how much of the issue's 3x
+budget (reference / 3) the products leave for the memory, its kernels and the framework's overhead.
 """
 
 from __future__ import annotations
@@ -128,6 +136,44 @@ def cpu_seconds(fn: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
+def dense_products_floor(cfg: dnc.DNCConfig, batch: int, steps: int, repeats: int) -> float:
+    """CPU seconds (fastest of ``repeats``) of one training step's dense matrix products alone, fp32: see
+    ``--floor`` in the module's docstring. Outputs go to preallocated buffers (no allocator time)."""
+    g = torch.Generator().manual_seed(2)
+    hidden, reads = cfg.hidden, cfg.read_heads * cfg.word_size
+    gates, face = 4 * hidden, dnc.interface_size(cfg.word_size, cfg.read_heads)
+    rows = batch * steps
+
+    def mm(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.randn(m, k, generator=g), torch.randn(k, n, generator=g), torch.empty(m, n)
+
+    per_step = [  # [B,in] @ [in,out] forward, then the backward to the input: [B,out] @ [out,in]
+        mm(batch, reads + hidden, gates),
+        mm(batch, hidden, face),
+        mm(batch, gates, reads + hidden),
+        mm(batch, face, hidden),
+    ]
+    once = [
+        mm(rows, LEXICON, gates),  # input projection
+        mm(rows, hidden + reads, LEXICON),  # output layer, its input gradient and weight gradient
+        mm(rows, LEXICON, hidden + reads),
+        mm(LEXICON, rows, hidden + reads),
+        mm(gates, rows, LEXICON),  # weight gradients summed over time
+        mm(gates, rows, reads + hidden),
+        mm(face, rows, hidden),
+    ]
+
+    def products() -> None:
+        for _ in range(steps):
+            for a, b, out in per_step:
+                torch.mm(a, b, out=out)
+        for a, b, out in once:
+            torch.mm(a, b, out=out)
+
+    products()  # warm-up
+    return min(cpu_seconds(products) for _ in range(repeats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
@@ -137,6 +183,7 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="fdl's cell eager")
     parser.add_argument("--no-flush", dest="flush", action="store_false", help="keep denormals for fdl")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="fdl's step only")
+    parser.add_argument("--floor", action="store_true", help="also time the dense matrix products alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -193,6 +240,16 @@ def main() -> None:
     for name, label in (("reference", "reference cell"), ("fdl", f"fdl cell ({how})")):
         seconds = best[name]
         print(f"  {label:<40} {seconds:7.3f} s  {1e3 * seconds / args.steps:6.2f} ms per time step")
+    if args.floor:
+        floor = dense_products_floor(cfg, args.batch, args.steps, args.repeats)
+        ms = 1e3 / args.steps  # seconds per step -> ms per time step
+        budget = best["reference"] / 3
+        label = "dense matrix products alone (fp32)"
+        print(
+            f"  {label:<40} {floor:7.3f} s  {ms * floor:6.2f} ms per time step: no cell doing them beats"
+            f" ratio {best['reference'] / floor:.2f}; a 3x cell ({ms * budget:.2f} ms) leaves"
+            f" {ms * (budget - floor):.2f} ms per time step for everything else"
+        )
     print(f"ratio {best['reference'] / best['fdl']:.2f}")
 
 
