@@ -268,6 +268,16 @@ def test_seed_bands_are_the_std_and_a_bootstrap_interval_of_the_mean():
     assert aggregate(seeds, "ci") == (points, band)  # a fixed bootstrap seed: the same figure each time
 
 
+def test_labels_leave_out_shared_and_bookkeeping_overrides():
+    from fdlcli.analysis.curves import distinct_overrides
+
+    runs = [
+        ["optim=adam", "trainer.threads=2", "trainer.keep_checkpoints=30", "trainer.checkpoint_every=9"],
+        ["optim=sgd", "trainer.threads=2", "trainer.keep_checkpoints=100", "+trainer.log_every=5"],
+    ]
+    assert distinct_overrides(runs) == [["optim=adam"], ["optim=sgd"]]
+
+
 def test_plot_groups_the_seeds_of_a_sweep(runs, tmp_path):
     sweep = runs["sweep"]
     code, stdout, stderr = call_main("plot", sweep, "--metric", "val/cost", "--out", tmp_path / "a.png")

@@ -148,10 +148,20 @@ def _distinct_labels(overrides: list[list[str]], fallbacks: list[str]) -> list[s
     return [" ".join(own) or fallback for own, fallback in zip(distinct, fallbacks, strict=True)]
 
 
+# keys that change how a run is saved and logged, not what it learns: no label names them
+BOOKKEEPING_KEYS = frozenset(
+    f"trainer.{key}"
+    for key in ("log_every", "print_every_s", "checkpoint_every", "keep_checkpoints", "histograms")
+)
+
+
 def distinct_overrides(overrides: list[list[str]]) -> list[list[str]]:
-    """Each entry's overrides but those that every entry shares."""
+    """Each entry's overrides but those that every entry shares and the bookkeeping ones."""
     shared = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
-    return [[o for o in own if o not in shared] for own in overrides]
+    return [
+        [o for o in own if o not in shared and o.split("=", 1)[0].lstrip("+~") not in BOOKKEEPING_KEYS]
+        for own in overrides
+    ]
 
 
 def run_labels(run_dirs: list[Path]) -> list[str]:
