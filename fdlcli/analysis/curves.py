@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fdlcli.analysis.artifacts import pyplot, save_png
-from fdlcli.analysis.rundata import flatten, load_run
+from fdlcli.analysis.rundata import flatten, load_run, override_keys
 from fdlcli.analysis.sweeps import without_seed
 from fdlcli.catalog import read_json_object, timestamp
 from fdlcli.errors import RunDirError, UsageError
@@ -159,7 +159,11 @@ def distinct_overrides(overrides: list[list[str]]) -> list[list[str]]:
     """Each entry's overrides but those that every entry shares and the bookkeeping ones."""
     shared = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
     return [
-        [o for o in own if o not in shared and o.split("=", 1)[0].lstrip("+~") not in BOOKKEEPING_KEYS]
+        [
+            o
+            for o, key in zip(own, override_keys(own), strict=True)
+            if o not in shared and key not in BOOKKEEPING_KEYS
+        ]
         for own in overrides
     ]
 

@@ -28,7 +28,7 @@ import yaml
 from fdlcli import __version__, runs
 from fdlcli.analysis import curves as curves_module
 from fdlcli.analysis import sweeps
-from fdlcli.analysis.rundata import RunData, differing_keys, is_number, load_run, numeric_items
+from fdlcli.analysis.rundata import RunData, differing_keys, is_number, load_run, numeric_items, override_keys
 from fdlcli.errors import RunDirError
 from fdlcli.runs import CONFIG_FILE, atomic_write_text, read_eval_records
 
@@ -286,12 +286,6 @@ def artifacts_markup(page: Page, run_dir: Path, prefix: str, images_only: bool =
             others.append(f'<li><a href="{esc(url)}">{esc(name)}</a></li>')
     markup = gallery(figures) + "".join(texts)
     return markup + (f"<ul>{''.join(others)}</ul>" if others else "")
-
-
-def override_keys(overrides: Iterable[str]) -> list[str]:
-    """The config keys the overrides set: ``optim.lr=0.1`` -> optim.lr, ``optim=adam`` -> optim,
-    ``+x=1`` / ``~x`` -> x."""
-    return [o.lstrip("+~").split("=", 1)[0].strip() for o in overrides]
 
 
 def config_markup(config: dict[str, Any], overrides: list[str]) -> str:

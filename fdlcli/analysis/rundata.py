@@ -90,6 +90,12 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys the overrides set: ``optim.lr=0.1`` -> optim.lr, ``optim=adam`` -> optim,
+    ``+x=1`` / ``~x`` -> x."""
+    return [o.lstrip("+~").split("=", 1)[0].strip() for o in overrides]
+
+
 def differing_keys(configs: Iterable[dict[str, Any]], ignore: Iterable[str] = ()) -> list[str]:
     """The dotted config keys whose value is not the same in every config (in first-seen order)."""
     flats = [flatten(c) for c in configs]
