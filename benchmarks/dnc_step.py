@@ -109,8 +109,11 @@ def check_memory_ops() -> None:
 class Trainer:
     """One model, its Adam optimizer and the training step of ``BabiTask`` (loss at the answer steps)."""
 
-    def __init__(self, model: torch.nn.Module, flush_denormal: bool, precision: str = "32") -> None:
+    def __init__(
+        self, model: torch.nn.Module, flush_denormal: bool, precision: str = "32", answers_only: bool = False
+    ) -> None:
         self.model = model
+        self.answers_only = answers_only  # logits of the answer steps alone (fdl's DNC, as BabiTask asks)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         self.flush_denormal = flush_denormal
         self.precision = precision
@@ -118,8 +121,13 @@ class Trainer:
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-            logits, _ = self.model(inputs)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+            if self.answers_only:
+                at = targets >= 0
+                logits, _ = self.model(inputs, at=at)
+                loss = F.cross_entropy(logits.float(), targets[at])
+            else:
+                logits, _ = self.model(inputs)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
         loss.backward()
         return logits.detach().float()
 
@@ -136,9 +144,13 @@ def cpu_seconds(fn: Callable[[], object]) -> float:
     return time.process_time() - start
 
 
-def dense_products_floor(cfg: dnc.DNCConfig, batch: int, steps: int, repeats: int) -> float:
+def dense_products_floor(
+    cfg: dnc.DNCConfig, batch: int, steps: int, repeats: int, lookup: bool, answer_rows: int | None
+) -> float:
     """CPU seconds (fastest of ``repeats``) of one training step's dense matrix products alone, fp32: see
-    ``--floor`` in the module's docstring. Outputs go to preallocated buffers (no allocator time)."""
+    ``--floor`` in the module's docstring. Outputs go to preallocated buffers (no allocator time). With
+    ``lookup`` the input projection is a lookup (token ids): no products; with ``answer_rows`` the output
+    layer's products cover that many rows (the answer steps), not all ``batch * steps``."""
     g = torch.Generator().manual_seed(2)
     hidden, reads = cfg.hidden, cfg.read_heads * cfg.word_size
     gates, face = 4 * hidden, dnc.interface_size(cfg.word_size, cfg.read_heads)
@@ -153,15 +165,16 @@ def dense_products_floor(cfg: dnc.DNCConfig, batch: int, steps: int, repeats: in
         mm(batch, gates, reads + hidden),
         mm(batch, face, hidden),
     ]
+    out_rows = rows if answer_rows is None else answer_rows
     once = [
-        mm(rows, LEXICON, gates),  # input projection
-        mm(rows, hidden + reads, LEXICON),  # output layer, its input gradient and weight gradient
-        mm(rows, LEXICON, hidden + reads),
-        mm(LEXICON, rows, hidden + reads),
-        mm(gates, rows, LEXICON),  # weight gradients summed over time
-        mm(gates, rows, reads + hidden),
+        mm(out_rows, hidden + reads, LEXICON),  # output layer, its input gradient and weight gradient
+        mm(out_rows, LEXICON, hidden + reads),
+        mm(LEXICON, out_rows, hidden + reads),
+        mm(gates, rows, reads + hidden),  # weight gradients summed over time
         mm(face, rows, hidden),
     ]
+    if not lookup:  # the input projection and its weight gradient
+        once += [mm(rows, LEXICON, gates), mm(gates, rows, LEXICON)]
 
     def products() -> None:
         for _ in range(steps):
@@ -180,9 +193,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80, help="time steps (tokens) per story")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-compile", dest="compile", action="store_false", help="fdl's cell eager")
+    parser.add_argument("--kernel", choices=["auto", "native", "torch"], default="auto", help="model.kernel")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="--kernel torch eager")
     parser.add_argument("--no-flush", dest="flush", action="store_false", help="keep denormals for fdl")
     parser.add_argument("--precision", choices=["32", "bf16"], default="32", help="fdl's step only")
+    parser.add_argument("--one-hot", action="store_true", help="fdl's model reads one-hot vectors too")
+    parser.add_argument("--all-logits", action="store_true", help="fdl's model: logits of every step")
     parser.add_argument("--floor", action="store_true", help="also time the dense matrix products alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -192,17 +208,22 @@ def main() -> None:
     check_memory_ops()
 
     torch.manual_seed(0)
-    cfg = dnc.DNCConfig(controller="lstm", hidden=256, memory_slots=64, word_size=32, read_heads=4)
-    ref_model = reference.DNC(LEXICON, LEXICON, reference.DNCConfig(**vars(cfg)))
+    cfg = dnc.DNCConfig(
+        controller="lstm", hidden=256, memory_slots=64, word_size=32, read_heads=4, kernel=args.kernel
+    )
+    shared_fields = {k: v for k, v in vars(cfg).items() if k != "kernel"}  # the reference has no kernels
+    ref_model = reference.DNC(LEXICON, LEXICON, reference.DNCConfig(**shared_fields))
     fdl_model = dnc.DNC(LEXICON, LEXICON, copy.deepcopy(cfg))
     fdl_model.load_state_dict(ref_model.state_dict())  # the same parameters: old checkpoints load
     if args.compile:
-        fdl_model.compile_step()
+        fdl_model.compile_step()  # used only where the native kernel does not apply (--kernel torch)
     ref = Trainer(ref_model, flush_denormal=False)
-    fdl = Trainer(fdl_model, flush_denormal=args.flush, precision=args.precision)
+    fdl = Trainer(fdl_model, args.flush, args.precision, answers_only=not args.all_logits)
 
     g = torch.Generator().manual_seed(1)
-    inputs = F.one_hot(torch.randint(0, LEXICON, (args.batch, args.steps), generator=g), LEXICON).float()
+    tokens = torch.randint(0, LEXICON, (args.batch, args.steps), generator=g)
+    inputs = F.one_hot(tokens, LEXICON).float()
+    fdl_inputs = inputs if args.one_hot else tokens
     targets = torch.randint(0, LEXICON, (args.batch, args.steps), generator=g)
     targets[torch.rand(args.batch, args.steps, generator=g) > 0.1] = -1  # ~1 answer step in 10
 
@@ -210,9 +231,9 @@ def main() -> None:
     # first step moves every weight by about lr * sign(gradient), so float noise in a gradient near 0 flips it
     start = time.time()
     torch.set_flush_denormal(args.flush)
-    fdl_logits = fdl.forward_backward(inputs, targets)
+    fdl_logits = fdl.forward_backward(fdl_inputs, targets)
     torch.set_flush_denormal(False)
-    ref_logits = ref.forward_backward(inputs, targets)
+    ref_logits = ref.forward_backward(inputs, targets)[targets >= 0]  # the steps the loss looks at
     pairs = [("logits", fdl_logits, ref_logits)] + [
         (f"gradient of {name}", p.grad, q.grad)
         for (name, p), q in zip(fdl_model.named_parameters(), ref_model.parameters(), strict=True)
@@ -229,24 +250,30 @@ def main() -> None:
     times: dict[str, list[float]] = {"reference": [], "fdl": []}
     for _ in range(args.repeats):
         times["reference"].append(cpu_seconds(lambda: ref.step(inputs, targets)))
-        times["fdl"].append(cpu_seconds(lambda: fdl.step(inputs, targets)))
+        times["fdl"].append(cpu_seconds(lambda: fdl.step(fdl_inputs, targets)))
     best = {name: min(seconds) for name, seconds in times.items()}
-    how = ("compiled" if args.compile else "eager") + (", denormals flushed" if args.flush else "")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        native = fdl_model.native_applies(fdl_inputs, record=False)
+    how = "native" if native else "compiled" if args.compile else "eager"
+    how += ", denormals flushed" if args.flush else ""
     how += ", bf16 autocast" if args.precision == "bf16" else ""
+    how += ", one-hot" if args.one_hot else ", token ids"
+    how += ", all logits" if args.all_logits else ", answer logits"
     print(
         f"training step, batch {args.batch} x {args.steps} time steps, LSTM 256, N 64, W 32, R 4 "
         f"(fastest of {args.repeats}):"
     )
-    for name, label in (("reference", "reference cell"), ("fdl", f"fdl cell ({how})")):
+    for name, label in (("reference", "reference cell"), ("fdl", f"fdl ({how})")):
         seconds = best[name]
-        print(f"  {label:<40} {seconds:7.3f} s  {1e3 * seconds / args.steps:6.2f} ms per time step")
+        print(f"  {label:<58} {seconds:7.3f} s  {1e3 * seconds / args.steps:6.2f} ms per time step")
     if args.floor:
-        floor = dense_products_floor(cfg, args.batch, args.steps, args.repeats)
+        answer_rows = None if args.all_logits else int((targets >= 0).sum())
+        floor = dense_products_floor(cfg, args.batch, args.steps, args.repeats, not args.one_hot, answer_rows)
         ms = 1e3 / args.steps  # seconds per step -> ms per time step
         budget = best["reference"] / 3
-        label = "dense matrix products alone (fp32)"
+        label = "dense matrix products of fdl's step alone (fp32)"
         print(
-            f"  {label:<40} {floor:7.3f} s  {ms * floor:6.2f} ms per time step: no cell doing them beats"
+            f"  {label:<58} {floor:7.3f} s  {ms * floor:6.2f} ms per time step: no cell doing them beats"
             f" ratio {best['reference'] / floor:.2f}; a 3x cell ({ms * budget:.2f} ms) leaves"
             f" {ms * (budget - floor):.2f} ms per time step for everything else"
         )

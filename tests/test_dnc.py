@@ -255,28 +255,43 @@ def reference_cell():
     return module
 
 
-@pytest.mark.parametrize(("controller", "clip"), [("lstm", 20.0), ("lstm", 0.05), ("feedforward", 0.0)])
-def test_batched_cell_equals_the_reference_cell(controller: str, clip: float) -> None:
-    """The same parameters give the same logits, traces and gradients as the per-step reference: the
-    input projection and output layer batched over time, the weight gradients summed after the loop
-    (TimeSummedWeightGrad), the sort-free allocation, the link update in place; clip=0.05 makes the clipping bite."""
+def reference_pair(controller: str, clip: float, kernel: str) -> tuple[dnc.DNC, torch.nn.Module]:
+    """fdl's DNC and the reference cell's with the same parameters (the same state dict: old checkpoints
+    load)."""
     old = reference_cell()
     torch.manual_seed(0)
     cfg = dnc.DNCConfig(
-        controller=controller, hidden=12, memory_slots=6, word_size=4, read_heads=2, clip=clip
+        controller=controller, hidden=12, memory_slots=6, word_size=4, read_heads=2, clip=clip, kernel=kernel
     )
     fast = dnc.DNC(input_size=5, output_size=3, cfg=cfg)
-    slow = old.DNC(5, 3, old.DNCConfig(**vars(cfg)))
-    slow.load_state_dict(fast.state_dict())  # the same state dict: old checkpoints load
+    slow = old.DNC(5, 3, old.DNCConfig(**{k: v for k, v in vars(cfg).items() if k != "kernel"}))
+    slow.load_state_dict(fast.state_dict())
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    ("controller", "clip", "kernel"),
+    [("lstm", 20.0, "torch"), ("lstm", 0.05, "torch"), ("feedforward", 0.0, "torch"), ("lstm", 20.0, "native"),
+     ("lstm", 0.05, "native")],
+)  # fmt: skip
+def test_batched_cell_equals_the_reference_cell(controller: str, clip: float, kernel: str) -> None:
+    """The same parameters give the same logits, traces and gradients as the per-step reference: the
+    input projection and output layer batched over time, the weight gradients summed after the loop
+    (TimeSummedWeightGrad), the sort-free allocation, the link update in place; clip=0.05 makes the
+    clipping bite. With model.kernel=native the training pass is the C++ time step (the recording pass
+    stays tensor operations)."""
+    fast, slow = reference_pair(controller, clip, kernel)
     inputs = torch.randn(3, 8, 5)
-    (fast_logits, fast_trace), (slow_logits, slow_trace) = (
+    (fast_trace_logits, fast_trace), (slow_logits, slow_trace) = (
         fast(inputs, record=True),
         slow(inputs, record=True),
     )
-    close(fast_logits, slow_logits)
+    close(fast_trace_logits, slow_logits)
     assert fast_trace is not None and slow_trace is not None and fast_trace.keys() == slow_trace.keys()
     for name in fast_trace:
         close(fast_trace[name], slow_trace[name])
+    fast_logits, _ = fast(inputs)
+    close(fast_logits, slow_logits)
     weights = torch.randn(3, 8, 3)  # a different gradient at every time step
     (fast_logits * weights).sum().backward()
     (slow_logits * weights).sum().backward()

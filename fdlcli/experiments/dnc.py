@@ -348,14 +348,14 @@ class BabiTask(SequenceTask):
             self._epoch = (epoch, [batches[i] for i in shuffle])
         return self._epoch[1]
 
-    def one_hot(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(tokens.to(self.device), len(self.babi.lexicon)).float()
-
     def loss(self, step: int) -> torch.Tensor:
+        """Cross-entropy at the answer steps, from token ids (the DNC looks its input projection up) and
+        the logits of those steps alone."""
         epoch, index = divmod(step, self.batches_per_epoch)
         tokens, targets, _ = self.babi.train.batch(self.epoch_batches(epoch)[index])
-        logits, _ = self.model(self.one_hot(tokens))
-        return F.cross_entropy(logits.flatten(0, 1), targets.to(self.device).flatten(), ignore_index=-1)
+        at = targets >= 0
+        logits, _ = self.model(tokens.to(self.device), at=at)
+        return F.cross_entropy(logits, targets[at].to(self.device))
 
     @torch.no_grad()
     def task_errors(self, split: BabiSplit) -> tuple[dict[int, float], float]:
@@ -365,11 +365,11 @@ class BabiTask(SequenceTask):
         order = split.lengths.argsort()
         for stories in order.split(self.config.trainer.eval_batch_size):
             tokens, targets, questions = split.batch(stories)
-            logits = self.model(self.one_hot(tokens))[0].cpu()
             at = targets >= 0
-            cost += float(F.cross_entropy(logits[at], targets[at], reduction="sum"))
+            logits = self.model(tokens.to(self.device), at=at)[0].cpu()
+            cost += float(F.cross_entropy(logits, targets[at], reduction="sum"))
             answers += int(at.sum())
-            wrong.index_add_(0, questions[at], (logits[at].argmax(dim=1) != targets[at]).long())
+            wrong.index_add_(0, questions[at], (logits.argmax(dim=1) != targets[at]).long())
         errors = {}
         for task in self.babi.tasks:
             of_task = split.question_task == task

@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fdlcli.errors import ConfigError
+from fdlcli.models import dnc_native
+
 EPS = 1e-6  # keeps cosine similarity finite and the allocation products away from exact zeros
 
 
@@ -36,10 +39,17 @@ class DNCConfig:
     word_size: int = 64  # W
     read_heads: int = 4  # R
     clip: float = 20.0  # controller outputs clipped to [-clip, clip] (DeepMind's implementation); 0 = off
+    # how a training time step runs: native = one C++ kernel per time step, forward and backward
+    # (dnc_native.py: CPU, float32, LSTM controller; built on first use with the system's C++ compiler);
+    # torch = tensor operations (torch.compile'd with trainer.compile=true); auto = native where it
+    # applies and builds, torch otherwise (bf16 autocast, a GPU, the feed-forward controller)
+    kernel: str = "auto"
 
     def check(self) -> str | None:
         if self.controller not in ("lstm", "feedforward"):
             return f"model.controller={self.controller!r}; choose from: lstm, feedforward"
+        if self.kernel not in ("auto", "native", "torch"):
+            return f"model.kernel={self.kernel!r}; choose from: auto, native, torch"
         if min(self.hidden, self.memory_slots, self.word_size, self.read_heads) <= 0:
             return "model.hidden, memory_slots, word_size and read_heads must be positive"
         if self.clip < 0:
@@ -381,6 +391,27 @@ def cell_step(
     return state, h, c, controller_in, out, trace if record else {}
 
 
+def native_cell_step(
+    x_gates: torch.Tensor,
+    face_bias: torch.Tensor,
+    shared: Shared,
+    state: MemoryState,
+    h: torch.Tensor,
+    c: torch.Tensor,
+    lstm: bool,
+    clip: float,
+    word: int,
+    heads: int,
+    record: bool = False,
+) -> tuple[MemoryState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`cell_step` (LSTM controller, no trace) as one autograd node per time step whose forward and
+    backward are native kernels and two matrix products each (fdlcli/models/dnc_native.py)."""
+    *new, h, c, controller_in, out = dnc_native.TimeStep.apply(
+        x_gates, face_bias, *state, h, c, shared.recurrent, shared.interface, float(clip)
+    )
+    return MemoryState(*new), h, c, controller_in, out, {}
+
+
 class DNC(nn.Module):
     """Controller (LSTM cell or feed-forward) + memory. Input [B,T,in] -> logits [B,T,out].
 
@@ -427,23 +458,51 @@ class DNC(nn.Module):
         """What does not depend on the recurrence, for all time steps at once: the controller's input
         projection (plus biases) [B,T,G], the interface's bias [B,T,I], and the detached weights of a time
         step, whose gradients come from the inputs the loop appends (detached) to ``controller_ins`` and
-        ``face_ins``."""
+        ``face_ins``. Token ids [B,T] (integers below ``input_size``) stand for their one-hot vectors: the
+        projection is then a lookup of the weight's columns, the same numbers without the product."""
         k = self.input_size
         if self.cfg.controller == "lstm":
             cell = self.controller
             assert isinstance(cell, nn.LSTMCell)
-            x_gates = F.linear(inputs, cell.weight_ih[:, :k], cell.bias_ih + cell.bias_hh)
+            weight, bias = cell.weight_ih[:, :k], cell.bias_ih + cell.bias_hh
             recurrent = torch.cat([cell.weight_ih[:, k:], cell.weight_hh], dim=1)
         else:
             linear = self.controller[0]
-            x_gates = F.linear(inputs, linear.weight[:, :k], linear.bias)
+            weight, bias = linear.weight[:, :k], linear.bias
             recurrent = linear.weight[:, k:]
+        if inputs.is_floating_point():
+            x_gates = F.linear(inputs, weight, bias)
+        else:
+            x_gates = F.embedding(inputs, weight.t()) + bias
         face_weight = self.interface.weight
         face_bias = self.interface.bias.expand(*inputs.shape[:2], -1)
         if torch.is_grad_enabled():
             x_gates = TimeSummedWeightGrad.apply(x_gates, recurrent, controller_ins)
             face_bias = TimeSummedWeightGrad.apply(face_bias, face_weight, face_ins)
         return x_gates, face_bias, Shared(recurrent.detach(), face_weight.detach())
+
+    def native_applies(self, inputs: torch.Tensor, record: bool) -> bool:
+        """Whether this forward runs the native time step (``model.kernel``); ``native`` where it cannot
+        apply or build is an error (ConfigError), ``auto`` falls back to the tensor operations."""
+        kernel = self.cfg.kernel
+        if kernel == "torch" or record:  # the recording pass (plots) traces intermediates: tensor operations
+            return False
+        why = None
+        if self.cfg.controller != "lstm":
+            why = "it has an LSTM controller only"
+        elif inputs.device.type != "cpu" or self.interface.weight.dtype != torch.float32:
+            why = f"it runs on the CPU in float32 (here {inputs.device.type}, {self.interface.weight.dtype})"
+        elif torch.is_autocast_enabled("cpu"):
+            why = "it computes in float32 (bf16 autocast is on: trainer.precision=bf16)"
+        else:
+            try:
+                dnc_native.library()
+                return True
+            except dnc_native.NativeUnavailable as err:
+                why = str(err)
+        if kernel == "native":
+            raise ConfigError(f"model.kernel=native: {why}; use model.kernel=auto or torch")
+        return False
 
     def compile_step(self) -> None:
         """``torch.compile`` one time step (the whole cell: controller, interface and memory, one graph,
@@ -453,8 +512,12 @@ class DNC(nn.Module):
         self.step = torch.compile(cell_step, fullgraph=True, dynamic=False)
 
     def forward(
-        self, inputs: torch.Tensor, record: bool = False
+        self, inputs: torch.Tensor, record: bool = False, at: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """inputs [B,T,in] (or token ids [B,T]) -> (logits [B,T,out], the trace if ``record``). With
+        ``at`` (a boolean mask [B,T]) the logits of those time steps only, [K,out] in the mask's order:
+        bAbI's loss looks at the answer steps alone (about one in ten), and the output layer's products
+        for the others would be thrown away."""
         batch = inputs.shape[0]
         cfg = self.cfg
         controller_ins: list[torch.Tensor] = []
@@ -465,12 +528,13 @@ class DNC(nn.Module):
         h = torch.zeros(batch, cfg.hidden, device=inputs.device)
         c = torch.zeros_like(h)
         lstm = cfg.controller == "lstm"
+        step = native_cell_step if self.native_applies(inputs, record) else self.step
         # unbind, not x_gates[:, t]: the backward of indexing would zero a [B,T,G] gradient at every step;
         # time-major first, so each step's [B,G] has the same strides whatever the story's length (the
         # compiled step guards on strides: one graph per length, then the recompile limit, otherwise)
         steps = x_gates.transpose(0, 1).contiguous().unbind(dim=0)
         for x_t, bias_t in zip(steps, face_bias.unbind(dim=1), strict=True):
-            state, h, c, controller_in, out, trace = self.step(
+            state, h, c, controller_in, out, trace = step(
                 x_t, bias_t, shared, state, h, c, lstm, cfg.clip, cfg.word_size, cfg.read_heads, record
             )
             controller_ins.append(controller_in.detach())
@@ -480,7 +544,8 @@ class DNC(nn.Module):
             if record:
                 traces.append({k: v.detach() for k, v in trace.items()})
         # the output layer once for all time steps: [B,T,hidden + R*W] -> [B,T,out]
-        logits = self.output(torch.cat([torch.stack(outs, dim=1), torch.stack(reads, dim=1)], dim=2))
+        features = torch.cat([torch.stack(outs, dim=1), torch.stack(reads, dim=1)], dim=2)
+        logits = self.output(features if at is None else features[at.to(features.device)])
         if not record:
             return logits, None
         return logits, {k: torch.stack([tr[k] for tr in traces], dim=1) for k in traces[0]}
