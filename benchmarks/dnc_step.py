@@ -46,6 +46,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from fdlcli.engine.devices import keep_freed_memory
 from fdlcli.models import dnc
 from fdlcli.models import dnc_reference as loops
 
@@ -202,6 +203,7 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true", help="also time the dense matrix products alone")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as fdl train's session does, for both models of this process
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {args.threads} thread(s)"
     )

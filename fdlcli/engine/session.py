@@ -19,7 +19,7 @@ import torch
 
 from fdlcli.engine import distributed
 from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef, ReadOnlyCheckpoints
-from fdlcli.engine.devices import configure_threads, resolve_device
+from fdlcli.engine.devices import configure_threads, keep_freed_memory, resolve_device
 from fdlcli.engine.seed import set_rng_state
 from fdlcli.engine.signals import StopFlag, graceful_stop
 from fdlcli.engine.tracking import ConsoleProgress, MetricsWriter, NullWriter, log, setup_run_logging
@@ -129,6 +129,7 @@ def run_session(run: Run) -> Iterator[Session]:
         device = torch.device("cuda", distributed.local_rank())
         torch.cuda.set_device(device)
     threads = configure_threads(trainer.threads, max(run.parallel_jobs, distributed.local_world_size()))
+    keep_freed_memory()
     if not distributed.is_main():
         # the other data-parallel ranks read checkpoints (resume) but write nothing into the run
         readonly = ReadOnlyCheckpoints(run.checkpoint_dir, run.config.name)

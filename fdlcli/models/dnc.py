@@ -452,14 +452,11 @@ class DNC(nn.Module):
             zeros(r, w),
         )
 
-    def before_loop(
-        self, inputs: torch.Tensor, controller_ins: list[torch.Tensor], face_ins: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, Shared]:
-        """What does not depend on the recurrence, for all time steps at once: the controller's input
-        projection (plus biases) [B,T,G], the interface's bias [B,T,I], and the detached weights of a time
-        step, whose gradients come from the inputs the loop appends (detached) to ``controller_ins`` and
-        ``face_ins``. Token ids [B,T] (integers below ``input_size``) stand for their one-hot vectors: the
-        projection is then a lookup of the weight's columns, the same numbers without the product."""
+    def input_projection(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the controller's input projection plus its biases [B,T,G], the recurrent weight [G, R*W (+
+        hidden)]: what multiplies [read vectors, h] at every step). Token ids [B,T] (integers below
+        ``input_size``) stand for their one-hot vectors: the projection is then a lookup of the weight's
+        columns, the same numbers without the product."""
         k = self.input_size
         if self.cfg.controller == "lstm":
             cell = self.controller
@@ -471,9 +468,17 @@ class DNC(nn.Module):
             weight, bias = linear.weight[:, :k], linear.bias
             recurrent = linear.weight[:, k:]
         if inputs.is_floating_point():
-            x_gates = F.linear(inputs, weight, bias)
-        else:
-            x_gates = F.embedding(inputs, weight.t()) + bias
+            return F.linear(inputs, weight, bias), recurrent
+        return F.embedding(inputs, weight.t()) + bias, recurrent
+
+    def before_loop(
+        self, inputs: torch.Tensor, controller_ins: list[torch.Tensor], face_ins: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, Shared]:
+        """What does not depend on the recurrence, for all time steps at once: the controller's input
+        projection (plus biases) [B,T,G], the interface's bias [B,T,I], and the detached weights of a time
+        step, whose gradients come from the inputs the loop appends (detached) to ``controller_ins`` and
+        ``face_ins``."""
+        x_gates, recurrent = self.input_projection(inputs)
         face_weight = self.interface.weight
         face_bias = self.interface.bias.expand(*inputs.shape[:2], -1)
         if torch.is_grad_enabled():
@@ -504,6 +509,23 @@ class DNC(nn.Module):
             raise ConfigError(f"model.kernel=native: {why}; use model.kernel=auto or torch")
         return False
 
+    def native_forward(self, inputs: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
+        """forward() through dnc_native.Sequence: the logits (of the ``at`` steps)."""
+        cfg = self.cfg
+        x_gates, recurrent = self.input_projection(inputs)
+        out, reads = dnc_native.Sequence.apply(
+            x_gates.transpose(0, 1).contiguous(),
+            self.interface.bias,
+            recurrent,
+            self.interface.weight,
+            float(cfg.clip),
+            cfg.memory_slots,
+            cfg.word_size,
+            cfg.read_heads,
+        )
+        features = torch.cat([out, reads], dim=2).transpose(0, 1)  # [B,T,hidden + R*W]
+        return self.output(features if at is None else features[at.to(features.device)])
+
     def compile_step(self) -> None:
         """``torch.compile`` one time step (the whole cell: controller, interface and memory, one graph,
         forward and backward), not the unrolled sequence: the loop over time stays in Python, so one graph
@@ -518,6 +540,8 @@ class DNC(nn.Module):
         ``at`` (a boolean mask [B,T]) the logits of those time steps only, [K,out] in the mask's order:
         bAbI's loss looks at the answer steps alone (about one in ten), and the output layer's products
         for the others would be thrown away."""
+        if self.native_applies(inputs, record):
+            return self.native_forward(inputs, at), None
         batch = inputs.shape[0]
         cfg = self.cfg
         controller_ins: list[torch.Tensor] = []
@@ -528,13 +552,12 @@ class DNC(nn.Module):
         h = torch.zeros(batch, cfg.hidden, device=inputs.device)
         c = torch.zeros_like(h)
         lstm = cfg.controller == "lstm"
-        step = native_cell_step if self.native_applies(inputs, record) else self.step
         # unbind, not x_gates[:, t]: the backward of indexing would zero a [B,T,G] gradient at every step;
         # time-major first, so each step's [B,G] has the same strides whatever the story's length (the
         # compiled step guards on strides: one graph per length, then the recompile limit, otherwise)
         steps = x_gates.transpose(0, 1).contiguous().unbind(dim=0)
         for x_t, bias_t in zip(steps, face_bias.unbind(dim=1), strict=True):
-            state, h, c, controller_in, out, trace = step(
+            state, h, c, controller_in, out, trace = self.step(
                 x_t, bias_t, shared, state, h, c, lstm, cfg.clip, cfg.word_size, cfg.read_heads, record
             )
             controller_ins.append(controller_in.detach())

@@ -241,3 +241,141 @@ class TimeStep(torch.autograd.Function):
         g_read_vectors = g_controller_in[:, :reads].view(batch, state[4].shape[1], -1)
         g_h_prev = g_controller_in[:, reads:]
         return (g_gates, g_face, *state_grads, g_read_vectors, g_h_prev, g_c_prev, None, None, None)
+
+
+# One spare set of Sequence's working tensors per shape: the next forward takes it back instead of
+# allocating ~100 MB of fresh pages per bAbI minibatch, whose first touch (page faults) cost more than the
+# memory step itself (measured: 28,000 page faults and +0.4 ms per time step without it).
+_spare: dict[tuple, tuple[int, list[torch.Tensor]]] = {}
+
+
+def _take(key: tuple, rows: int, shapes: list[tuple[int, ...]], like: torch.Tensor) -> list[torch.Tensor]:
+    """Tensors [rows, *shape] for ``shapes``: views of the spare set of ``key`` if it has the rows, else new
+    ones (the spare, too short, is dropped)."""
+    capacity, tensors = _spare.pop(key, (0, []))
+    if capacity < rows:
+        tensors = [like.new_empty(rows, *shape) for shape in shapes]
+    return [t[:rows] for t in tensors]
+
+
+def _give(key: tuple, tensors: list[torch.Tensor]) -> None:
+    """Keep ``tensors`` (views from _take) as the spare set of ``key`` unless a longer one is kept."""
+    bases = [t if t._base is None else t._base for t in tensors]
+    if _spare.get(key, (0, []))[0] < bases[0].shape[0]:
+        _spare[key] = (bases[0].shape[0], bases)
+
+
+class Sequence(torch.autograd.Function):
+    """The whole unrolled DNC with an LSTM controller, forward and backward by hand: one autograd node for
+    all T time steps. Per time step the forward is two matrix products (torch.addmm into preallocated
+    rows) and two native calls (the LSTM's elementwise part, the memory step); the backward the same in
+    reverse, and the weights' gradients are one matrix product each after the loop.
+
+    Inputs: x_gates [T,B,4H] (the input projection plus the LSTM's biases, time-major, contiguous), the
+    interface's bias [I], the recurrent weight [4H, R*W + H] (what multiplies [read vectors, h]), the
+    interface's weight [I,H], the clip and the memory's (N, W, R). Outputs: the clipped controller outputs
+    [T,B,H] and the read vectors [T,B,R*W], which the output layer takes. The state of every time step
+    lives in one tensor per kind ([T+1, B, ...]), so a step costs no allocation and the saved tensors no
+    bookkeeping. dnc.cell_step is the same function in tensor operations (tests/test_dnc_native.py)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x_gates: torch.Tensor,
+        face_bias: torch.Tensor,
+        recurrent: torch.Tensor,
+        interface: torch.Tensor,
+        clip: float,
+        n: int,
+        w: int,
+        r: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        steps, batch, gates_size = x_gates.shape
+        hidden, face_size = gates_size // 4, interface.shape[0]
+        lib = library()
+        # the working tensors, [steps + 1, batch, ...] (the state before each step and after the last; the
+        # per-step ones use rows 0..steps-1); the outputs are new tensors: they outlive the backward
+        key = (batch, n, w, r, hidden, face_size, x_gates.dtype, x_gates.device)
+        shapes = [(batch, n, w), (batch, n), (batch, n, n), (batch, n), (batch, r, n), (batch, n)]
+        shapes += [(batch, hidden), (batch, hidden), (batch, r * w + hidden), (batch, gates_size)]
+        shapes += [(batch, face_size), (batch, lib.dnc_memory_saved_size(n, w, r))]
+        work = _take(key, steps + 1, shapes, x_gates)
+        state, (h, c, controller_in, gates, face, saved) = work[:6], work[6:]
+        state[0][0].fill_(1e-6)  # dnc.DNC.initial_state's: a small constant memory, the rest zero
+        for kind in (*state[1:], h, c):
+            kind[0].zero_()
+        read_vectors = x_gates.new_zeros(steps + 1, batch, r * w)
+        out = x_gates.new_empty(steps, batch, hidden)
+        recurrent_t, interface_t = recurrent.t(), interface.t()
+        for t in range(steps):
+            torch.cat([read_vectors[t], h[t]], dim=1, out=controller_in[t])
+            torch.addmm(x_gates[t], controller_in[t], recurrent_t, out=gates[t])
+            lstm = (gates[t], c[t], h[t + 1], c[t + 1], out[t])
+            lib.dnc_lstm_forward(batch, hidden, clip, *map(_ptr, lstm))
+            torch.addmm(face_bias, out[t], interface_t, out=face[t])
+            lib.dnc_memory_forward(
+                batch, n, w, r, face[t].data_ptr(), *(s[t].data_ptr() for s in state),
+                *(s[t + 1].data_ptr() for s in state), read_vectors[t + 1].data_ptr(), saved[t].data_ptr(),
+            )  # fmt: skip
+        if not any(ctx.needs_input_grad):  # evaluation: no backward will come
+            _give(key, work)
+        else:
+            ctx.save_for_backward(recurrent, interface)
+            ctx.kept = (key, work, out)  # type: ignore[attr-defined]
+            ctx.sizes = (clip, n, w, r)  # type: ignore[attr-defined]
+        return out, read_vectors[1:]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        grad_out: torch.Tensor | None,
+        grad_reads: torch.Tensor | None,
+    ) -> tuple:
+        recurrent, interface = ctx.saved_tensors  # type: ignore[attr-defined]
+        key, work, out = ctx.kept  # type: ignore[attr-defined]
+        del ctx.kept  # type: ignore[attr-defined]  # a second backward (retain_graph) would find nothing
+        state, (h, c, controller_in, gates, face, saved) = work[:6], work[6:]
+        clip, n, w, r = ctx.sizes  # type: ignore[attr-defined]
+        steps, batch, gates_size = out.shape[0], out.shape[1], gates.shape[2]
+        hidden, reads = gates_size // 4, r * w
+        lib = library()
+        grad_out, grad_reads = _ready(grad_out), _ready(grad_reads)
+        grad_gates = gates.new_empty(steps, batch, gates_size)
+        grad_face = face.new_empty(steps, batch, face.shape[2])
+        # the gradients of the state after step t: None (zero) after the last step, then two sets in turn
+        after: list[torch.Tensor] | None = None
+        sets = [[torch.empty_like(s[0]) for s in state] for _ in range(2)]
+        grad_rv, grad_clipped = grad_gates.new_zeros(batch, reads), grad_gates.new_empty(batch, hidden)
+        grad_h, grad_c = grad_gates.new_zeros(batch, hidden), grad_gates.new_zeros(batch, hidden)
+        grad_c_before = torch.empty_like(grad_c)
+        grad_in = grad_gates.new_zeros(batch, reads + hidden)  # of step t+1's controller input [rv, h]
+        for t in reversed(range(steps)):
+            # read vectors of step t: the output layer's gradient and step t+1's controller's
+            if grad_reads is not None:
+                torch.add(grad_reads[t], grad_in[:, :reads], out=grad_rv)
+            else:
+                grad_rv.copy_(grad_in[:, :reads])
+            before = sets[t % 2]
+            lib.dnc_memory_backward(
+                batch, n, w, r, face[t].data_ptr(), *(s[t].data_ptr() for s in state),
+                *(state[k][t + 1].data_ptr() for k in (0, 2, 4, 5)), saved[t].data_ptr(),
+                *(_ptr(g) for g in (after or [None] * 6)), grad_rv.data_ptr(), grad_face[t].data_ptr(),
+                *(g.data_ptr() for g in before),
+            )  # fmt: skip
+            after = before
+            if grad_out is not None:
+                torch.addmm(grad_out[t], grad_face[t], interface, out=grad_clipped)
+            else:
+                torch.mm(grad_face[t], interface, out=grad_clipped)
+            grad_h.copy_(grad_in[:, reads:])
+            lib.dnc_lstm_backward(
+                batch, hidden, clip, *map(_ptr, (gates[t], c[t], c[t + 1], h[t + 1], grad_h, grad_c)),
+                *map(_ptr, (grad_clipped, grad_gates[t], grad_c_before)),
+            )  # fmt: skip
+            grad_c, grad_c_before = grad_c_before, grad_c
+            torch.mm(grad_gates[t], recurrent, out=grad_in)
+        flat_gates, flat_face = grad_gates.view(steps * batch, -1), grad_face.view(steps * batch, -1)
+        grad_recurrent = flat_gates.t() @ controller_in[:steps].reshape(steps * batch, -1)
+        grad_interface = flat_face.t() @ out.view(steps * batch, -1)
+        _give(key, work)
+        return grad_gates, flat_face.sum(dim=0), grad_recurrent, grad_interface, None, None, None, None
