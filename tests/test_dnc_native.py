@@ -62,46 +62,24 @@ def test_memory_step_matches_the_tensor_operations(seed: int) -> None:
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-5)
 
 
-def time_step_inputs(seed: int) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    state = [*memory_state(seed), torch.randn(B, R, W, generator=g, dtype=torch.float64)]
-    h, c = (torch.randn(B, H, generator=g, dtype=torch.float64) for _ in range(2))
-    x_gates = torch.randn(B, 4 * H, generator=g, dtype=torch.float64)
-    face_bias = torch.randn(B, dnc.interface_size(W, R), generator=g, dtype=torch.float64)
-    return [x_gates, face_bias, *state, h, c]
-
-
 @pytest.mark.parametrize("clip", [20.0, 0.3, 0.0])
-def test_time_step_matches_cell_step(clip: float) -> None:
-    """The whole step (LSTM, clip, interface, memory) by hand against autograd through cell_step: values
-    and the gradients of all eleven inputs; clip=0.3 makes the clip bite, 0 turns it off."""
-    g = torch.Generator().manual_seed(7)
-    recurrent = 0.3 * torch.randn(4 * H, R * W + H, generator=g, dtype=torch.float64)
-    interface = 0.3 * torch.randn(dnc.interface_size(W, R), H, generator=g, dtype=torch.float64)
-    exact = [t.requires_grad_() for t in time_step_inputs(3)]
-    native = [t.detach().float().requires_grad_() for t in exact]
-
-    def by_torch(x_gates: torch.Tensor, face_bias: torch.Tensor, *rest: torch.Tensor) -> tuple:
-        shared = dnc.Shared(recurrent, interface)
-        state, h, c, _, out, _ = dnc.cell_step(
-            x_gates, face_bias, shared, dnc.MemoryState(*rest[:7]), rest[7], rest[8], True, clip, W, R
-        )
-        return (*state, h, c, out)
-
-    def by_kernel(x_gates: torch.Tensor, face_bias: torch.Tensor, *rest: torch.Tensor) -> tuple:
-        *outputs, _, out = dnc_native.TimeStep.apply(
-            x_gates, face_bias, *rest, recurrent.float(), interface.float(), clip
-        )
-        return (*outputs, out)
-
-    expected, got = by_torch(*exact), by_kernel(*native)
-    for a, b in zip(got, expected, strict=True):
-        torch.testing.assert_close(a.double(), b.detach(), rtol=1e-4, atol=1e-5)
-    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in expected]
-    expected_grads = torch.autograd.grad(weighted_sum(expected, weights), exact)
-    got_grads = torch.autograd.grad(weighted_sum(got, weights), native)
-    for a, b in zip(got_grads, expected_grads, strict=True):
-        torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-5)
+def test_sequence_matches_the_tensor_operation_step(clip: float) -> None:
+    """The whole unrolled sequence by hand (dnc_native.Sequence: LSTM, clip, interface, memory, the weight
+    gradients after the loop) against dnc.cell_step's loop: logits and every parameter's gradient;
+    clip=0.3 makes the clip bite, 0 turns it off."""
+    models = [small_dnc(kernel) for kernel in ("native", "torch")]
+    for model in models:
+        model.cfg.clip = clip
+    inputs = torch.randn(B, 6, 9, generator=torch.Generator().manual_seed(4))
+    weights = torch.randn(B, 6, 9, generator=torch.Generator().manual_seed(5))
+    for model in models:
+        logits, _ = model(inputs)
+        (logits * weights).sum().backward()
+    native, by_torch = models
+    torch.testing.assert_close(native(inputs)[0], by_torch(inputs)[0], rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(native.named_parameters(), by_torch.parameters(), strict=True):
+        assert a.grad is not None and float(a.grad.abs().max()) > 0, name
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
 def small_dnc(kernel: str, controller: str = "lstm") -> dnc.DNC:
@@ -178,10 +156,12 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(fresh_build, mon
 def test_the_build_lands_whole_in_the_cache_folder(fresh_build, tmp_path) -> None:
     """One library file named by the source, compiler and CPU's hash, no temporary left over; a second
     process (here: a cleared cache) loads it without building again."""
-    dnc_native.library()
+    dnc_native.library(N, W, R)
     built = list((tmp_path / "native").iterdir())
-    assert len(built) == 1 and built[0].name.startswith("dnc_memory_") and built[0].suffix == ".so"
+    assert (
+        len(built) == 1 and built[0].name.startswith(f"dnc_memory_{N}x{W}x{R}_") and built[0].suffix == ".so"
+    )
     stamp = built[0].stat().st_mtime_ns
     dnc_native.library.cache_clear()
-    dnc_native.library()
+    dnc_native.library(N, W, R)
     assert [p.stat().st_mtime_ns for p in (tmp_path / "native").iterdir()] == [stamp]

@@ -391,27 +391,6 @@ def cell_step(
     return state, h, c, controller_in, out, trace if record else {}
 
 
-def native_cell_step(
-    x_gates: torch.Tensor,
-    face_bias: torch.Tensor,
-    shared: Shared,
-    state: MemoryState,
-    h: torch.Tensor,
-    c: torch.Tensor,
-    lstm: bool,
-    clip: float,
-    word: int,
-    heads: int,
-    record: bool = False,
-) -> tuple[MemoryState, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """:func:`cell_step` (LSTM controller, no trace) as one autograd node per time step whose forward and
-    backward are native kernels and two matrix products each (fdlcli/models/dnc_native.py)."""
-    *new, h, c, controller_in, out = dnc_native.TimeStep.apply(
-        x_gates, face_bias, *state, h, c, shared.recurrent, shared.interface, float(clip)
-    )
-    return MemoryState(*new), h, c, controller_in, out, {}
-
-
 class DNC(nn.Module):
     """Controller (LSTM cell or feed-forward) + memory. Input [B,T,in] -> logits [B,T,out].
 
@@ -501,7 +480,7 @@ class DNC(nn.Module):
             why = "it computes in float32 (bf16 autocast is on: trainer.precision=bf16)"
         else:
             try:
-                dnc_native.library()
+                dnc_native.library(self.cfg.memory_slots, self.cfg.word_size, self.cfg.read_heads)
                 return True
             except dnc_native.NativeUnavailable as err:
                 why = str(err)
@@ -512,9 +491,11 @@ class DNC(nn.Module):
     def native_forward(self, inputs: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
         """forward() through dnc_native.Sequence: the logits (of the ``at`` steps)."""
         cfg = self.cfg
-        x_gates, recurrent = self.input_projection(inputs)
+        # time-major: token ids are transposed before the lookup (a [T,B] copy instead of a [T,B,G] one)
+        time_major = inputs.t() if not inputs.is_floating_point() else inputs.transpose(0, 1)
+        x_gates, recurrent = self.input_projection(time_major)
         out, reads = dnc_native.Sequence.apply(
-            x_gates.transpose(0, 1).contiguous(),
+            x_gates.contiguous(),
             self.interface.bias,
             recurrent,
             self.interface.weight,

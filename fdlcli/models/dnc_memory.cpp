@@ -50,8 +50,19 @@ inline float tanh_(float x) { return 2.f / (1.f + exp_(-2.f * x)) - 1.f; }
 inline float softplus(float x) { return x > 20.f ? x : std::log1p(exp_(x)); }
 inline float softplus_grad(float x) { return x > 20.f ? 1.f : sigmoid(x); }
 
+// The memory's sizes: N slots, W word size, R read heads, and I the interface vector's. dnc_native.py
+// builds the library for one (N, W, R) at a time, given as DNC_N, DNC_W and DNC_R: every loop bound is
+// then a constant, and the compiler unrolls the short loops (32 or 64 floats) and keeps their sums in
+// registers. Without them (a generic build) the sizes come from the call.
 struct Dims {
+#if defined(DNC_N) && defined(DNC_W) && defined(DNC_R)
+  static constexpr int64_t n = DNC_N, w = DNC_W, r = DNC_R, iface = r * w + 3 * w + 5 * r + 3;
+  Dims(int64_t, int64_t, int64_t) {}
+#else
   int64_t n, w, r, iface;
+  Dims(int64_t slots, int64_t word, int64_t heads)
+      : n(slots), w(word), r(heads), iface(heads * word + 3 * word + 5 * heads + 3) {}
+#endif
 };
 
 // Offsets of split_interface's parts in the interface vector.
@@ -93,7 +104,7 @@ void squash(const Dims& d, const Layout& at, const float* raw, float* out) {
   }
 }
 
-inline float dot(const float* a, const float* b, int64_t n) {
+__attribute__((always_inline)) inline float dot(const float* a, const float* b, int64_t n) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
   for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
@@ -106,7 +117,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // y a quarter as often (measured: the memory step's forward and backward took 1.6x as long without).
 
 // out[t * out_stride] = dot(x + t * stride, v) (or +=, with accumulate) for t < count
-inline void dot_rows(float* out, int64_t out_stride, const float* x, int64_t stride, const float* v, int64_t len,
+__attribute__((always_inline)) inline void dot_rows(float* out, int64_t out_stride, const float* x, int64_t stride, const float* v, int64_t len,
                      int64_t count, bool accumulate) {
   int64_t t = 0;
   for (; t + 4 <= count; t += 4) {
@@ -133,7 +144,7 @@ inline void dot_rows(float* out, int64_t out_stride, const float* x, int64_t str
 }
 
 // y += sum_t c[t * c_stride] * (x + t * stride) for t < count
-inline void axpy_rows(float* y, int64_t len, const float* c, int64_t c_stride, const float* x, int64_t stride,
+__attribute__((always_inline)) inline void axpy_rows(float* y, int64_t len, const float* c, int64_t c_stride, const float* x, int64_t stride,
                       int64_t count) {
   int64_t t = 0;
   for (; t + 4 <= count; t += 4) {
@@ -265,8 +276,12 @@ void step_forward(const Dims& d, const Layout& at, const float* raw, const float
     s.clamped[i] = kEps + (1.f - kEps) * usage_out[i];
   }
   // allocation: the least used slots first (a stable sort: ties by slot index, as dnc.py's)
+  // std::sort with the slot index breaking ties is the stable order; std::stable_sort allocated a buffer
+  // at every call
   std::iota(order, order + n, 0);
-  std::stable_sort(order, order + n, [&](int64_t a, int64_t b) { return s.clamped[a] < s.clamped[b]; });
+  std::sort(order, order + n, [&](int64_t a, int64_t b) {
+    return s.clamped[a] < s.clamped[b] || (s.clamped[a] == s.clamped[b] && a < b);
+  });
   float before = 1.f;
   for (int64_t j = 0; j < n; ++j) {
     const int64_t slot = order[j];
@@ -336,7 +351,7 @@ inline void copy_or_zero(float* dst, const float* src, int64_t count) {
 extern "C" {
 
 int64_t dnc_memory_saved_size(int64_t n, int64_t w, int64_t r) {
-  return Saved::size(Dims{n, w, r, r * w + 3 * w + 5 * r + 3});
+  return Saved::size(Dims(n, w, r));
 }
 
 // Forward for the batch: new memory, usage, link, precedence, read weights, write weights, read vectors,
@@ -346,7 +361,7 @@ void dnc_memory_forward(int64_t batch, int64_t n, int64_t w, int64_t r, const fl
                         const float* writes, float* memory_out, float* usage_out, float* link_out,
                         float* precedence_out, float* reads_out, float* writes_out, float* read_vectors,
                         float* saved) {
-  const Dims d{n, w, r, r * w + 3 * w + 5 * r + 3};
+  const Dims d(n, w, r);
   const Layout at(d);
   const int64_t per_story = Saved::size(d);
   std::vector<int64_t> order(n);
@@ -370,7 +385,7 @@ void dnc_memory_backward(int64_t batch, int64_t n, int64_t w, int64_t r, const f
                          const float* g_writes_new, const float* g_read_vectors, float* g_face,
                          float* g_memory, float* g_usage, float* g_link, float* g_precedence, float* g_reads,
                          float* g_writes) {
-  const Dims d{n, w, r, r * w + 3 * w + 5 * r + 3};
+  const Dims d(n, w, r);
   const Layout at(d);
   const int64_t per_story = Saved::size(d);
   std::vector<float> gm_new(n * w), gwr(r * n), gback(r * n), gfwd(r * n), gcontent(r * n), gww(n),

@@ -58,8 +58,9 @@ def _cpu_flags() -> str:
 
 
 @cache
-def library() -> ctypes.CDLL:
-    """The compiled kernel, built on first use (NativeUnavailable if it cannot be)."""
+def library(n: int, w: int, r: int) -> ctypes.CDLL:
+    """The kernels compiled for a memory of ``n`` slots, words of ``w`` and ``r`` read heads (constants
+    the compiler specializes the loops for), built on first use (NativeUnavailable if they cannot be)."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
     if compiler is None:
         raise NativeUnavailable("no C++ compiler found (g++, c++ or clang++; or set CXX)")
@@ -68,15 +69,16 @@ def library() -> ctypes.CDLL:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as err:
         raise NativeUnavailable(f"{compiler} does not run: {err}") from err
-    key = hashlib.sha256(source + version.encode() + " ".join(FLAGS).encode() + _cpu_flags().encode())
-    target = _cache_dir() / f"dnc_memory_{key.hexdigest()[:16]}.so"
+    flags = [*FLAGS, f"-DDNC_N={n}", f"-DDNC_W={w}", f"-DDNC_R={r}"]
+    key = hashlib.sha256(source + version.encode() + " ".join(flags).encode() + _cpu_flags().encode())
+    target = _cache_dir() / f"dnc_memory_{n}x{w}x{r}_{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
             build = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, check=False
+                [compiler, *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True, check=False
             )
             if build.returncode != 0:
                 raise NativeUnavailable(f"building {SOURCE.name} failed: {build.stderr.strip()[:500]}")
@@ -99,14 +101,6 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def available() -> bool:
-    try:
-        library()
-    except NativeUnavailable:
-        return False
-    return True
-
-
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -115,63 +109,22 @@ def _ready(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float().contiguous()
 
 
-def memory_forward(
-    face: torch.Tensor, state: tuple[torch.Tensor, ...]
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """(raw interface [B,I], (memory [B,N,W], usage [B,N], link [B,N,N], precedence [B,N], read weights
-    [B,R,N], write weights [B,N])) -> ((the same six of the next step, read vectors [B,R,W]), the
-    intermediates the backward needs)."""
-    memory, reads = state[0], state[4]
-    b, n, w = memory.shape
-    r = reads.shape[1]
-    lib = library()
-    outputs = (*(torch.empty_like(t) for t in state), memory.new_empty(b, r, w))
-    saved = memory.new_empty(b, lib.dnc_memory_saved_size(n, w, r))
-    lib.dnc_memory_forward(
-        b, n, w, r, face.data_ptr(), *map(_ptr, state), *map(_ptr, outputs), saved.data_ptr()
-    )
-    return outputs, saved
-
-
-def memory_backward(
-    face: torch.Tensor,
-    state: tuple[torch.Tensor, ...],
-    new: tuple[torch.Tensor, ...],
-    saved: torch.Tensor,
-    grads: tuple[torch.Tensor | None, ...],
-) -> tuple[torch.Tensor, ...]:
-    """The gradients of (raw interface, the six state inputs) from those of memory_forward's seven outputs
-    (None: zero). ``new``: the forward's outputs."""
-    memory, reads = state[0], state[4]
-    b, n, w = memory.shape
-    r = reads.shape[1]
-    out = (torch.empty_like(face), *(torch.empty_like(t) for t in state))
-    kept = (new[0], new[2], new[4], new[5])  # memory, link, read and write weights of the new step
-    grads = tuple(_ready(g) for g in grads)  # held here: a pointer to a freed temporary would dangle
-    library().dnc_memory_backward(
-        b,
-        n,
-        w,
-        r,
-        face.data_ptr(),
-        *map(_ptr, state),
-        *map(_ptr, kept),
-        saved.data_ptr(),
-        *map(_ptr, grads),
-        *map(_ptr, out),
-    )
-    return out
-
-
 class MemoryStep(torch.autograd.Function):
-    """(raw interface [B,I], memory [B,N,W], usage [B,N], link [B,N,N], precedence [B,N], read weights
-    [B,R,N], write weights [B,N]) -> (memory, usage, link, precedence, read weights, write weights, read
-    vectors [B,R,W]) of the next time step."""
+    """One memory step alone: (raw interface [B,I], memory [B,N,W], usage [B,N], link [B,N,N], precedence
+    [B,N], read weights [B,R,N], write weights [B,N]) -> (memory, usage, link, precedence, read weights,
+    write weights, read vectors [B,R,W]) of the next time step. What :class:`Sequence` calls at every
+    step, on its own for tests and for a model that steps the memory itself."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, face: torch.Tensor, *state: torch.Tensor) -> tuple:  # type: ignore[override]
-        face, state = _ready(face), tuple(_ready(t) for t in state)
-        new, saved = memory_forward(face, state)
+        face, state = _ready(face), tuple(_ready(t) for t in state)  # type: ignore[assignment]
+        (b, n, w), r = state[0].shape, state[4].shape[1]
+        lib = library(n, w, r)
+        new = (*(torch.empty_like(t) for t in state), face.new_empty(b, r, w))
+        saved = face.new_empty(b, lib.dnc_memory_saved_size(n, w, r))
+        lib.dnc_memory_forward(
+            b, n, w, r, face.data_ptr(), *map(_ptr, state), *map(_ptr, new), saved.data_ptr()
+        )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(face, *state, *new, saved)
         return new
@@ -179,68 +132,16 @@ class MemoryStep(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor | None) -> tuple:  # type: ignore[override]
         face, *rest = ctx.saved_tensors  # type: ignore[attr-defined]
-        return memory_backward(face, tuple(rest[:6]), tuple(rest[6:13]), rest[13], grads)
-
-
-class TimeStep(torch.autograd.Function):
-    """A whole DNC time step with an LSTM controller (dnc.cell_step's), forward and backward by hand: the
-    two matrix products of the step by torch, the LSTM's elementwise part and the memory natively.
-
-    Inputs: x_gates [B,4H] and face_bias [B,I] (the parts computed for all time steps before the loop),
-    the state's seven tensors (memory, usage, link, precedence, read weights, write weights, read vectors),
-    h, c, the detached recurrent [4H, R*W + H] and interface [I, H] weights, and the clip. Outputs: the next
-    state's seven, h, c, the controller's input (for the time-summed weight gradient; not differentiable)
-    and the clipped h. One autograd node per time step; the weights' gradients come after the loop
-    (dnc.TimeSummedWeightGrad), as in the tensor-operation step."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        x_gates: torch.Tensor,
-        face_bias: torch.Tensor,
-        *args: torch.Tensor | float,
-    ) -> tuple:
-        *state, read_vectors, h, c, recurrent, interface, clip = args
-        batch, hidden = h.shape
-        lib = library()
-        controller_in = torch.cat([read_vectors.flatten(1), h], dim=1)
-        gates = torch.addmm(x_gates, controller_in, recurrent.t())
-        h_new, c_new, out = torch.empty_like(c), torch.empty_like(c), torch.empty_like(c)
-        lib.dnc_lstm_forward(
-            batch, hidden, clip, gates.data_ptr(), c.data_ptr(), *map(_ptr, (h_new, c_new, out))
-        )
-        face = torch.addmm(face_bias, out, interface.t())
-        new, saved = memory_forward(face, tuple(state))
-        ctx.set_materialize_grads(False)
-        ctx.mark_non_differentiable(controller_in)
-        ctx.save_for_backward(face, *state, *new, saved, gates, c, c_new, h_new, recurrent, interface)
-        ctx.clip = clip  # type: ignore[attr-defined]
-        return (*new, h_new, c_new, controller_in, out)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, *grads: torch.Tensor | None) -> tuple:  # type: ignore[override]
-        face, *rest = ctx.saved_tensors  # type: ignore[attr-defined]
-        state, new, saved = tuple(rest[:6]), tuple(rest[6:13]), rest[13]
-        gates, c, c_new, h_new, recurrent, interface = rest[14:]
-        *memory_grads, g_h, g_c, _, g_out = grads
-        g_face, *state_grads = memory_backward(face, state, new, saved, tuple(memory_grads))
-        g_clipped = (
-            torch.mm(g_face, interface) if g_out is None else torch.addmm(_ready(g_out), g_face, interface)
-        )
-        batch, hidden = c.shape
-        g_gates, g_c_prev = torch.empty_like(gates), torch.empty_like(c)
-        g_h, g_c = (torch.zeros_like(c) if g is None else _ready(g) for g in (g_h, g_c))
-        library().dnc_lstm_backward(
-            batch,
-            hidden,
-            ctx.clip,
-            *map(_ptr, (gates, c, c_new, h_new, g_h, g_c, g_clipped, g_gates, g_c_prev)),  # type: ignore[attr-defined]
-        )
-        g_controller_in = torch.mm(g_gates, recurrent)
-        reads = state[4].shape[1] * state[0].shape[2]
-        g_read_vectors = g_controller_in[:, :reads].view(batch, state[4].shape[1], -1)
-        g_h_prev = g_controller_in[:, reads:]
-        return (g_gates, g_face, *state_grads, g_read_vectors, g_h_prev, g_c_prev, None, None, None)
+        state, new, saved = rest[:6], rest[6:13], rest[13]
+        (b, n, w), r = state[0].shape, state[4].shape[1]
+        out = (torch.empty_like(face), *(torch.empty_like(t) for t in state))
+        kept = (new[0], new[2], new[4], new[5])  # memory, link, read and write weights of the new step
+        held = [_ready(g) for g in grads]  # held here: a pointer to a freed temporary would dangle
+        library(n, w, r).dnc_memory_backward(
+            b, n, w, r, face.data_ptr(), *map(_ptr, state), *map(_ptr, kept), saved.data_ptr(),
+            *map(_ptr, held), *map(_ptr, out),
+        )  # fmt: skip
+        return out
 
 
 # One spare set of Sequence's working tensors per shape: the next forward takes it back instead of
@@ -292,7 +193,7 @@ class Sequence(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         steps, batch, gates_size = x_gates.shape
         hidden, face_size = gates_size // 4, interface.shape[0]
-        lib = library()
+        lib = library(n, w, r)
         # the working tensors, [steps + 1, batch, ...] (the state before each step and after the last; the
         # per-step ones use rows 0..steps-1); the outputs are new tensors: they outlive the backward
         key = (batch, n, w, r, hidden, face_size, x_gates.dtype, x_gates.device)
@@ -338,7 +239,7 @@ class Sequence(torch.autograd.Function):
         clip, n, w, r = ctx.sizes  # type: ignore[attr-defined]
         steps, batch, gates_size = out.shape[0], out.shape[1], gates.shape[2]
         hidden, reads = gates_size // 4, r * w
-        lib = library()
+        lib = library(n, w, r)
         grad_out, grad_reads = _ready(grad_out), _ready(grad_reads)
         grad_gates = gates.new_empty(steps, batch, gates_size)
         grad_face = face.new_empty(steps, batch, face.shape[2])
