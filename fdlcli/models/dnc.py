@@ -448,7 +448,8 @@ class DNC(nn.Module):
             recurrent = linear.weight[:, k:]
         if inputs.is_floating_point():
             return F.linear(inputs, weight, bias), recurrent
-        return F.embedding(inputs, weight.t()) + bias, recurrent
+        # the biases added to the table's rows (V of them), not to every looked-up row (B*T)
+        return F.embedding(inputs, weight.t() + bias), recurrent
 
     def before_loop(
         self, inputs: torch.Tensor, controller_ins: list[torch.Tensor], face_ins: list[torch.Tensor]

@@ -109,6 +109,12 @@ def _ready(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float().contiguous()
 
 
+def _rows(t: torch.Tensor) -> tuple[int, int]:
+    """(the address of row 0, bytes from a row to the next) of a tensor of contiguous rows along dim 0: the
+    loops below address row t by arithmetic, a Python int addition where indexing makes a tensor."""
+    return t.data_ptr(), t.stride(0) * t.element_size()
+
+
 class MemoryStep(torch.autograd.Function):
     """One memory step alone: (raw interface [B,I], memory [B,N,W], usage [B,N], link [B,N,N], precedence
     [B,N], read weights [B,R,N], write weights [B,N]) -> (memory, usage, link, precedence, read weights,
@@ -208,16 +214,29 @@ class Sequence(torch.autograd.Function):
         read_vectors = x_gates.new_zeros(steps + 1, batch, r * w)
         out = x_gates.new_empty(steps, batch, hidden)
         recurrent_t, interface_t = recurrent.t(), interface.t()
+        # what the native calls take: the state's (and the read vectors') rows, and the rest's
+        state_rows = [_rows(k) for k in (*state, read_vectors)]
+        (gates_at, gates_row), (c_at, c_row), (h_at, h_row), (out_at, out_row), (face_at, face_row) = (
+            _rows(k) for k in (gates, c, h, out, face)
+        )
+        saved_at, saved_row = _rows(saved)
+        # and torch's products: row views made once
+        rv_rows, h_rows = read_vectors.unbind(0), h.unbind(0)
+        x_rows, in_rows, gates_rows, out_rows = (k.unbind(0) for k in (x_gates, controller_in, gates, out))
+        face_rows = face.unbind(0)
         for t in range(steps):
-            torch.cat([read_vectors[t], h[t]], dim=1, out=controller_in[t])
-            torch.addmm(x_gates[t], controller_in[t], recurrent_t, out=gates[t])
-            lstm = (gates[t], c[t], h[t + 1], c[t + 1], out[t])
-            lib.dnc_lstm_forward(batch, hidden, clip, *map(_ptr, lstm))
-            torch.addmm(face_bias, out[t], interface_t, out=face[t])
-            lib.dnc_memory_forward(
-                batch, n, w, r, face[t].data_ptr(), *(s[t].data_ptr() for s in state),
-                *(s[t + 1].data_ptr() for s in state), read_vectors[t + 1].data_ptr(), saved[t].data_ptr(),
+            state_at = [a + t * row for a, row in state_rows]
+            state_after = [a + (t + 1) * row for a, row in state_rows]
+            torch.cat([rv_rows[t], h_rows[t]], dim=1, out=in_rows[t])
+            torch.addmm(x_rows[t], in_rows[t], recurrent_t, out=gates_rows[t])
+            lib.dnc_lstm_forward(
+                batch, hidden, clip, gates_at + t * gates_row, c_at + t * c_row, h_at + (t + 1) * h_row,
+                c_at + (t + 1) * c_row, out_at + t * out_row,
             )  # fmt: skip
+            torch.addmm(face_bias, out_rows[t], interface_t, out=face_rows[t])
+            lib.dnc_memory_forward(
+                batch, n, w, r, face_at + t * face_row, *state_at[:6], *state_after, saved_at + t * saved_row
+            )
         if not any(ctx.needs_input_grad):  # evaluation: no backward will come
             _give(key, work)
         else:
@@ -244,37 +263,54 @@ class Sequence(torch.autograd.Function):
         grad_gates = gates.new_empty(steps, batch, gates_size)
         grad_face = face.new_empty(steps, batch, face.shape[2])
         # the gradients of the state after step t: None (zero) after the last step, then two sets in turn
-        after: list[torch.Tensor] | None = None
+        previous: list[int] | None = None
         sets = [[torch.empty_like(s[0]) for s in state] for _ in range(2)]
         grad_rv, grad_clipped = grad_gates.new_zeros(batch, reads), grad_gates.new_empty(batch, hidden)
         grad_h, grad_c = grad_gates.new_zeros(batch, hidden), grad_gates.new_zeros(batch, hidden)
         grad_c_before = torch.empty_like(grad_c)
         grad_in = grad_gates.new_zeros(batch, reads + hidden)  # of step t+1's controller input [rv, h]
+        state_rows = [_rows(k) for k in state]
+        (face_at, face_row), (saved_at, saved_row), (gates_at, gates_row) = (
+            _rows(k) for k in (face, saved, gates)
+        )
+        (c_at, c_row), (h_at, h_row) = _rows(c), _rows(h)
+        (grad_face_at, grad_face_row), (grad_gates_at, grad_gates_row) = _rows(grad_face), _rows(grad_gates)
+        set_pointers = [[g.data_ptr() for g in kind] for kind in sets]
+        grad_in_rv, grad_in_h = grad_in[:, :reads], grad_in[:, reads:]
+        grad_face_rows, grad_gates_rows = grad_face.unbind(0), grad_gates.unbind(0)
+        grad_out_rows = None if grad_out is None else grad_out.unbind(0)
+        grad_reads_rows = None if grad_reads is None else grad_reads.unbind(0)
+        pointers = [grad_rv.data_ptr(), grad_h.data_ptr(), grad_c.data_ptr(), grad_clipped.data_ptr()]
+        pointers.append(grad_c_before.data_ptr())
+        g_rv, g_h, g_c, g_clipped, g_c_before = pointers
         for t in reversed(range(steps)):
+            state_at = [a + t * row for a, row in state_rows]
+            memory_after, _, link_after, _, reads_after, writes_after = (
+                a + (t + 1) * row for a, row in state_rows
+            )
             # read vectors of step t: the output layer's gradient and step t+1's controller's
-            if grad_reads is not None:
-                torch.add(grad_reads[t], grad_in[:, :reads], out=grad_rv)
+            if grad_reads_rows is not None:
+                torch.add(grad_reads_rows[t], grad_in_rv, out=grad_rv)
             else:
-                grad_rv.copy_(grad_in[:, :reads])
-            before = sets[t % 2]
+                grad_rv.copy_(grad_in_rv)
+            before = set_pointers[t % 2]
             lib.dnc_memory_backward(
-                batch, n, w, r, face[t].data_ptr(), *(s[t].data_ptr() for s in state),
-                *(state[k][t + 1].data_ptr() for k in (0, 2, 4, 5)), saved[t].data_ptr(),
-                *(_ptr(g) for g in (after or [None] * 6)), grad_rv.data_ptr(), grad_face[t].data_ptr(),
-                *(g.data_ptr() for g in before),
+                batch, n, w, r, face_at + t * face_row, *state_at, memory_after, link_after, reads_after,
+                writes_after, saved_at + t * saved_row, *(previous or [None] * 6), g_rv,
+                grad_face_at + t * grad_face_row, *before,
             )  # fmt: skip
-            after = before
-            if grad_out is not None:
-                torch.addmm(grad_out[t], grad_face[t], interface, out=grad_clipped)
+            previous = before
+            if grad_out_rows is not None:
+                torch.addmm(grad_out_rows[t], grad_face_rows[t], interface, out=grad_clipped)
             else:
-                torch.mm(grad_face[t], interface, out=grad_clipped)
-            grad_h.copy_(grad_in[:, reads:])
+                torch.mm(grad_face_rows[t], interface, out=grad_clipped)
+            grad_h.copy_(grad_in_h)
             lib.dnc_lstm_backward(
-                batch, hidden, clip, *map(_ptr, (gates[t], c[t], c[t + 1], h[t + 1], grad_h, grad_c)),
-                *map(_ptr, (grad_clipped, grad_gates[t], grad_c_before)),
+                batch, hidden, clip, gates_at + t * gates_row, c_at + t * c_row, c_at + (t + 1) * c_row,
+                h_at + (t + 1) * h_row, g_h, g_c, g_clipped, grad_gates_at + t * grad_gates_row, g_c_before,
             )  # fmt: skip
-            grad_c, grad_c_before = grad_c_before, grad_c
-            torch.mm(grad_gates[t], recurrent, out=grad_in)
+            g_c, g_c_before = g_c_before, g_c
+            torch.mm(grad_gates_rows[t], recurrent, out=grad_in)
         flat_gates, flat_face = grad_gates.view(steps * batch, -1), grad_face.view(steps * batch, -1)
         grad_recurrent = flat_gates.t() @ controller_in[:steps].reshape(steps * batch, -1)
         grad_interface = flat_face.t() @ out.view(steps * batch, -1)
