@@ -115,7 +115,7 @@ class Trainer:
     ) -> None:
         self.model = model
         self.answers_only = answers_only  # logits of the answer steps alone (fdl's DNC, as BabiTask asks)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # as SequenceTask's
         self.flush_denormal = flush_denormal
         self.precision = precision
 

@@ -144,7 +144,11 @@ class SequenceTask(Task):
         torch.set_flush_denormal(True)
         self.load_data()
         self.model = self.build_model().to(self.device)
-        self.optimizer = build_optimizer(self.config.optim, self.model.parameters(), scheduled=True)
+        # fused: Adam's update in one pass over the parameters (dnc-babi's 683k: 0.47 ms a step instead of
+        # 3.6, measured; 2% of a training step at the native kernel's speed)
+        self.optimizer = build_optimizer(
+            self.config.optim, self.model.parameters(), scheduled=True, fused=True
+        )
 
     def compile(self) -> None:
         self.model.compile_step()
