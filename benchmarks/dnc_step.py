@@ -1,35 +1,44 @@
-"""A DNC training step at the dnc-babi size: fdl's cell against today's reference cell, same inputs.
+"""A DNC training step at the dnc-babi size: fdl's DNC against today's reference cell, same stories.
 
 1. The vectorized memory operations of fdlcli/models/dnc.py against the straightforward loops of
    fdlcli/models/dnc_reference.py on one random memory state: the results must agree.
 2. One full training step (forward, cross-entropy at the answer steps, backward, gradient clipping at 10,
-   Adam) of the dnc-babi model (159-word lexicon, LSTM controller of 256 units, memory 64 x 32, 4 read
-   heads) on a minibatch of 32 stories of 80 time steps (the mean en-10k story is 79 tokens), once with
-   the reference cell (benchmarks/dnc_reference_cell.py: the DNC module as it was before issue 20, one
-   ``nn.LSTMCell`` call, interface and output layer per time step) and once with fdl's, as
-   ``fdl train dnc-babi`` runs it (the input projection and the output layer batched over time, the
-   time step ``torch.compile``d unless --no-compile, denormals flushed unless --no-flush; that is
-   ``fdl train dnc-babi trainer.compile=true``, eager by default). Both start from the same weights; their
-   logits and gradients must agree within float tolerance. ``--precision bf16`` runs fdl's step under bf16
-   autocast (``trainer.precision=bf16``; the reference stays fp32): that changes what is computed, so the
-   agreement is then checked as relative error norms (logits < 2%, each gradient < 5%), and the ratio is
-   not the fp32 one.
+   Adam, fused as the dnc tasks train) of the dnc-babi model (159-word lexicon, LSTM controller of 256
+   units, memory 64 x 32, 4 read heads) on a minibatch of 32 stories of 80 time steps (the mean en-10k
+   story is 79 tokens), once with the reference cell (benchmarks/dnc_reference_cell.py: the DNC module as
+   it was before issue 20, one ``nn.LSTMCell`` call, interface and output layer per time step, fed one-hot
+   vectors) and once with fdl's as ``fdl train dnc-babi`` runs it:
+   - ``model.kernel=auto``, which on the CPU in float32 is the native kernel (fdlcli/models/dnc_native.py:
+     the whole unrolled sequence one autograd node, the LSTM's elementwise part and the memory step C++,
+     the two matrix products of a step torch's); ``--kernel torch`` times the tensor-operation step,
+     ``torch.compile``d unless --no-compile;
+   - fed token ids, whose input projection is a lookup (``--one-hot``: the reference's one-hot vectors);
+   - the logits of the answer steps only, all the loss looks at (``--all-logits``: every step's);
+   - denormals flushed unless --no-flush, and glibc keeping freed memory (``keep_freed_memory``, as the
+     training session sets it; for both models: it is process-wide).
+   Both start from the same weights; the logits at the answer steps and every gradient must agree within
+   float tolerance. ``--precision bf16`` runs fdl's step under bf16 autocast (``trainer.precision=bf16``,
+   the tensor-operation step; the reference stays fp32): that changes what is computed, so the agreement
+   is then checked as relative error norms (logits < 2%, each gradient < 5%), and the ratio is not the
+   fp32 one.
 
 Times are process CPU time (the figure that holds on a machine shared with other jobs), on one thread
 unless --threads says otherwise; the two steps alternate and each reports its fastest of --repeats (load
 from other jobs only ever adds time). The last line is ``ratio <reference step time / fdl step time>``.
-The first compile takes a few minutes of wall time on a cold cache (not counted).
+The native kernel builds in a few seconds on first use; a first compile (--kernel torch) takes minutes
+on a cold cache (neither counted).
 
-    python benchmarks/dnc_step.py [--batch 32] [--steps 80] [--repeats 5] [--threads 1] [--no-compile]
+    python benchmarks/dnc_step.py [--batch 32] [--steps 80] [--repeats 5] [--threads 1]
+                                  [--kernel auto|native|torch] [--no-compile] [--one-hot] [--all-logits]
                                   [--precision 32|bf16] [--floor]
 
-``--floor`` also times the step's dense matrix products alone, on the same shapes and thread count: the
-controller's and the interface's products of each time step (forward, and backward to their inputs) and
-the products done once for all time steps (the input projection, the output layer, the weight
-gradients). Every cell has to do these (the reference does the same ones, some of them per time step);
-the memory's small batched products are left out. So ``reference step / floor`` is the highest ratio
-any cell could reach on this CPU, however fast its memory, and the line says how much of the issue's 3x
-budget (reference / 3) the products leave for the memory, its kernels and the framework's overhead.
+``--floor`` also times the dense matrix products of fdl's step alone, on the same shapes and thread
+count: the controller's and the interface's products of each time step (forward, and backward to their
+inputs) and the products done once for all time steps (the output layer, at the answer steps unless
+--all-logits; the input projection, with --one-hot; the weight gradients). The memory's small products
+are left out. So ``reference step / floor`` is the highest ratio a step doing these products could reach
+on this CPU, however fast its memory, and the line says how much of the issue's 3x budget (reference /
+3) the products leave for the memory, its kernels and the framework's overhead.
 """
 
 from __future__ import annotations
