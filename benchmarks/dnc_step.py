@@ -129,15 +129,17 @@ class Trainer:
         self.precision = precision
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of the loss; returns the logits of the answer steps (what the loss sees)."""
         self.optimizer.zero_grad(set_to_none=True)
+        at = targets >= 0
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             if self.answers_only:
-                at = targets >= 0
                 logits, _ = self.model(inputs, at=at)
                 loss = F.cross_entropy(logits.float(), targets[at])
             else:
                 logits, _ = self.model(inputs)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1)
+                logits = logits[at]
         loss.backward()
         return logits.detach().float()
 
@@ -244,7 +246,7 @@ def main() -> None:
     torch.set_flush_denormal(args.flush)
     fdl_logits = fdl.forward_backward(fdl_inputs, targets)
     torch.set_flush_denormal(False)
-    ref_logits = ref.forward_backward(inputs, targets)[targets >= 0]  # the steps the loss looks at
+    ref_logits = ref.forward_backward(inputs, targets)
     pairs = [("logits", fdl_logits, ref_logits)] + [
         (f"gradient of {name}", p.grad, q.grad)
         for (name, p), q in zip(fdl_model.named_parameters(), ref_model.parameters(), strict=True)
