@@ -165,3 +165,12 @@ def test_the_build_lands_whole_in_the_cache_folder(fresh_build, tmp_path) -> Non
     dnc_native.library.cache_clear()
     dnc_native.library(N, W, R)
     assert [p.stat().st_mtime_ns for p in (tmp_path / "native").iterdir()] == [stamp]
+
+
+def test_a_second_backward_says_why_it_cannot() -> None:
+    """The kernel reuses its working tensors once the backward has run: retain_graph gets a clear error."""
+    model = small_dnc("native")
+    logits, _ = model(torch.randn(2, 4, 9))
+    logits.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="no retain_graph"):
+        logits.sum().backward()

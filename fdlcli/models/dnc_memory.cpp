@@ -1,5 +1,6 @@
 // One DNC memory step (fdlcli/models/dnc.py's memory_step, with the interface's squashing of
-// split_interface) forward and backward, in plain loops over one story of the batch at a time.
+// split_interface) forward and backward, in plain loops over one story of the batch at a time; and the
+// LSTM cell's elementwise part with the controller's clip, forward and backward.
 //
 // Why by hand: at the dnc-babi size (N 64 slots, W 32, R 4 heads, batch 32) a memory step is a few
 // hundred thousand flops on tensors of a few kilobytes per story; as tensor operations it is dozens of
@@ -11,8 +12,8 @@
 //
 // Shapes per story: face [I] raw interface vector (I = R*W + 3W + 5R + 3, split_interface's order),
 // memory [N,W], usage [N], link [N,N], precedence [N], read weights [R,N], write weights [N],
-// read vectors [R,W]. The backward recomputes the step's small intermediates from its inputs and
-// from the new memory and links (which autograd keeps anyway as the next step's inputs).
+// read vectors [R,W]. The forward writes the step's small intermediates (struct Saved) for the
+// backward, which also reads the step's inputs and its new memory, links and weightings.
 
 #include <algorithm>
 #include <cmath>

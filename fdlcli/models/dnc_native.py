@@ -1,13 +1,15 @@
-"""The DNC memory step as one native kernel (dnc_memory.cpp), forward and backward, for training on the CPU.
+"""The DNC's native kernel (``model.kernel``): the unrolled sequence forward and backward by hand, the
+memory step and the LSTM's elementwise part in C++ (dnc_memory.cpp), float32 on the CPU.
 
 The C++ source ships with the package and is compiled on first use with the system's C++ compiler (the
-one ``torch.compile`` needs on the CPU), for this CPU (``-march=native``), into a cache folder keyed by
-the source, the compiler and the CPU's flags; the build goes to a temporary file renamed into place, so
-two processes starting at once cannot load half a library. It is loaded with ctypes and called with the
-tensors' data pointers: no Python extension module, no torch headers (the build takes a second or two).
+one ``torch.compile`` needs on the CPU), for this CPU (``-march=native``) and the model's memory sizes,
+into a cache folder keyed by the source, the compiler, the flags and the CPU's flags; the build goes to a
+temporary file renamed into place, so two processes starting at once cannot load half a library. It is
+loaded with ctypes and called with the tensors' data pointers: no Python extension module, no torch
+headers (the build takes a second or two).
 
-:class:`MemoryStep` computes what ``dnc.split_interface`` and ``dnc.memory_step`` compute (tests/test_dnc.py
-checks the values and the gradients against autograd through them), float32 on the CPU only."""
+:class:`Sequence` is what ``dnc.DNC`` trains through; :class:`MemoryStep` is one memory step alone.
+tests/test_dnc_native.py checks both against autograd through ``dnc.cell_step`` and ``dnc.memory_step``."""
 
 from __future__ import annotations
 
@@ -25,15 +27,8 @@ import torch
 SOURCE = Path(__file__).with_name("dnc_memory.cpp")
 # -fno-trapping-math and -fno-math-errno let the compiler vectorize the clamps and the exp; no fast-math:
 # IEEE semantics otherwise (NaN and inf propagate as in torch)
-FLAGS = [
-    "-O3",
-    "-march=native",
-    "-fopenmp-simd",
-    "-ffp-contract=fast",
-    "-fno-math-errno",
-    "-fno-trapping-math",
-]
-FLAGS += ["-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-ffp-contract=fast", "-fno-math-errno"]
+FLAGS += ["-fno-trapping-math", "-shared", "-fPIC"]
 
 
 class NativeUnavailable(RuntimeError):
@@ -152,7 +147,8 @@ class MemoryStep(torch.autograd.Function):
 
 # One spare set of Sequence's working tensors per shape: the next forward takes it back instead of
 # allocating ~100 MB of fresh pages per bAbI minibatch, whose first touch (page faults) cost more than the
-# memory step itself (measured: 28,000 page faults and +0.4 ms per time step without it).
+# memory step itself (measured: 28,000 page faults and +0.4 ms per time step without it). It stays as
+# long as the longest sequence seen (a few hundred MB for bAbI's longest stories at batch 32).
 _spare: dict[tuple, tuple[int, list[torch.Tensor]]] = {}
 
 
@@ -252,6 +248,11 @@ class Sequence(torch.autograd.Function):
         grad_reads: torch.Tensor | None,
     ) -> tuple:
         recurrent, interface = ctx.saved_tensors  # type: ignore[attr-defined]
+        if not hasattr(ctx, "kept"):
+            raise RuntimeError(
+                "the DNC's native kernel reuses its working tensors after one backward: no retain_graph "
+                "(use model.kernel=torch)"
+            )
         key, work, out = ctx.kept  # type: ignore[attr-defined]
         del ctx.kept  # type: ignore[attr-defined]  # a second backward (retain_graph) would find nothing
         state, (h, c, controller_in, gates, face, saved) = work[:6], work[6:]
