@@ -228,8 +228,8 @@ def main() -> None:
     ref_model = reference.DNC(LEXICON, LEXICON, reference.DNCConfig(**shared_fields))
     fdl_model = dnc.DNC(LEXICON, LEXICON, copy.deepcopy(cfg))
     fdl_model.load_state_dict(ref_model.state_dict())  # the same parameters: old checkpoints load
-    if args.compile:
-        fdl_model.compile_step()  # used only where the native kernel does not apply (--kernel torch)
+    if args.compile and args.kernel == "torch":
+        fdl_model.compile_step()
     ref = Trainer(ref_model, flush_denormal=False)
     fdl = Trainer(fdl_model, args.flush, args.precision, answers_only=not args.all_logits)
 

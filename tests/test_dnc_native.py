@@ -174,3 +174,13 @@ def test_a_second_backward_says_why_it_cannot() -> None:
     logits.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="no retain_graph"):
         logits.sum().backward()
+
+
+def test_trainer_compile_takes_the_compiled_tensor_step() -> None:
+    """trainer.compile=true (compile_step) asks for torch.compile: auto then runs the compiled tensor
+    operations; native refuses with one line."""
+    model = small_dnc("auto")
+    model.compile_step()
+    assert not model.native_applies(torch.randn(2, 3, 9), record=False)
+    with pytest.raises(ConfigError, match=r"trainer\.compile=true compiles the tensor-operation step"):
+        small_dnc("native").compile_step()

@@ -416,6 +416,7 @@ class DNC(nn.Module):
         self.interface = nn.Linear(cfg.hidden, interface_size(cfg.word_size, cfg.read_heads))
         self.output = nn.Linear(cfg.hidden + n_read, output_size)
         self.step = cell_step
+        self.compiled = False  # compile_step() was called
 
     def initial_state(self, batch: int, device: torch.device) -> MemoryState:
         n, w, r = self.cfg.memory_slots, self.cfg.word_size, self.cfg.read_heads
@@ -470,7 +471,9 @@ class DNC(nn.Module):
         """Whether this forward runs the native time step (``model.kernel``); ``native`` where it cannot
         apply or build is an error (ConfigError), ``auto`` falls back to the tensor operations."""
         kernel = self.cfg.kernel
-        if kernel == "torch" or record:  # the recording pass (plots) traces intermediates: tensor operations
+        # the recording pass (plots) traces intermediates, and trainer.compile asked for the compiled
+        # tensor-operation step (compile_step): tensor operations
+        if kernel == "torch" or record or self.compiled:
             return False
         why = None
         if self.cfg.controller != "lstm":
@@ -512,8 +515,15 @@ class DNC(nn.Module):
         """``torch.compile`` one time step (the whole cell: controller, interface and memory, one graph,
         forward and backward), not the unrolled sequence: the loop over time stays in Python, so one graph
         serves every sequence length (bAbI stories vary). The parameters stay where they are, so the state
-        dict (and checkpoints) do not change."""
+        dict (and checkpoints) do not change. With ``model.kernel=auto`` the forward then takes this
+        step, not the native kernel (faster on the CPU: chapter 8); ``model.kernel=native`` refuses."""
+        if self.cfg.kernel == "native":
+            raise ConfigError(
+                "trainer.compile=true compiles the tensor-operation step, which model.kernel=native does not "
+                "run; use model.kernel=auto or torch, or leave trainer.compile off"
+            )
         self.step = torch.compile(cell_step, fullgraph=True, dynamic=False)
+        self.compiled = True
 
     def forward(
         self, inputs: torch.Tensor, record: bool = False, at: torch.Tensor | None = None
