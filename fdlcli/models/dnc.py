@@ -39,10 +39,11 @@ class DNCConfig:
     word_size: int = 64  # W
     read_heads: int = 4  # R
     clip: float = 20.0  # controller outputs clipped to [-clip, clip] (DeepMind's implementation); 0 = off
-    # how a training time step runs: native = one C++ kernel per time step, forward and backward
-    # (dnc_native.py: CPU, float32, LSTM controller; built on first use with the system's C++ compiler);
-    # torch = tensor operations (torch.compile'd with trainer.compile=true); auto = native where it
-    # applies and builds, torch otherwise (bf16 autocast, a GPU, the feed-forward controller)
+    # how the time loop runs: native = the unrolled sequence one autograd node, the memory step and the
+    # LSTM's elementwise part C++ forward and backward (dnc_native.py: CPU, float32, LSTM controller;
+    # built on first use with the system's C++ compiler); torch = tensor operations per time step
+    # (torch.compile'd with trainer.compile=true); auto = native where it applies and builds, torch
+    # otherwise (bf16 autocast, a GPU, the feed-forward controller, trainer.compile=true)
     kernel: str = "auto"
 
     def check(self) -> str | None:
