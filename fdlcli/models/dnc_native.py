@@ -197,12 +197,14 @@ class Sequence(torch.autograd.Function):
         hidden, face_size = gates_size // 4, interface.shape[0]
         lib = library(n, w, r)
         # the working tensors, [steps + 1, batch, ...] (the state before each step and after the last; the
-        # per-step ones use rows 0..steps-1); the outputs are new tensors: they outlive the backward
+        # per-step ones use rows 0..steps-1); the outputs are new tensors: they outlive the backward.
+        # Evaluation (no backward to come) keeps two rows of state in turn and one of the rest.
+        keep = any(ctx.needs_input_grad)
         key = (batch, n, w, r, hidden, face_size, x_gates.dtype, x_gates.device)
         shapes = [(batch, n, w), (batch, n), (batch, n, n), (batch, n), (batch, r, n), (batch, n)]
         shapes += [(batch, hidden), (batch, hidden), (batch, r * w + hidden), (batch, gates_size)]
         shapes += [(batch, face_size), (batch, lib.dnc_memory_saved_size(n, w, r))]
-        work = _take(key, steps + 1, shapes, x_gates)
+        work = _take(key, steps + 1 if keep else 2, shapes, x_gates)
         state, (h, c, controller_in, gates, face, saved) = work[:6], work[6:]
         state[0][0].fill_(1e-6)  # dnc.DNC.initial_state's: a small constant memory, the rest zero
         for kind in (*state[1:], h, c):
@@ -221,19 +223,22 @@ class Sequence(torch.autograd.Function):
         x_rows, in_rows, gates_rows, out_rows = (k.unbind(0) for k in (x_gates, controller_in, gates, out))
         face_rows = face.unbind(0)
         for t in range(steps):
-            state_at = [a + t * row for a, row in state_rows]
-            state_after = [a + (t + 1) * row for a, row in state_rows]
-            torch.cat([rv_rows[t], h_rows[t]], dim=1, out=in_rows[t])
-            torch.addmm(x_rows[t], in_rows[t], recurrent_t, out=gates_rows[t])
+            # rows: of the state before and after step t, and of step t's own tensors
+            now, then, own = (t, t + 1, t) if keep else (t % 2, (t + 1) % 2, 0)
+            state_at = [a + now * row for a, row in state_rows[:6]]
+            state_after = [a + then * row for a, row in state_rows[:6]]
+            state_after.append(state_rows[6][0] + (t + 1) * state_rows[6][1])  # the read vectors: all kept
+            torch.cat([rv_rows[t], h_rows[now]], dim=1, out=in_rows[own])
+            torch.addmm(x_rows[t], in_rows[own], recurrent_t, out=gates_rows[own])
             lib.dnc_lstm_forward(
-                batch, hidden, clip, gates_at + t * gates_row, c_at + t * c_row, h_at + (t + 1) * h_row,
-                c_at + (t + 1) * c_row, out_at + t * out_row,
+                batch, hidden, clip, gates_at + own * gates_row, c_at + now * c_row, h_at + then * h_row,
+                c_at + then * c_row, out_at + t * out_row,
             )  # fmt: skip
-            torch.addmm(face_bias, out_rows[t], interface_t, out=face_rows[t])
+            torch.addmm(face_bias, out_rows[t], interface_t, out=face_rows[own])
             lib.dnc_memory_forward(
-                batch, n, w, r, face_at + t * face_row, *state_at[:6], *state_after, saved_at + t * saved_row
+                batch, n, w, r, face_at + own * face_row, *state_at, *state_after, saved_at + own * saved_row
             )
-        if not any(ctx.needs_input_grad):  # evaluation: no backward will come
+        if not keep:  # evaluation: no backward will come
             _give(key, work)
         else:
             ctx.save_for_backward(recurrent, interface)
