@@ -13,6 +13,7 @@ import pytest
 from conftest import (
     copy_run,
     fdl,
+    fdl_call,
     fdl_environment,
     fdl_in_process,
     metric_records,
@@ -215,3 +216,16 @@ def test_a_sweep_and_single_runs_in_parallel_never_collide(env):
     for run in [*singles, *jobs]:
         assert read_summary(run)["status"] == "completed"
         assert json.loads((run / "meta.json").read_text())["pid"]  # each written by its own process
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_bf16_on_a_cpu_without_fast_bf16_kernels_warns(env, capsys, monkeypatch, slow):
+    """On an AVX2-only CPU bf16 autocast falls back to slow kernels (dqn-breakout's update ~10x slower
+    than fp32, measured): the run says so once, and trains anyway; elsewhere it says nothing."""
+    from fdlcli.engine import loop
+
+    monkeypatch.setattr(loop, "bf16_is_slow", lambda device: slow)
+    quick = ["trainer.epochs=1", "data.train_limit=300", "data.eval_limit=100", "trainer.precision=bf16"]
+    code, out, err = fdl_call(["train", "logreg-mnist", *quick], capsys)
+    assert code == 0, err
+    assert (out.count("without AVX-512") == 1) is slow

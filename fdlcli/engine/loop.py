@@ -29,7 +29,7 @@ from torch import nn
 
 from fdlcli.engine import distributed
 from fdlcli.engine.checkpoint import CheckpointManager, CheckpointRef
-from fdlcli.engine.devices import autocast, configure_threads, resolve_device
+from fdlcli.engine.devices import autocast, bf16_is_slow, configure_threads, resolve_device
 from fdlcli.engine.optim import has_schedule, scheduled_lr, set_lr
 from fdlcli.engine.seed import rng_state, seed_everything, set_rng_state
 from fdlcli.engine.session import Session, run_session
@@ -83,6 +83,11 @@ class _Loop:
         task.setup()
         self.parallel = distributed.active()
         self.precision = self.trainer.precision if "precision" in task.supports else "32"
+        if self.precision == "bf16" and bf16_is_slow(session.device):
+            session.message(
+                "warning: trainer.precision=bf16 on a CPU without AVX-512: no fast bf16 kernels here, so "
+                "training runs several times slower than with trainer.precision=32"
+            )
         self.scheduled = "schedule" in task.supports
         self.window = torch.zeros((), dtype=torch.float64, device=session.device)
 
