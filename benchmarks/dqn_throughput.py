@@ -19,8 +19,19 @@ editable install of it): a script's directory, not the current one, leads sys.pa
 1M-step dqn-breakout run of docs/chapter9.md trained); ``--reference-precision bf16`` wraps the reference's
 forwards and loss in the same autocast. Both default to fp32, and the header says which pair was compared.
 
+``--reference-network`` chooses the reference's network: ``reference`` (the default) is fdl's NatureQNetwork
+as it was when issue 20 set the target, copied below, so that fdl's own changes to its network cannot speed
+the reference up as well (its channels-last frames once did); ``fdl`` gives the reference today's network.
+
+``--floor`` (CPU) also says how far any loop could go: it counts the update's floating-point operations
+(two forwards of batch 32, one backward: weight gradients of every layer, input gradients of all but the
+first), times this core's fp32 matrix-product peak (a 1024 x 1024 x 1024 product), times fdl's update
+alone on the same shapes, and prints the ratio fdl would reach if its update ran at that peak while the
+rest of its step (environments, replay, acting, bookkeeping) stayed as measured.
+
     python benchmarks/dqn_throughput.py [--steps 2000] [--num-envs 8] [--device cpu|cuda] [--compile]
-        [--precision fp32|bf16] [--reference-precision fp32|bf16]
+        [--precision fp32|bf16] [--reference-precision fp32|bf16] [--reference-network reference|fdl]
+        [--floor]
 """
 
 from __future__ import annotations
@@ -36,14 +47,35 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fdlcli import config as fdl_config
 from fdlcli.engine.loop import train
 from fdlcli.experiments._rl import make_env
-from fdlcli.experiments.dqn import DQNTask, NatureQNetwork
+from fdlcli.experiments.dqn import DQNAgent, DQNTask, NatureQNetwork, td_loss
 from fdlcli.runs import Run, read_metrics
 
 LEARNING_STARTS = 500
+
+
+class ReferenceQNetwork(nn.Module):
+    """fdl's NatureQNetwork as it was when issue 20 was filed (commit 97e6119^), verbatim: the reference
+    loop's network. A copy, so fdl's later changes to its own network (channels-last frames, ...) cannot
+    speed the reference up too; ``--reference-network fdl`` gives the reference today's network instead."""
+
+    def __init__(self, frames: int, n_actions: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(frames, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 512), nn.ReLU(),
+            nn.Linear(512, n_actions),
+        )  # fmt: skip
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs.float() / 255.0)
 
 
 def fdl_rate(
@@ -77,7 +109,9 @@ def fdl_rate(
     return steady("train/steps_per_cpu_s"), steady("train/steps_per_s")
 
 
-def reference_rate(steps: int, device: str, threads: int, precision: str) -> tuple[float, float]:
+def reference_rate(
+    steps: int, device: str, threads: int, precision: str, network: str
+) -> tuple[float, float]:
     """(agent steps per CPU second, per wall second) of the plain single-environment loop."""
 
     def autocast() -> contextlib.AbstractContextManager:
@@ -90,8 +124,9 @@ def reference_rate(steps: int, device: str, threads: int, precision: str) -> tup
     rng = np.random.default_rng(0)
     env = make_env("ALE/Breakout-v5")
     n_actions = int(env.action_space.n)
-    online = NatureQNetwork(4, n_actions).to(device)
-    target = NatureQNetwork(4, n_actions).to(device)
+    network_class = ReferenceQNetwork if network == "reference" else NatureQNetwork
+    online = network_class(4, n_actions).to(device)
+    target = network_class(4, n_actions).to(device)
     target.load_state_dict(online.state_dict())
     optimizer = torch.optim.Adam(online.parameters(), lr=1e-4)
     capacity = 20000
@@ -141,6 +176,64 @@ def reference_rate(steps: int, device: str, threads: int, precision: str) -> tup
     return steps / (time.process_time() - cpu), steps / (time.perf_counter() - wall)
 
 
+def update_flops(network: nn.Module, batch: int) -> float:
+    """Floating-point operations of one DQN update of ``batch``: the online and the target forward, and
+    the backward's weight gradients (every layer) and input gradients (all layers but the first, whose
+    input is data), 2 per multiply-add."""
+    macs: list[int] = []
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        macs.append(output.numel() * module.weight[0].numel())
+
+    layers = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    with torch.no_grad():
+        network(torch.zeros(batch, 4, 84, 84, dtype=torch.uint8))
+    for hook in hooks:
+        hook.remove()
+    forward = sum(macs)
+    backward = forward + (forward - macs[0])
+    return 2.0 * (2 * forward + backward)
+
+
+def matmul_peak(threads: int, repeats: int = 20) -> float:
+    """This CPU's fp32 matrix-product rate in FLOP/s on ``threads`` threads (best of ``repeats``)."""
+    torch.set_num_threads(threads)
+    a, b = torch.rand(1024, 1024), torch.rand(1024, 1024)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        torch.mm(a, b)
+        best = min(best, time.process_time() - start)
+    return 2 * 1024**3 / best
+
+
+def fdl_update_seconds(num_envs: int, threads: int, repeats: int = 30) -> float:
+    """CPU seconds of one of fdl's updates alone (its network, TD loss and fused Adam, a batch of 32 of
+    random frames), the median of ``repeats`` after 5 warm-up updates."""
+    torch.set_num_threads(threads)
+    agent = DQNAgent(NatureQNetwork(4, 4), NatureQNetwork(4, 4))
+    optimizer = torch.optim.Adam(agent.online.parameters(), lr=1e-4, fused=True)
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (32, 5, 84, 84), dtype=torch.uint8, generator=generator)
+    batch = (
+        frames[:, :-1],
+        torch.randint(0, 4, (32,), generator=generator),
+        torch.zeros(32),
+        torch.zeros(32, dtype=torch.bool),
+        frames[:, 1:],
+    )
+    times = []
+    for _ in range(5 + repeats):
+        start = time.process_time()
+        loss, _ = td_loss(agent, batch, 0.99, double=False)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.process_time() - start)
+    return float(np.median(times[5:]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000, help="timed agent steps (after learning starts)")
@@ -150,6 +243,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="fdl with trainer.compile=true")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="fdl's precision")
     parser.add_argument("--reference-precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--reference-network",
+        choices=["reference", "fdl"],
+        default="reference",
+        help="the reference loop's network: the issue-time copy above, or fdl's NatureQNetwork of today",
+    )
+    parser.add_argument(
+        "--floor", action="store_true", help="also the ratio an update at this core's peak gives"
+    )
     args = parser.parse_args()
     os.environ.setdefault("FDL_RUNS_DIR", tempfile.gettempdir())
     cpus = len(os.sched_getaffinity(0))
@@ -157,14 +259,35 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {cpus} CPUs, GPU {gpu}, torch {torch.__version__}")
     print(f"device {args.device}, {args.threads} thread(s), {args.steps} timed agent steps")
     print(f"precision: fdl {args.precision}, reference {args.reference_precision}")
+    floor = None
+    if args.floor and args.device == "cpu" and args.precision == "fp32":
+        # first, while the process is fresh (after the two loops the same update once timed ~30% slower)
+        floor = (
+            update_flops(NatureQNetwork(4, 4), 32),
+            matmul_peak(args.threads),
+            fdl_update_seconds(args.num_envs, args.threads),
+        )
     fdl_cpu, fdl_wall = fdl_rate(
         args.steps, args.num_envs, args.device, args.threads, args.compile, args.precision
     )
     fdl_name = f"fdl        {args.num_envs} envs, {'compiled' if args.compile else 'eager'}, {args.precision}"
     print(f"{fdl_name}: {fdl_cpu:8.1f} agent steps/CPU s  ({fdl_wall:.1f}/wall s)")
-    ref_cpu, ref_wall = reference_rate(args.steps, args.device, args.threads, args.reference_precision)
-    ref_name = f"reference  one env, eager, {args.reference_precision}"
+    ref_cpu, ref_wall = reference_rate(
+        args.steps, args.device, args.threads, args.reference_precision, args.reference_network
+    )
+    ref_name = f"reference  one env, eager, {args.reference_precision}, {args.reference_network} network"
     print(f"{ref_name}: {ref_cpu:8.1f} agent steps/CPU s  ({ref_wall:.1f}/wall s)")
+    if floor:
+        flops, peak, update = floor
+        at_peak = flops / peak
+        rest = 1 / fdl_cpu - update / 4  # one update per 4 agent steps
+        print(
+            f"floor: an update is {flops / 1e9:.2f} GFLOP; this core's fp32 matrix products run at"
+            f" {peak / 1e9:.0f} GFLOP/s, so {at_peak * 1e3:.1f} ms at best; fdl's update alone takes"
+            f" {update * 1e3:.1f} ms ({flops / update / 1e9:.0f} GFLOP/s), the rest of its agent step"
+            f" {rest * 1e3:.2f} ms: an update at the peak would give ratio"
+            f" {(1 / ref_cpu) / (rest + at_peak / 4):.2f}"
+        )
     # CPU time is the fair measure on a shared CPU; on a GPU (asynchronous kernels) wall time is
     print(f"ratio {fdl_cpu / ref_cpu if args.device == 'cpu' else fdl_wall / ref_wall:.2f}")
 
