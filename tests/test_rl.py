@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from fdlcli.errors import ConfigError
 from fdlcli.experiments._rl import EpisodeTracker, epsilon_greedy, make_env, make_vector_env
-from fdlcli.experiments.dqn import ReplayBuffer, newest_frames
+from fdlcli.experiments.dqn import NatureQNetwork, ReplayBuffer, newest_frames
 from fdlcli.experiments.drqn import RecurrentQNetwork, sample_windows, sequence_td_loss
 from fdlcli.experiments.policy_gradient import discounted_returns
 
@@ -463,3 +463,26 @@ def test_drqn_resume_after_sigterm_is_exact_eval_and_play(env, capsys):
     assert "mean" in out
     (video,) = (run / "artifacts").glob("play-*.gif")
     assert video.stat().st_size > 1000
+
+
+def test_throughput_benchmark_reference_network_computes_fdls_function_and_its_work_is_counted():
+    """benchmarks/dqn_throughput.py's frozen reference network (fdl's as issue 20 found it) loads fdl's
+    weights and gives the same Q-values, so the benchmark compares loops, not networks; ``--floor``
+    counts an update's multiply-adds as the layer shapes give them."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dqn_throughput.py"
+    spec = importlib.util.spec_from_file_location("dqn_throughput", path)
+    assert spec is not None and spec.loader is not None
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    torch.manual_seed(0)
+    network = NatureQNetwork(4, 4)
+    reference = benchmark.ReferenceQNetwork(4, 4)
+    reference.load_state_dict(network.state_dict())
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    torch.testing.assert_close(reference(obs), network(obs), rtol=1e-5, atol=1e-6)
+    conv1 = 20 * 20 * 32 * (4 * 8 * 8)
+    per_example = conv1 + 9 * 9 * 64 * (32 * 4 * 4) + 7 * 7 * 64 * (64 * 3 * 3) + 512 * 3136 + 4 * 512
+    # two forwards, the weight gradients of every layer, the input gradients of all but conv1
+    assert benchmark.update_flops(network, 32) == 2 * 32 * (4 * per_example - conv1)
