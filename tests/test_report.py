@@ -278,6 +278,16 @@ def test_labels_leave_out_shared_and_bookkeeping_overrides():
     assert distinct_overrides(runs) == [["optim=adam"], ["optim=sgd"]]
 
 
+def test_a_resumed_run_is_labelled_by_the_overrides_it_ran_with():
+    """A run resumed twice saves every resume's overrides; it ran with the last value of each key, and that
+    is what labels and comparisons show (a label of all of them once squeezed a figure off its page)."""
+    from fdlcli.analysis.rundata import effective_overrides
+
+    saved = ["trainer.threads=1", "trainer.steps=10000", "trainer.steps=30000", "+x=1", "trainer.steps=40000"]
+    assert effective_overrides(saved) == ["trainer.threads=1", "trainer.steps=40000", "+x=1"]
+    assert effective_overrides(["optim=adam", "~optim.lr", "optim.lr=0.1"]) == ["optim=adam", "optim.lr=0.1"]
+
+
 def test_plot_groups_the_seeds_of_a_sweep(runs, tmp_path):
     sweep = runs["sweep"]
     code, stdout, stderr = call_main("plot", sweep, "--metric", "val/cost", "--out", tmp_path / "a.png")

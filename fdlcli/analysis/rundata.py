@@ -73,7 +73,7 @@ def load_run(path: Path) -> RunData:
         saved = yaml.safe_load((path / OVERRIDES_FILE).read_text()) or []
     except (OSError, yaml.YAMLError):
         saved = []
-    overrides = user_overrides(str(o) for o in saved) if isinstance(saved, list) else []
+    overrides = effective_overrides(user_overrides(str(o) for o in saved)) if isinstance(saved, list) else []
     meta, summary = read_json_object(path / META_FILE), read_json_object(path / SUMMARY_FILE)
     return RunData(path, config, overrides, meta, summary)
 
@@ -88,6 +88,14 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def effective_overrides(overrides: list[str]) -> list[str]:
+    """The last override of each key, in the order the keys first appear: a run resumed with
+    ``trainer.steps=30000`` and then ``trainer.steps=40000`` saved all three of its ``trainer.steps``, and
+    ran with the last."""
+    last = dict(zip(override_keys(overrides), overrides, strict=True))
+    return list(last.values())
 
 
 def override_keys(overrides: Iterable[str]) -> list[str]:
