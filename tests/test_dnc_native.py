@@ -82,6 +82,34 @@ def test_sequence_matches_the_tensor_operation_step(clip: float) -> None:
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
+def test_evaluation_under_no_grad_keeps_two_rows_of_state() -> None:
+    """Under torch.no_grad (fdl's evaluation) the weights still require grad, yet no backward will come:
+    the sequence keeps two rows of state in turn, not one per time step (at the paper's memory, 100 test
+    stories had kept 20 GB), and gives the logits training gives."""
+    model = small_dnc("native")
+    inputs = torch.randn(B, 6, 9, generator=torch.Generator().manual_seed(6))
+    dnc_native._spare.clear()
+    with torch.no_grad():
+        evaluated, _ = model(inputs)
+    assert [capacity for capacity, _ in dnc_native._spare.values()] == [2]
+    trained, _ = model(inputs)
+    trained.sum().backward()
+    assert [capacity for capacity, _ in dnc_native._spare.values()] == [6 + 1]  # a row per step, and one
+    torch.testing.assert_close(evaluated, trained.detach())
+
+
+def test_training_memory_estimate_counts_what_a_sequence_keeps() -> None:
+    """dnc_native.training_bytes (dnc-babi's memory warning) is the working tensors a training sequence
+    keeps for its backward, plus the read vectors and controller outputs it returns."""
+    model = small_dnc("native")
+    dnc_native._spare.clear()
+    model(torch.randn(B, 6, 9))[0].sum().backward()
+    ((_, work),) = dnc_native._spare.values()
+    kept = sum(t.numel() * t.element_size() for t in work)
+    returned = 4 * ((6 + 1) * B * R * W + 6 * B * H)
+    assert kept + returned == model.training_memory_bytes(6, B)
+
+
 def small_dnc(kernel: str, controller: str = "lstm") -> dnc.DNC:
     torch.manual_seed(0)
     cfg = dnc.DNCConfig(

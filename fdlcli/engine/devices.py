@@ -69,6 +69,18 @@ def keep_freed_memory() -> bool:
     return libc.mallopt(mmap_threshold, 1 << 30) == 1 and libc.mallopt(trim_threshold, 1 << 30) == 1
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the system could give this process now (Linux's MemAvailable); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

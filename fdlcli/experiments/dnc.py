@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from fdlcli.config import DataConfig, TrainerConfig
 from fdlcli.data.babi import Babi, BabiDataConfig, BabiSplit, load_babi
 from fdlcli.engine.checkpoint import CheckpointRef
+from fdlcli.engine.devices import available_memory
 from fdlcli.engine.optim import build_optimizer
 from fdlcli.engine.seed import epoch_generator
 from fdlcli.engine.task import StepOutput, Task
 from fdlcli.models.dnc import DNC, DNCConfig
+from fdlcli.models.dnc_native import NativeUnavailable
 from fdlcli.registry import ExperimentSpec, register
 
 # DNC paper (Graves et al. 2016), Extended Data Table 1: mean test error (%) of 20 runs, bAbI en-10k
@@ -323,6 +325,31 @@ class BabiTask(SequenceTask):
         self.batch_size = self.config.data.batch_size
         self.batches_per_epoch = math.ceil(len(self.babi.train) / self.batch_size)
         self._epoch: tuple[int, list[torch.Tensor]] | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        self.check_memory()
+
+    def check_memory(self) -> None:
+        """Warn before training when the longest stories' minibatch would keep more for its backward than
+        the machine has: at the paper's memory (256 x 64) the run was killed for memory (24 GB) within 40
+        steps, by the kernel, with no word (docs/chapter8.md)."""
+        available = available_memory()
+        if available is None or self.device.type != "cpu":
+            return
+        longest = int(self.babi.train.lengths.max())
+        try:
+            need = self.model.training_memory_bytes(longest, self.batch_size)
+        except NativeUnavailable:
+            return
+        if need > available:
+            gb, model = 2**30, self.config.model
+            self.message(
+                f"warning: a minibatch of the longest stories ({self.batch_size} x {longest} tokens) keeps "
+                f"~{need / gb:.0f} GB for its backward at memory {model.memory_slots} x {model.word_size}, "
+                f"and this machine has {available / gb:.0f} GB available: the run may be killed for "
+                "memory; lower data.batch_size or model.memory_slots"
+            )
 
     def describe(self) -> str:
         variant = self.config.data.variant

@@ -493,6 +493,14 @@ class DNC(nn.Module):
             raise ConfigError(f"model.kernel=native: {why}; use model.kernel=auto or torch")
         return False
 
+    def training_memory_bytes(self, steps: int, batch: int) -> int:
+        """What a training minibatch of ``batch`` sequences of ``steps`` keeps for its backward through the
+        native kernel (the tensor operations' autograd keeps more); NativeUnavailable without it."""
+        cfg, face_size = self.cfg, self.interface.weight.shape[0]
+        return dnc_native.training_bytes(
+            steps, batch, cfg.memory_slots, cfg.word_size, cfg.read_heads, cfg.hidden, face_size
+        )
+
     def native_forward(self, inputs: torch.Tensor, at: torch.Tensor | None) -> torch.Tensor:
         """forward() through dnc_native.Sequence: the logits (of the ``at`` steps)."""
         cfg = self.cfg
@@ -508,6 +516,7 @@ class DNC(nn.Module):
             cfg.memory_slots,
             cfg.word_size,
             cfg.read_heads,
+            torch.is_grad_enabled(),
         )
         features = torch.cat([out, reads], dim=2).transpose(0, 1)  # [B,T,hidden + R*W]
         return self.output(features if at is None else features[at.to(features.device)])

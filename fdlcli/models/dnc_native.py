@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -145,6 +146,28 @@ class MemoryStep(torch.autograd.Function):
         return out
 
 
+def work_shapes(
+    batch: int, n: int, w: int, r: int, hidden: int, face_size: int, saved_size: int
+) -> list[tuple[int, ...]]:
+    """The row shapes of Sequence's working tensors (each kept for every time step, plus one): the memory
+    state (memory, usage, links, precedence, read and write weightings), the controller's h and c, its
+    input, gates and interface vector, and the memory step's saved intermediates."""
+    return [
+        (batch, n, w), (batch, n), (batch, n, n), (batch, n), (batch, r, n), (batch, n),
+        (batch, hidden), (batch, hidden), (batch, r * w + hidden), (batch, 4 * hidden),
+        (batch, face_size), (batch, saved_size),
+    ]  # fmt: skip
+
+
+def training_bytes(steps: int, batch: int, n: int, w: int, r: int, hidden: int, face_size: int) -> int:
+    """The float32 bytes a training minibatch of ``steps`` time steps keeps for its backward in Sequence:
+    the working tensors, the read vectors and the controller's outputs (builds the library for the size
+    of the saved intermediates; NativeUnavailable where it cannot)."""
+    saved = library(n, w, r).dnc_memory_saved_size(n, w, r)
+    row = sum(math.prod(shape) for shape in work_shapes(batch, n, w, r, hidden, face_size, saved))
+    return 4 * ((steps + 1) * (row + batch * r * w) + steps * batch * hidden)
+
+
 # One spare set of Sequence's working tensors per shape: the next forward takes it back instead of
 # allocating ~100 MB of fresh pages per bAbI minibatch, whose first touch (page faults) cost more than the
 # memory step itself (measured: 28,000 page faults and +0.4 ms per time step without it). It stays as
@@ -157,6 +180,9 @@ def _take(key: tuple, rows: int, shapes: list[tuple[int, ...]], like: torch.Tens
     ones (the spare, too short, is dropped)."""
     capacity, tensors = _spare.pop(key, (0, []))
     if capacity < rows:
+        # the short spare goes before the new set is allocated, not after: never both at once (at the
+        # paper's memory, 256 x 64, both at once were more than a 23 GB machine had)
+        tensors.clear()
         tensors = [like.new_empty(rows, *shape) for shape in shapes]
     return [t[:rows] for t in tensors]
 
@@ -176,10 +202,11 @@ class Sequence(torch.autograd.Function):
 
     Inputs: x_gates [T,B,4H] (the input projection plus the LSTM's biases, time-major, contiguous), the
     interface's bias [I], the recurrent weight [4H, R*W + H] (what multiplies [read vectors, h]), the
-    interface's weight [I,H], the clip and the memory's (N, W, R). Outputs: the clipped controller outputs
-    [T,B,H] and the read vectors [T,B,R*W], which the output layer takes. The state of every time step
-    lives in one tensor per kind ([T+1, B, ...]), so a step costs no allocation and the saved tensors no
-    bookkeeping. dnc.cell_step is the same function in tensor operations (tests/test_dnc_native.py)."""
+    interface's weight [I,H], the clip, the memory's (N, W, R) and whether a backward will follow.
+    Outputs: the clipped controller outputs [T,B,H] and the read vectors [T,B,R*W], which the output layer
+    takes. The state of every time step lives in one tensor per kind ([T+1, B, ...]), so a step costs no
+    allocation and the saved tensors no bookkeeping. dnc.cell_step is the same function in tensor
+    operations (tests/test_dnc_native.py)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -192,18 +219,19 @@ class Sequence(torch.autograd.Function):
         n: int,
         w: int,
         r: int,
+        backward: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         steps, batch, gates_size = x_gates.shape
         hidden, face_size = gates_size // 4, interface.shape[0]
         lib = library(n, w, r)
         # the working tensors, [steps + 1, batch, ...] (the state before each step and after the last; the
         # per-step ones use rows 0..steps-1); the outputs are new tensors: they outlive the backward.
-        # Evaluation (no backward to come) keeps two rows of state in turn and one of the rest.
-        keep = any(ctx.needs_input_grad)
+        # Evaluation (no backward to come) keeps two rows of state in turn and one of the rest. The caller
+        # says which: under torch.no_grad the weights still require grad, so ctx.needs_input_grad would
+        # have every evaluation keep all rows (20 GB for 100 test stories at the paper's memory, measured).
+        keep = backward and any(ctx.needs_input_grad)
         key = (batch, n, w, r, hidden, face_size, x_gates.dtype, x_gates.device)
-        shapes = [(batch, n, w), (batch, n), (batch, n, n), (batch, n), (batch, r, n), (batch, n)]
-        shapes += [(batch, hidden), (batch, hidden), (batch, r * w + hidden), (batch, gates_size)]
-        shapes += [(batch, face_size), (batch, lib.dnc_memory_saved_size(n, w, r))]
+        shapes = work_shapes(batch, n, w, r, hidden, face_size, lib.dnc_memory_saved_size(n, w, r))
         work = _take(key, steps + 1 if keep else 2, shapes, x_gates)
         state, (h, c, controller_in, gates, face, saved) = work[:6], work[6:]
         state[0][0].fill_(1e-6)  # dnc.DNC.initial_state's: a small constant memory, the rest zero
@@ -321,4 +349,4 @@ class Sequence(torch.autograd.Function):
         grad_recurrent = flat_gates.t() @ controller_in[:steps].reshape(steps * batch, -1)
         grad_interface = flat_face.t() @ out.view(steps * batch, -1)
         _give(key, work)
-        return grad_gates, flat_face.sum(dim=0), grad_recurrent, grad_interface, None, None, None, None
+        return grad_gates, flat_face.sum(dim=0), grad_recurrent, grad_interface, None, None, None, None, None
