@@ -162,6 +162,7 @@ def test_runs_lists_two_thousand_runs_fast_from_meta_and_summary_only(env):
     assert table.returncode == 0, table.stderr
     assert cpu < 3.0, f"fdl runs took {cpu:.2f} s of CPU"
     assert "the newest 50 of 2003 runs" in table.stdout
+    assert "│ failed " in table.stdout and "[/]" not in table.stdout  # styled, not markup printed as text
     lines = table.stdout.splitlines()
     for run in runs[:50]:  # each id whole, on one line
         assert any(run["id"] in line for line in lines), run["id"]

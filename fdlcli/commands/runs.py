@@ -108,6 +108,7 @@ def _build_runs_table(
     records: list[Any], caption: str | None, shared_metric: str | None, whole_id: bool, with_start: bool
 ) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     from fdlcli import catalog
 
@@ -124,8 +125,8 @@ def _build_runs_table(
     table.add_column("final", justify="right", overflow="fold")
     table.add_column("best", justify="right", overflow="fold")
     for record in records:
-        style = _STATUS_STYLE.get(record.status, "")
-        cells = [record.id, f"[{style}]{record.status}[/]" if style else record.status]
+        # a styled Text, not markup: fdl's consoles print strings literally (terminal.make_console)
+        cells: list[Any] = [record.id, Text(record.status, style=_STATUS_STYLE.get(record.status, ""))]
         if with_start:
             cells.append(catalog.format_start(record))
         cells += [catalog.format_duration(record.duration), " ".join(record.overrides)]
