@@ -332,8 +332,8 @@ class BabiTask(SequenceTask):
 
     def check_memory(self) -> None:
         """Warn before training when the longest stories' minibatch would keep more for its backward than
-        the machine has: at the paper's memory (256 x 64) the run was killed for memory (24 GB) within 40
-        steps, by the kernel, with no word (docs/chapter8.md)."""
+        the machine has: that minibatch comes within an epoch, and the kernel's OOM killer stops a run
+        without a word (at the paper's memory, 256 x 64, it needs ~15 GB: docs/chapter8.md)."""
         available = available_memory()
         if available is None or self.device.type != "cpu":
             return
