@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,6 +153,18 @@ def golden_run(
 def copy_run(run: Path, folder: Path) -> Path:
     """A copy of ``run`` in ``folder``, for commands that write into a run (eval records, artifacts)."""
     return Path(shutil.copytree(run, folder / run.name))
+
+
+def benchmark_module(name: str) -> Any:
+    """benchmarks/<name>.py imported as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass in it looks its module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def fdl(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import fdl, fdl_call, metric_records, read_summary, run_dirs
+from conftest import benchmark_module, fdl, fdl_call, metric_records, read_summary, run_dirs
 from safetensors.torch import load_file
 
 from fdlcli.models import dnc
@@ -244,15 +244,7 @@ def test_module_shapes_and_gradients(controller: str) -> None:
 def reference_cell():
     """benchmarks/dnc_reference_cell.py: the DNC module before issue 20 (one LSTMCell call, interface and
     output layer per time step), which the faster module must compute the same function as."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dnc_reference_cell.py"
-    spec = importlib.util.spec_from_file_location("dnc_reference_cell", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module("dnc_reference_cell")
 
 
 def reference_pair(controller: str, clip: float, kernel: str) -> tuple[dnc.DNC, torch.nn.Module]:

@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import copy_run, fdl, fdl_call, fdl_in_process, metric_records, read_summary, run_dirs
+from conftest import (
+    benchmark_module,
+    copy_run,
+    fdl,
+    fdl_call,
+    fdl_in_process,
+    metric_records,
+    read_summary,
+    run_dirs,
+)
 from safetensors.torch import load_file
 
 from fdlcli.errors import ConfigError
@@ -469,13 +478,7 @@ def test_throughput_benchmark_reference_network_computes_fdls_function_and_its_w
     """benchmarks/dqn_throughput.py's frozen reference network (fdl's as issue 20 found it) loads fdl's
     weights and gives the same Q-values, so the benchmark compares loops, not networks; ``--floor``
     counts an update's multiply-adds as the layer shapes give them."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dqn_throughput.py"
-    spec = importlib.util.spec_from_file_location("dqn_throughput", path)
-    assert spec is not None and spec.loader is not None
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = benchmark_module("dqn_throughput")
     torch.manual_seed(0)
     network = NatureQNetwork(4, 4)
     reference = benchmark.ReferenceQNetwork(4, 4)
